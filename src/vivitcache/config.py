@@ -1,0 +1,148 @@
+"""Dataclass configs shared by the CLI, stage 1, extraction and stage 2. One doc line per field.
+
+Configs are plain dataclasses so they serialise to JSON (`asdict`) into every artifact and load back with
+`from_dict`, which ignores nothing silently: unknown keys raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass `cls` from a dict, refusing unknown keys (a typo must not be ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**data)
+
+
+@dataclass
+class ModelConfig:
+    """The ViViT factorised encoder: spatial ViT → adapter → temporal transformer → head."""
+
+    spatial: str = "vit-ti"
+    """Spatial ViT: an alias (vit-ti, vit-s, vit-b, vit-l, vit-h, vit-g) or any timm ViT name."""
+    img_size: int | None = None
+    """Input size override for the spatial ViT (None: the model's default, e.g. 224)."""
+    patch_size: int | None = None
+    """Patch size override (None: the model's default). Only for random-init or resampled weights."""
+    spatial_depth: int | None = None
+    """Number of spatial blocks override (None: the model's default). Tiny demos and tests use 2-4."""
+    weights: str | None = None
+    """Local spatial weights (safetensors or a timm/torch .pth); None: random init under the seed."""
+    frame_token: str = "cls"
+    """Per-frame feature handed to the temporal stage: `cls`, or `cls+mean` (CLS concatenated with mean patch token)."""
+    adapter: str = "mlp"
+    """Adapter between spatial and temporal: `mlp` (residual, zero-init = identity at start), `linear`, or `none`."""
+    adapter_ratio: float = 0.5
+    """Adapter hidden width as a fraction of the frame-feature width (mlp adapter only)."""
+    temporal_dim: int | None = None
+    """Temporal transformer width (None: same as the frame feature width)."""
+    temporal_depth: int = 4
+    """Number of temporal transformer blocks."""
+    temporal_heads: int | None = None
+    """Temporal attention heads (None: width // 64, at least 1)."""
+    num_frames: int = 8
+    """Frames per clip T; the temporal position embeddings have T entries (plus the CLS position)."""
+    num_classes: int = 0
+    """Number of classes of the head (set from the dataset)."""
+    drop_rate: float = 0.0
+    """Dropout in the temporal transformer and before the head."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth in the temporal transformer."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and loss settings shared by stage 1 and stage 2."""
+
+    epochs: int = 10
+    """Training epochs."""
+    batch_size: int = 16
+    """Global batch size (split across processes under torchrun)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (not applied to norms, biases, position embeddings and CLS tokens)."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length in epochs, then cosine decay to `min_lr`."""
+    min_lr: float = 1e-5
+    """Final learning rate of the cosine schedule."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy loss."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: off)."""
+    accum_steps: int = 1
+    """Gradient accumulation steps per optimiser step."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast where the device supports it fast, i.e. CUDA with bf16), `bf16`, or `fp32`."""
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is reproduced."""
+
+    out: str = "runs/run"
+    """Run folder: checkpoint, metrics.jsonl, summary.json, curves.png."""
+    seed: int = 0
+    """Seed for model init, sampling, shuffling and dropout."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, or `cuda`."""
+    workers: int = 0
+    """DataLoader worker processes (spawn context; 0 = load in the main process)."""
+    eval_views: int = 1
+    """Temporal views per validation video (fixed offsets); logits are averaged over views."""
+    checkpoint_every: int = 0
+    """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
+    log_every: int = 10
+    """Log a metrics.jsonl line every N optimiser steps."""
+    resume: bool = False
+    """Continue from the run folder's checkpoint (same config required)."""
+
+
+@dataclass
+class DataConfig:
+    """Video data for stage 1 (decoded pixels)."""
+
+    data: str = ""
+    """Annotations: a class-per-folder directory, a CSV, a Kinetics CSV, or an SSv2 JSON."""
+    video_root: str | None = None
+    """Root folder of the videos for Kinetics CSV / SSv2 JSON annotations."""
+    labels: str | None = None
+    """SSv2 labels JSON (class name → index)."""
+    fps: float | None = None
+    """Sample source frames at this rate (by timestamps; VFR safe) before clip sampling (None: every frame)."""
+    stride: int | None = None
+    """Keep every K-th source frame before clip sampling (exclusive with fps)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1: the whole ViViT trained end to end on short clips."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model settings."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Video data settings."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser settings."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run folder, seed, device."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        return cls(
+            model=from_dict(ModelConfig, d["model"]),
+            data=from_dict(DataConfig, d["data"]),
+            optim=from_dict(OptimConfig, d["optim"]),
+            run=from_dict(RunConfig, d["run"]),
+        )

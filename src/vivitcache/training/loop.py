@@ -1,0 +1,285 @@
+"""The training loop shared by stage 1 (pixels) and stage 2 (cached tokens).
+
+A stage provides a `Task` (model, how to call it, datasets); `fit` does the rest: AdamW + warmup-cosine,
+label smoothing, gradient clipping and accumulation, autocast, DDP under torchrun (only rank 0 writes),
+eval each epoch over fixed views, checkpoints (epoch ends and every N steps) and exact `--resume`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vivitcache.config import OptimConfig, RunConfig
+from vivitcache.progress import make_progress
+from vivitcache.provenance import provenance
+from vivitcache.training.checkpoint import CheckpointError, load_config, load_model_state, load_train_state, save_checkpoint
+from vivitcache.training.metrics import MetricsLog, plot_curves, topk_correct, write_summary
+from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
+from vivitcache.training.sampler import ResumableSampler
+
+ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Task:
+    """What a stage hands to `fit`."""
+
+    model: nn.Module
+    """The model; parameters with requires_grad=False stay frozen."""
+    forward: ForwardFn
+    """(model, inputs [B, ...]) → logits [B, classes]."""
+    train_set: Dataset
+    """Items (inputs, label); may have `set_epoch(epoch)` for per-epoch sampling."""
+    val_set: Dataset | None
+    """Items (inputs [V, ...], label) with V fixed views; None skips eval."""
+    num_classes: int
+    """Number of classes (confusion matrix size)."""
+    config: dict
+    """The full run config, saved in the checkpoint and compared on resume."""
+    title: str = ""
+    """Title of the PNG curve."""
+    frames_per_sample: int = 1
+    """Frames in one training sample (reported as frames/s)."""
+    extra_summary: dict = field(default_factory=dict)
+    """Fields added to summary.json."""
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases, position embeddings and CLS tokens (1-D or named)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, 0.999))
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """LR multiplier per step: linear warmup from ~0, then cosine down to min_lr."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))) / lr
+
+    return factor
+
+
+def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: int) -> DataLoader:
+    # spawn, not fork: zarr v3 and torch threads can deadlock in forked workers
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        multiprocessing_context="spawn" if workers > 0 else None,
+        persistent_workers=False,
+        drop_last=sampler.drop_last,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    forward: ForwardFn,
+    dataset: Dataset,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int,
+    dtype: torch.dtype | None = None,
+    dist: Distributed | None = None,
+    workers: int = 0,
+) -> dict:
+    """Top-1/top-5/loss over the dataset, logits averaged over views (softmax), plus the confusion matrix."""
+    dist = dist or Distributed(device)
+    sampler = ResumableSampler(len(dataset), 0, shuffle=False, rank=dist.rank, world=dist.world, drop_last=False)
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # [n, top1, top5, loss]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [true, predicted]
+    for x, y in _loader(dataset, batch_size, sampler, workers):
+        B, V = x.shape[:2]
+        with autocast(device, dtype):
+            logits = forward(model, x.to(device).flatten(0, 1))  # [B·V, C]
+        probs = logits.float().softmax(-1).view(B, V, -1).mean(1).cpu()  # [B, C]
+        t1, t5 = topk_correct(probs, y)
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
+        sums += torch.tensor([B, t1, t5, float(loss)], dtype=torch.float64)
+        confusion.index_put_((y, probs.argmax(-1)), torch.ones(B, dtype=torch.int64), accumulate=True)
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(confusion)
+    n = max(1.0, float(sums[0]))
+    return {
+        "val_top1": float(sums[1]) / n,
+        "val_top5": float(sums[2]) / n,
+        "val_loss": float(sums[3]) / n,
+        "val_videos": int(sums[0]),
+        "confusion": confusion.tolist(),
+    }
+
+
+def _check_resume_config(out: Path, config: dict) -> None:
+    try:
+        saved = load_config(out)["config"]
+    except CheckpointError as e:
+        raise CheckpointError(f"--resume: {e}") from e
+    strip = lambda c: {**c, "run": {**c["run"], "resume": False}}  # noqa: E731
+    if strip(saved) != strip(config):
+        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise CheckpointError(f"--resume: {out} was made with a different config (differs in {diff})")
+
+
+def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
+    """Train `task` for `optim.epochs` epochs into `run.out`; returns the summary (also in summary.json)."""
+    device = resolve_device(run.device)
+    dist = Distributed(device)
+    device = dist.device
+    out = Path(run.out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dtype = autocast_dtype(optim.precision, device)
+    model = task.model.to(device)
+
+    per_step = dist.world * optim.accum_steps
+    if optim.batch_size % per_step:
+        raise ValueError(f"batch size {optim.batch_size} must divide by processes × accum steps = {per_step}")
+    micro = optim.batch_size // per_step
+    sampler = ResumableSampler(len(task.train_set), run.seed, shuffle=True, rank=dist.rank, world=dist.world)
+    steps_per_epoch = len(sampler) // micro // optim.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(task.train_set)} training videos are fewer than one batch of {optim.batch_size}")
+    total_steps = optim.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, optim)
+    schedule = warmup_cosine(total_steps, round(optim.warmup_epochs * steps_per_epoch), optim.lr, optim.min_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main)
+    ckpt_config = {"config": task.config, "provenance": provenance()}
+
+    epoch, step_in_epoch, step, seconds_before, peak_before = 0, 0, 0, 0.0, 0
+    last_eval: dict = {}
+    if run.resume:
+        _check_resume_config(out, task.config)
+        model.load_state_dict(load_model_state(out))
+        state = load_train_state(out, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, step_in_epoch, step = state["epoch"], state["step_in_epoch"], state["step"]
+        seconds_before, peak_before = state["seconds"], state["peak_memory_bytes"]
+        last_eval = state["last_eval"]
+        log.truncate(state["metrics_lines"])
+    elif dist.is_main:
+        log.truncate(0)
+
+    train_model = model
+    if dist.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    t0 = time.perf_counter()
+
+    def save(ep: int, s_in_ep: int) -> None:
+        if dist.is_main:
+            save_checkpoint(
+                out,
+                model.state_dict(),
+                ckpt_config,
+                optimizer,
+                {
+                    "epoch": ep,
+                    "step_in_epoch": s_in_ep,
+                    "step": step,
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": {"seed": run.seed, "epoch": ep, "skip": s_in_ep * micro * optim.accum_steps},
+                    "seconds": seconds_before + time.perf_counter() - t0,
+                    "peak_memory_bytes": max(peak_before, mem.peak_bytes),
+                    "metrics_lines": log.lines(),
+                    "last_eval": last_eval,
+                },
+            )
+        dist.barrier()
+
+    with PeakMemory(device) as mem, make_progress(dist.is_main) as progress:
+        bar = progress.add_task(task.title or "train", total=total_steps, completed=step, info="")
+        while epoch < optim.epochs:
+            model.train()
+            sampler.set_epoch(epoch, skip=step_in_epoch * micro * optim.accum_steps)
+            if hasattr(task.train_set, "set_epoch"):
+                task.train_set.set_epoch(epoch)
+            tick, seen = time.perf_counter(), 0
+            for i, (x, y) in enumerate(_loader(task.train_set, micro, sampler, run.workers)):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, dtype):
+                    logits = task.forward(train_model, x)  # [b, C]
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=optim.label_smoothing)
+                (loss / optim.accum_steps).backward()
+                seen += len(y) * dist.world
+                if (i + 1) % optim.accum_steps:
+                    continue
+                if optim.grad_clip > 0:
+                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                step_in_epoch += 1
+                rate = seen / max(1e-9, time.perf_counter() - tick)
+                acc = topk_correct(logits.detach().float(), y, ks=(1,))[0] / len(y)
+                progress.update(
+                    bar,
+                    advance=1,
+                    description=f"{task.title} epoch {epoch + 1}/{optim.epochs}",
+                    info=f"loss {loss.item():.3f} acc {acc:.2f} {rate:.1f} clips/s",
+                )
+                if step % run.log_every == 0 or step_in_epoch == steps_per_epoch:
+                    log.log(
+                        kind="train", step=step, epoch=epoch, loss=loss.item(), acc=acc,
+                        lr=scheduler.get_last_lr()[0], clips_per_s=rate,
+                        frames_per_s=rate * task.frames_per_sample,
+                    )
+                if run.checkpoint_every and step % run.checkpoint_every == 0 and step_in_epoch < steps_per_epoch:
+                    save(epoch, step_in_epoch)
+                if step_in_epoch == steps_per_epoch:
+                    break
+            epoch, step_in_epoch = epoch + 1, 0
+            if task.val_set is not None:
+                last_eval = evaluate(
+                    model, task.forward, task.val_set, task.num_classes, device, micro, dtype, dist, run.workers
+                )
+                log.log(kind="eval", step=step, epoch=epoch, **{k: v for k, v in last_eval.items() if k != "confusion"})
+                if dist.is_main:
+                    top1, top5 = 100 * last_eval["val_top1"], 100 * last_eval["val_top5"]
+                    progress.console.print(f"epoch {epoch}: val top-1 {top1:.1f}%  top-5 {top5:.1f}%")
+            save(epoch, 0)
+
+    seconds = seconds_before + time.perf_counter() - t0
+    summary = {
+        "val_top1": last_eval.get("val_top1"),
+        "val_top5": last_eval.get("val_top5"),
+        "val_loss": last_eval.get("val_loss"),
+        "epochs": optim.epochs,
+        "steps": step,
+        "seconds": seconds,
+        "peak_memory_bytes": max(peak_before, mem.peak_bytes),
+        "device": str(device),
+        "processes": dist.world,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params": sum(p.numel() for p in model.parameters()),
+        **task.extra_summary,
+        "config": task.config,
+        "provenance": ckpt_config["provenance"],
+    }
+    if dist.is_main:
+        write_summary(out / "summary.json", summary)
+        if last_eval:
+            write_summary(out / "confusion.json", {"classes": task.config.get("classes"), "matrix": last_eval["confusion"]})
+        plot_curves(out / "metrics.jsonl", out / "curves.png", task.title)
+    return summary
