@@ -62,15 +62,17 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     """torch (tensor) and numpy/python (JSON) RNG states."""
     py = random.getstate()
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {"rng.torch": torch.get_rng_state()}, {
-        "numpy": np.random.get_state(legacy=False),
+        "numpy": [name, key.tolist(), int(pos), int(has_gauss), float(cached)],
         "python": [py[0], list(py[1]), py[2]],
     }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    np.random.set_state(meta["numpy"])
+    name, key, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
 

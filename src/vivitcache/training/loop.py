@@ -77,7 +77,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float)
 
 
 def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: int) -> DataLoader:
-    # spawn, not fork: zarr v3 and torch threads can deadlock in forked workers
+    # spawn, not fork: zarr v3 and torch threads can deadlock in forked workers.
+    # Own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would make a resumed
+    # run's dropout stream differ from an uninterrupted one. Datasets seed their sampling from (seed, epoch, index).
+    generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.epoch)
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -86,6 +89,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         multiprocessing_context="spawn" if workers > 0 else None,
         persistent_workers=False,
         drop_last=sampler.drop_last,
+        generator=generator,
     )
 
 
