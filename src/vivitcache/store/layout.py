@@ -1,0 +1,203 @@
+"""On-disk layout of a token store: names, the `StoreLayout` record, atomic JSON, and `StoreError`.
+
+```
+STORE.zarr/
+  zarr.json                 root group; attributes["vivitcache"] = {schema, fingerprint, classes, layout, created,
+                            provenance}
+  parts/zarr.json           group holding the committed parts
+  parts/<part_id>/          one group per PART (a group of videos written by exactly one writer)
+      zarr.json             the COMMIT RECORD: group attributes["vivitcache_commit"] = {part_id, videos: [{id, label,
+                            offset, num_frames, source, fps}], failures: [{id, source, error}], frames, bytes,
+                            disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
+      tokens                zarr array [F_part, K, D] float16 (or uint16 holding bfloat16 bits), sharded along frames
+      frame_times           zarr array [F_part] float64, presentation time in seconds of every stored frame
+  staging/zarr.json         group holding parts being written
+  staging/<part_id>.<host>.<pid>.<token>/   a part before it is published; zarr.json here holds the owner record
+  index/zarr.json           optional consolidated index: attributes["vivitcache_index"] = {parts_mtime_ns, parts:
+                            {part_id: commit record}}, written by `StoreWriter.consolidate()`
+```
+
+Why the commit record is the part group's own `zarr.json` (and not a separate `commit.json`): a file zarr does not
+know makes every `group.members()` warn, and attributes are readable with plain `zarr.open(STORE)`. The record is
+still written last: the staging group's `zarr.json` first holds the owner record and is atomically replaced by the
+commit record just before the staging folder is renamed to `parts/<part_id>`.
+
+Video ids come from user files: they are only ever data inside JSON, never path components. Part ids and staging
+names are checked against `PART_ID_PATTERN` / built from sanitised parts before they touch the filesystem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = 1
+"""Version of this on-disk layout; a reader refuses a store with a newer schema."""
+
+ROOT_KEY = "vivitcache"
+COMMIT_KEY = "vivitcache_commit"
+STAGING_KEY = "vivitcache_staging"
+INDEX_KEY = "vivitcache_index"
+
+PARTS = "parts"
+STAGING = "staging"
+INDEX = "index"
+TOKENS = "tokens"
+FRAME_TIMES = "frame_times"
+META = "zarr.json"
+
+TOKEN_KINDS = ("cls", "cls+mean", "all")
+DTYPES = ("fp16", "bf16")
+COMPRESSIONS = ("none", "zstd")
+BYTES_PER_VALUE = {"fp16": 2, "bf16": 2}
+
+PART_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""Part ids become folder names: letters, digits, `_` and `-` only (no dots, no slashes), at most 64 characters."""
+
+
+class StoreError(Exception):
+    """A token store is missing, damaged, of another schema, or used wrongly (one line: path and cause)."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """How tokens are laid out in a store; part of what a resumed extraction or a trainer must agree on."""
+
+    tokens: str
+    """Which tokens per frame: `cls`, `cls+mean` (CLS then mean of patch tokens) or `all` (CLS + every patch)."""
+    tokens_per_frame: int
+    """K, tokens stored per frame (1 for `cls`, 2 for `cls+mean`, 1 + patches for `all`)."""
+    dim: int
+    """D, width of one token."""
+    dtype: str
+    """`fp16` (stored as float16) or `bf16` (stored as the uint16 bits of bfloat16; zarr has no bfloat16)."""
+    shard_frames: int = 256
+    """Frames per shard file (one file per shard; a writer always writes whole shards)."""
+    chunk_frames: int = 16
+    """Frames per inner chunk (the unit a reader decodes); must divide `shard_frames`. zarr costs ~0.3 ms per chunk
+    read, so aim for chunks of ~100 KB-1 MB: 16 suits `all` tokens, `cls` tokens read faster with 64-256."""
+    compression: str = "none"
+    """`none` or `zstd` (level 1). fp16 tokens compress ~1.1x, bf16 ~1.3x; every chunk carries a crc32c either way."""
+
+    def __post_init__(self):
+        def bad(msg: str):
+            raise StoreError(f"invalid store layout: {msg}")
+
+        if self.tokens not in TOKEN_KINDS:
+            bad(f"tokens={self.tokens!r}, use one of {', '.join(TOKEN_KINDS)}")
+        if self.dtype not in DTYPES:
+            bad(f"dtype={self.dtype!r}, use one of {', '.join(DTYPES)}")
+        if self.compression not in COMPRESSIONS:
+            bad(f"compression={self.compression!r}, use one of {', '.join(COMPRESSIONS)}")
+        for name in ("tokens_per_frame", "dim", "shard_frames", "chunk_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(f"{name}={value!r} must be a positive integer")
+        expected_k = {"cls": 1, "cls+mean": 2}.get(self.tokens)
+        if expected_k is not None and self.tokens_per_frame != expected_k:
+            bad(f"tokens={self.tokens!r} stores {expected_k} token(s) per frame, not {self.tokens_per_frame}")
+        if self.tokens == "all" and self.tokens_per_frame < 2:
+            bad(f"tokens='all' needs tokens_per_frame >= 2 (CLS + patches), got {self.tokens_per_frame}")
+        if self.shard_frames % self.chunk_frames:
+            bad(f"chunk_frames={self.chunk_frames} must divide shard_frames={self.shard_frames}")
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one stored frame (K * D * 2), before compression."""
+        return self.tokens_per_frame * self.dim * BYTES_PER_VALUE[self.dtype]
+
+    @property
+    def numpy_dtype(self) -> str:
+        """The zarr/numpy dtype of the tokens array."""
+        return "float16" if self.dtype == "fp16" else "uint16"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreLayout:
+        """Build from a dict, refusing unknown keys (a typo or a newer layout must not be ignored)."""
+        if not isinstance(data, dict):
+            raise StoreError(f"invalid store layout: expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise StoreError(f"invalid store layout: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise StoreError(f"invalid store layout: {e}") from None
+
+
+def check_part_id(part_id: str) -> str:
+    """Refuse a part id that could not safely be a folder name."""
+    if not isinstance(part_id, str) or not PART_ID_PATTERN.match(part_id):
+        raise StoreError(f"invalid part id {part_id!r}: use 1-64 letters, digits, '_' or '-'")
+    return part_id
+
+
+def host_name() -> str:
+    """This host's name, reduced to characters safe in a staging folder name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def new_token() -> str:
+    """A random id for one writer attempt (distinguishes two writers of the same part)."""
+    return uuid.uuid4().hex[:16]
+
+
+def staging_name(part_id: str, host: str, pid: int, token: str) -> str:
+    return f"{part_id}.{host}.{pid}.{token}"
+
+
+def parse_staging_name(name: str) -> dict | None:
+    """`{part_id, host, pid, token}` from a staging folder name, or None if it is not one of ours."""
+    bits = name.split(".")
+    if len(bits) != 4 or not bits[2].isdigit():
+        return None
+    return {"part_id": bits[0], "host": bits[1], "pid": int(bits[2]), "token": bits[3]}
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one (tmp + fsync + os.replace)."""
+    tmp = path.with_name(f".{path.name}.{new_token()}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)  # ASCII: ids may hold lone surrogates
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path):
+    """Parse a JSON file; StoreError naming the file if it is missing or damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path}: cannot be read as JSON ({e})") from None
+
+
+def group_meta(attributes: dict) -> dict:
+    """A zarr v3 group's `zarr.json` with these attributes."""
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+
+
+def read_group_attrs(path: Path, key: str) -> dict:
+    """attributes[key] of the zarr v3 group at folder `path`; StoreError if absent or malformed."""
+    meta = read_json(path / META)
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict) or not isinstance(attrs.get(key), dict):
+        raise StoreError(f"{path / META}: no {key!r} record")
+    return attrs[key]
