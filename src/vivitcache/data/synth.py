@@ -1,0 +1,196 @@
+"""A synthetic video dataset whose classes depend only on motion over time, never on a single frame.
+
+Every video shows one small bright Gaussian blob over a static random-noise texture. Everything a single frame
+shows is drawn from the same distribution in every class:
+
+- the texture (smoothed noise), the blob's colour and size are random per video;
+- the blob's position in any one frame is uniform over the frame: its start position/phase is uniform and the
+  frame wraps around (a torus), so moving, oscillating and static blobs all sit anywhere with equal probability;
+- its intensity in any one frame has the same distribution in every class: blinking classes vary it along a
+  sinusoid with random phase, the other classes hold it at one value drawn from that sinusoid's distribution.
+
+So a classifier that sees one frame is at chance; only how the blob changes over time tells the class:
+
+    move_right, move_left, move_down, move_up   constant velocity (one frame width per clip, ±25 %)
+    oscillate_slow / oscillate_fast             horizontal sinusoid, 1 / 9 cycles per clip
+    blink_slow / blink_fast                     static blob, intensity sinusoid 1 / 9 cycles per clip
+    down_then_up / up_then_down                 two events in either order: half a width down then back up,
+                                                or up then back down
+
+The slow/fast pairs alias: sampled at 8 uniformly spaced frames per clip, 9 cycles per clip look exactly like 1
+(9/8 cycle per sample ≡ 1/8), so an 8-frame model cannot separate them, while 32 samples can. With `classes=8`
+(the first eight names) exactly one aliasing pair (oscillate) is present and the other six classes are separable
+at 8 frames: an 8-frame model's ceiling is 7/8 of the videos (the oscillate pair at coin flip), a 32-frame model's
+is all of them. `classes=9` adds the second aliasing pair (blink), `classes=10` the reversed event order.
+
+Videos are real H.264 (libx264, yuv420p, crf 12, one thread: deterministic bytes) or MPEG-4 Part 2 at a high
+bit rate if libx264 is missing. The same seed gives identical pixels; each video's randomness depends only on
+(seed, class, index), so adding classes or videos does not change the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    "move_right",
+    "move_left",
+    "move_down",
+    "move_up",
+    "oscillate_slow",
+    "oscillate_fast",
+    "blink_slow",
+    "down_then_up",
+    "blink_fast",
+    "up_then_down",
+)
+FAST_CYCLES = 9  # cycles per clip of the fast classes: aliases to 1 cycle at 8 samples per clip
+SYNTH_FPS = 25
+CRF = 12
+_MIN_INTENSITY = 0.5  # blink range [0.5, 1]: the blob stays visible at its dimmest
+
+
+def render_clip(class_name: str, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Pixels of one synthetic video of `class_name`: uint8 [frames, size, size, 3] (RGB)."""
+    if class_name not in CLASS_NAMES:
+        raise ValueError(f"unknown synth class {class_name!r}; known: {', '.join(CLASS_NAMES)}")
+    S, T = size, frames
+    u = np.arange(T) / T  # [T] clip phase in [0, 1)
+
+    background = _texture(S, rng)  # [S, S, 3] float in [0, 1]
+    colour = rng.uniform(0.55, 1.0, 3)
+    colour[rng.integers(3)] = 1.0  # bright in at least one channel
+    sigma = rng.uniform(S / 16, S / 10)
+    x0, y0 = rng.uniform(0, S, 2)  # uniform start: with wrap-around, any frame's position is uniform
+    speed = rng.uniform(0.75, 1.25) * S  # pixels per clip
+    amplitude = rng.uniform(0.15, 0.25) * S
+    phase = rng.uniform(0, 2 * np.pi)
+    intensity_phase = rng.uniform(0, 2 * np.pi)
+
+    x, y = np.full(T, x0), np.full(T, y0)  # [T] blob centre
+    direction = {"move_right": (1, 0), "move_left": (-1, 0), "move_down": (0, 1), "move_up": (0, -1)}
+    if class_name in direction:
+        dx, dy = direction[class_name]
+        x, y = x0 + dx * speed * u, y0 + dy * speed * u
+    elif class_name.startswith("oscillate"):
+        cycles = 1 if class_name.endswith("slow") else FAST_CYCLES
+        x = x0 + amplitude * np.sin(2 * np.pi * cycles * u + phase)
+    elif class_name in ("down_then_up", "up_then_down"):
+        sign = 1 if class_name == "down_then_up" else -1
+        triangle = 1 - np.abs(1 - 2 * u)  # 0 → 1 → 0
+        y = y0 + sign * (speed / 2) * triangle
+
+    if class_name.startswith("blink"):
+        cycles = 1 if class_name.endswith("slow") else FAST_CYCLES
+        wave = np.sin(2 * np.pi * cycles * u + intensity_phase)  # [T]
+    else:  # constant, drawn from the blinking intensity's distribution
+        wave = np.full(T, np.sin(intensity_phase))
+    intensity = _MIN_INTENSITY + (1 - _MIN_INTENSITY) * (0.5 + 0.5 * wave)  # [T]
+
+    grid = np.arange(S) + 0.5  # pixel centres
+    dxs = (grid[None, :] - x[:, None] + S / 2) % S - S / 2  # [T, S] wrapped horizontal distance
+    dys = (grid[None, :] - y[:, None] + S / 2) % S - S / 2  # [T, S] wrapped vertical distance
+    blob = np.exp(-(dys[:, :, None] ** 2 + dxs[:, None, :] ** 2) / (2 * sigma**2))  # [T, S(y), S(x)]
+    alpha = (intensity[:, None, None] * blob)[..., None]  # [T, S, S, 1]
+    video = background[None] * (1 - alpha) + colour * alpha  # [T, S, S, 3]
+    return np.clip(np.round(video * 255), 0, 255).astype(np.uint8)
+
+
+def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Static background: grey noise low-passed (periodic, via FFT) plus fine grain, mean ~0.3, tinted by a random
+    colour. Detail is in luminance only, which yuv420p keeps at full resolution: float [S, S, 3] in [0, 1]."""
+    noise = rng.standard_normal((size, size))
+    f = np.fft.fftfreq(size)
+    lowpass = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.12**2))  # [S, S]
+    smooth = np.real(np.fft.ifft2(np.fft.fft2(noise) * lowpass))
+    grey = 0.3 + 0.09 * smooth / (smooth.std() + 1e-8) + 0.02 * rng.standard_normal((size, size))  # [S, S]
+    tint = rng.uniform(0.8, 1.2, 3)
+    return np.clip(grey[..., None] * tint, 0.0, 1.0)  # [S, S, 3]
+
+
+def _encode(path: Path, video: np.ndarray, codec: str) -> None:
+    """Write uint8 [T, S, S, 3] as an .mp4 (deterministic: one encoder thread)."""
+    time_base = Fraction(1, SYNTH_FPS)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=SYNTH_FPS)
+        stream.height, stream.width = video.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = stream.codec_context.time_base = time_base
+        if codec == "libx264":
+            stream.options = {"crf": str(CRF), "preset": "medium", "threads": "1"}
+        else:  # mpeg4: near-lossless at these sizes
+            stream.bit_rate = 8_000_000
+            stream.codec_context.thread_count = 1
+        for t, image in enumerate(video):
+            # convert here, not inside encode(): PyAV's implicit conversion there made x264's output differ between
+            # runs in one process (measured), this one is bit-exact
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = t, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def make_synth_dataset(
+    out: str | Path,
+    classes: int = 8,
+    videos_per_class: int = 24,
+    frames: int = 64,
+    size: int = 48,
+    seed: int = 0,
+    val_fraction: float = 0.25,
+) -> Path:
+    """Write `out/videos/<class>/<id>.mp4`, `out/labels.csv` (path,label,split; relative paths) and
+    `out/synth.json` (all parameters); returns `out`.
+
+    The first `classes` of CLASS_NAMES are used. The last round(val_fraction · videos_per_class) videos of each
+    class are the val split.
+    """
+    from vivitcache import __version__
+
+    if not 1 <= classes <= len(CLASS_NAMES):
+        raise ValueError(f"classes must be in 1..{len(CLASS_NAMES)}, got {classes}")
+    if videos_per_class < 1 or frames < 2:
+        raise ValueError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
+    if size < 16 or size % 2:
+        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    n_val = round(val_fraction * videos_per_class)
+    rows = []
+    for c, name in enumerate(CLASS_NAMES[:classes]):
+        folder = out / "videos" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(videos_per_class):
+            rng = np.random.default_rng([seed, c, j])
+            video_id = f"{name}_{j:03d}"
+            _encode(folder / f"{video_id}.mp4", render_clip(name, frames, size, rng), codec)
+            split = "val" if j >= videos_per_class - n_val else "train"
+            rows.append((f"videos/{name}/{video_id}.mp4", name, split))
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("path", "label", "split"))
+        writer.writerows(rows)
+    params = {
+        "classes": classes,
+        "class_names": list(CLASS_NAMES[:classes]),
+        "videos_per_class": videos_per_class,
+        "frames": frames,
+        "size": size,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "fps": SYNTH_FPS,
+        "codec": codec,
+        "crf": CRF if codec == "libx264" else None,
+        "fast_cycles": FAST_CYCLES,
+        "vivitcache_version": __version__,
+    }
+    (out / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
+    return out
