@@ -55,6 +55,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one line, exit status 2, no traceback."""
     from vivitcache.data.annotations import AnnotationError
     from vivitcache.data.decode import VideoDecodeError
+    from vivitcache.extract import ExtractFailures
     from vivitcache.models.spatial import SpatialModelError
     from vivitcache.store import FingerprintMismatchError, StoreError
     from vivitcache.training.checkpoint import CheckpointError
@@ -66,6 +67,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         StoreError,
         FingerprintMismatchError,
         CheckpointError,
+        ExtractFailures,
         FileNotFoundError,
         ValueError,
     )
@@ -196,6 +198,160 @@ def _print_run_summary(out: Path, summary: dict) -> None:
     console.print(
         f"{acc}  {summary['seconds']:.0f} s  peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB  → {out}"
     )
+
+
+@app.command(
+    epilog="Example: vivitcache extract --data data/synth/labels.csv --checkpoint runs/stage1 "
+    "--store runs/tokens.zarr --workers 2   |   vivitcache extract --data k400.csv --video-root /data/k400 "
+    "--model vit-g --weights vit_g.safetensors --store /shared/k400_vitg.zarr --scheduler tcp://head:8786"
+)
+@user_errors
+def extract(
+    data: DataOpt,
+    store: Annotated[Path, typer.Option(help="Output token store (.zarr); an existing one with the same fingerprint resumes.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default: the checkpoint's).")] = None,
+    weights: WeightsOpt = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Stage-1 run: its spatial ViT, preprocessing and sampling.")] = None,
+    img_size: ImgSizeOpt = None,
+    patch_size: PatchOpt = None,
+    spatial_depth: DepthOpt = None,
+    video_root: VideoRootOpt = None,
+    labels: LabelsOpt = None,
+    fps: FpsOpt = None,
+    stride: StrideOpt = None,
+    tokens: Annotated[Tokens, typer.Option(help="Tokens stored per frame.")] = Tokens.cls,
+    dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
+    batch_size: Annotated[int, typer.Option(help="Frames per model forward (frames of many videos share a batch).")] = 64,
+    workers: Annotated[int, typer.Option(help="Dask LocalCluster worker processes (0: in this process).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
+    videos_per_part: Annotated[int, typer.Option(help="Videos per part (unit of work, writing and resuming).")] = 32,
+    compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
+):
+    """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
+    from vivitcache.extract import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(
+        data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
+        spatial_depth=spatial_depth, weights=str(weights) if weights else None,
+        checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
+        stride=stride, tokens=tokens.value, dtype=dtype.value, batch_size=batch_size, workers=workers,
+        scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
+        strict=strict,
+    )
+    summary = run_extract(cfg)
+    console.print(
+        f"done {summary['done']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+        f"{summary['frames']} frames at {summary['frames_per_s']:.0f} frames/s → {store}"
+    )
+
+
+@app.command(
+    epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
+    "--out runs/stage2   |   torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
+)
+@user_errors
+def train(
+    store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
+    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = "none",
+    frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = 32,
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
+    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
+    freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
+    epochs: EpochsOpt = 20,
+    batch_size: BatchOpt = 16,
+    lr: LrOpt = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option(help="Warmup epochs.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
+    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    precision: PrecisionOpt = Precision.auto,
+    temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = 1.0,
+    frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = 0.0,
+    token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = 0.0,
+    in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
+    cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = 512.0,
+    val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Annotations whose train/val split to use.")] = None,
+    video_root: VideoRootOpt = None,
+    eval_views: ViewsOpt = 1,
+    workers: WorkersOpt = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")] = 0,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    resume: ResumeOpt = False,
+):
+    """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
+    from vivitcache.config import OptimConfig, RunConfig
+    from vivitcache.train_temporal import AugmentConfig, TrainConfig, run_train
+
+    cfg = TrainConfig(
+        store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
+        no_adapter=no_adapter, freeze_temporal=freeze_temporal, val_store=str(val_store) if val_store else None,
+        splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
+        augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
+        optim=OptimConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, accum_steps=accum_steps, precision=precision.value,
+        ),
+        run=RunConfig(
+            out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
+            checkpoint_every=checkpoint_every, resume=resume,
+        ),
+    )
+    summary = run_train(cfg)
+    _print_run_summary(out, summary)
+
+
+@app.command(name="eval", epilog="Example: vivitcache eval --store runs/tokens.zarr --checkpoint runs/stage2 --eval-views 2")
+@user_errors
+def eval_(
+    store: Annotated[Path, typer.Option(help="Token store.")],
+    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
+    eval_views: ViewsOpt = 1,
+    split: Annotated[str, typer.Option(help="auto (the run's val split), val, train or all.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Where eval.json and the confusion PNG go (default: the run).")] = None,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto",
+):
+    """Top-1/top-5 over fixed views of a stage-2 run on a store; writes eval.json and a confusion matrix PNG."""
+    from vivitcache.train_temporal import run_eval
+
+    r = run_eval(store, checkpoint, views=eval_views, out=out, batch_size=batch_size, split=split, device=device)
+    console.print(
+        f"top-1 {100 * r['val_top1']:.1f}%  top-5 {100 * r['val_top5']:.1f}%  on {r['val_videos']} videos "
+        f"({r['split']}, {eval_views} views) → {r['json']}, {r['png']}"
+    )
+
+
+@app.command(
+    epilog="Example: vivitcache predict clip.mp4 --checkpoint runs/stage2   |   "
+    "vivitcache predict move_left_003 --checkpoint runs/stage2 --store runs/tokens.zarr"
+)
+@user_errors
+def predict(
+    video: Annotated[str, typer.Argument(help="A video file, or a video id of --store.")],
+    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
+    store: Annotated[Optional[Path], typer.Option(help="Read cached tokens when the video is in this store.")] = None,
+    spatial: Annotated[Optional[str], typer.Option(help="Spatial ViT for on-the-fly: stage-1 run or weights file.")] = None,
+    eval_views: Annotated[Optional[int], typer.Option(help="Temporal views (default: the run's).")] = None,
+    top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Top-5 labels with probabilities for one video (spatial ViT on the fly, or cached tokens from --store)."""
+    from vivitcache.predict import predict as run_predict
+
+    video_id = None if Path(video).is_file() or store is None else video
+    p = run_predict(video, checkpoint, store=store, video_id=video_id, views=eval_views, top=top, spatial=spatial)
+    if as_json:
+        _print_json({"video": p.video, "source": p.source, "top": [{"label": c, "prob": q} for c, q in p.top]})
+        return
+    console.print(f"{p.video}  (frame tokens: {p.source})")
+    for label, prob in p.top:
+        console.print(f"  {prob:6.1%}  {label}")
 
 
 @app.command(epilog="Example: vivitcache info runs/tokens.zarr --json")

@@ -91,7 +91,7 @@ def load_annotations(
     seed: int = 0,
 ) -> VideoDataset:
     """Read annotations in any of the four formats (module docstring); AnnotationError when malformed."""
-    data = Path(data)
+    data = Path(data).absolute()  # ids must not depend on the working directory
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not data.exists():

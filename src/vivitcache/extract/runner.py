@@ -1,0 +1,315 @@
+"""`run_extract`: plan the parts still to do, fan them out (Dask or in-process), show progress, summarise.
+
+Work unit = one part (`store.plan_parts` over the videos not yet committed nor in the ledger). One Dask task per
+part; the task's `PartWriter` owns its whole part, so no two writers ever touch a shard. Each Dask worker builds the
+spatial model once (cached per process, keyed by its recipe, which includes the weights sha256) and reuses it for
+every part it runs. Resume is the store's commit protocol: committed parts are skipped, staging folders of dead
+writers are removed, everything else is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from vivitcache.data.annotations import VideoRecord, load_annotations
+from vivitcache.extract.config import ExtractConfig
+from vivitcache.extract.pipeline import PartSettings, Report, extract_videos
+from vivitcache.extract.source import SpatialSpec, resolve_source
+from vivitcache.progress import make_progress
+from vivitcache.provenance import provenance
+from vivitcache.store import StoreWriter, TokenStore, plan_parts
+from vivitcache.training.runtime import resolve_device
+
+PROGRESS_TOPIC = "vivitcache-extract-progress"
+"""Dask event topic on which workers report progress to the client."""
+
+
+class ExtractFailures(RuntimeError):
+    """strict mode: some videos could not be extracted (they are in the store's failure ledger)."""
+
+    def __init__(self, failures: list[dict], summary: dict):
+        self.failures, self.summary = failures, summary
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more; see `vivitcache info`)" if len(failures) > 1 else ""
+        super().__init__(f"{len(failures)} video(s) failed: {first['id']!r}: {first['error']}{more}")
+
+
+@dataclass
+class PartJob:
+    """One Dask task: write one part of the store (picklable)."""
+
+    store: StoreWriter
+    """The store (path + fingerprint records)."""
+    part_id: str
+    """Part id from `plan_parts`."""
+    records: list[VideoRecord]
+    """The part's videos, in id order."""
+    spec: SpatialSpec
+    """Recipe of the spatial model (with its weights sha256)."""
+    settings: PartSettings
+    """Decode/model/batch settings shared by all parts."""
+    workers_per_host: dict[str, int] | None = None
+    """Dask workers per host address, to split a host's cores when `settings.torch_threads` is None."""
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+_MODELS: dict[tuple[SpatialSpec, str], nn.Module] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(spec: SpatialSpec, device: str) -> nn.Module:
+    """The spatial model for `spec` on `device`, built once per (worker) process and kept for its next parts."""
+    key = (spec, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS.clear()  # one model per worker process: a new extraction replaces the last one
+            _MODELS[key] = spec.build().to(device)
+        return _MODELS[key]
+
+
+def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None = None) -> dict:
+    """Extract one part and commit it; returns the writer's result (+ seconds). `model`: the built spatial model
+    (in-process), else the worker's cached one. A part already committed (another writer won, or an earlier
+    attempt of this task) is skipped.
+    """
+    s = job.settings
+    if s.torch_threads is not None and torch.get_num_threads() != s.torch_threads:
+        torch.set_num_threads(s.torch_threads)
+    writer = job.store.part(job.part_id)
+    if writer.already_committed:
+        return {"part_id": job.part_id, "committed": False, "already_committed": True, "frames": 0, "bytes": 0,
+                "videos": 0, "failures": 0}
+    start = time.perf_counter()
+    model = model.to(s.device) if model is not None else cached_model(job.spec, s.device)
+    with writer:
+        extract_videos(model, job.records, writer, s, report)
+    return {**writer.result, "seconds": time.perf_counter() - start}
+
+
+_MALLOC_TUNED = False
+
+
+def undo_dask_malloc_trim() -> None:
+    """Give back glibc's large-allocation behaviour that Dask's nanny switches off (once per process).
+
+    Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, and setting that disables glibc's dynamic mmap
+    threshold: every tensor over 128 KiB is then a fresh mmap + page faults + munmap, which made extraction ~1.5x
+    slower in a worker than in-process (sys time 2 s → 18 s on the benchmark). Setting the thresholds to what the
+    dynamic rule would reach (mmap 32 MiB, its maximum on 64-bit; trim 2x that) restores in-process speed. Only on
+    glibc; elsewhere a no-op.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 64 * 2**20)
+
+
+def run_part_on_worker(job: PartJob) -> dict:
+    """Dask task: `run_part`, reporting progress as Dask events the client subscribes to."""
+    from distributed import get_worker
+
+    undo_dask_malloc_trim()
+    worker = get_worker()  # captured here: the reports come from the part's writer thread
+    if job.settings.torch_threads is None:  # this host's cores, shared by the Dask workers running on it
+        share = (job.workers_per_host or {}).get(_host_of(worker.address), 1)
+        job = replace(job, settings=replace(job.settings, torch_threads=max(1, usable_cores() // share)))
+
+    def report(**counts):
+        worker.log_event(PROGRESS_TOPIC, counts)
+
+    return run_part(job, report=report)
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class ExtractProgress:
+    """Rich bars over videos (with ETA) and frames (frames/s; total estimated from the mean video length)."""
+
+    def __init__(self, enabled: bool, videos: int):
+        self.bar = make_progress(enabled)
+        self.lock = threading.Lock()
+        self.total_videos, self.videos, self.frames, self.failed = videos, 0, 0, 0
+        self.start = time.perf_counter()
+        self.videos_task = self.bar.add_task("videos", total=videos, info="")
+        self.frames_task = self.bar.add_task("frames", total=None, info="")
+
+    def __enter__(self) -> ExtractProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def __call__(self, videos: int = 0, frames: int = 0, failed: int = 0) -> None:
+        """Add counts (from the writer threads, or Dask events on the client's event thread)."""
+        with self.lock:
+            self.videos += videos + failed
+            self.frames += frames
+            self.failed += failed
+            self._show()
+
+    def finish(self, videos: int, frames: int, failed: int) -> None:
+        """Set the final counts from the part results (Dask events may still be in flight when the tasks end)."""
+        with self.lock:
+            self.videos, self.frames, self.failed = videos + failed, frames, failed
+            self._show()
+
+    def _show(self) -> None:
+        rate = self.frames / max(time.perf_counter() - self.start, 1e-9)
+        done_ok = self.videos - self.failed
+        estimate = round(self.frames / done_ok * (self.total_videos - self.failed)) if done_ok else None
+        self.bar.update(self.videos_task, completed=self.videos, info=f"{self.failed} failed")
+        self.bar.update(self.frames_task, completed=self.frames, total=estimate, info=f"{rate:,.0f} frames/s")
+
+
+# ------------------------------------------------------------------------------------------------ fan-out
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and batch systems restrict)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _host_of(address: str) -> str:
+    """'tcp://10.0.0.5:40123' → '10.0.0.5' (the `host` field of the scheduler's worker info)."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0]
+
+
+def _run_in_process(jobs: list[PartJob], model: nn.Module, progress: ExtractProgress) -> list[dict]:
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for job in jobs:
+            results.append(run_part(job, model=model, report=progress))
+    finally:
+        torch.set_num_threads(before)
+    return results
+
+
+def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgress) -> list[dict]:
+    from distributed import Client, LocalCluster, as_completed
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster = None
+    if cfg.scheduler:
+        client = Client(cfg.scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+    try:
+        def on_event(event):  # (time, msg); Dask adds a "worker" key to msg
+            progress(**{k: v for k, v in event[1].items() if k in ("videos", "frames", "failed")})
+
+        client.subscribe_topic(PROGRESS_TOPIC, on_event)
+        hosts = Counter(w["host"] for w in client.scheduler_info()["workers"].values())
+        jobs = [replace(job, workers_per_host=dict(hosts)) for job in jobs]
+        run = uuid.uuid4().hex[:8]  # keys unique per run: a long-lived cluster must not hand back an old result
+        futures = {client.submit(run_part_on_worker, job, key=f"extract-{run}-{job.part_id}", pure=False): job
+                   for job in jobs}
+        results, errors = [], []
+        for future in as_completed(futures):
+            try:
+                results.append(future.result())
+            except Exception as e:  # noqa: BLE001 — the other parts go on; the first error is raised at the end
+                errors.append((futures[future].part_id, e))
+        if errors:
+            part_id, first = errors[0]
+            if len(errors) > 1:
+                logging.getLogger(__name__).error("%d parts failed; first: part %s", len(errors), part_id)
+            raise first
+        return results
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def run_extract(cfg: ExtractConfig) -> dict:
+    """Extract every video of `cfg.data` into `cfg.store` (creating or resuming it); returns the summary:
+
+    {store, videos, done, skipped, failed, frames, bytes, seconds, frames_per_s, parts}: `done` videos committed
+    by this run, `skipped` already in the store (committed or in the ledger), `failed` added to the ledger now,
+    `frames`/`bytes` written now. strict: ExtractFailures after finishing if any video of `cfg.data` is in the ledger.
+    """
+    start = time.perf_counter()
+    cfg.check()
+    # Absolute: ids are paths relative to the annotations, and must not depend on the working directory.
+    dataset = load_annotations(os.path.abspath(cfg.data), cfg.video_root, cfg.labels)
+    device = str(resolve_device(cfg.device))
+    source, model = resolve_source(cfg)
+    store = StoreWriter.create_or_open(
+        cfg.store, source.fingerprint, source.layout, dataset.classes,
+        provenance={**provenance(), "extract_config": cfg.to_dict()},
+    )
+    store.cleanup_stale_staging()
+    already = store.committed_ids()  # committed videos and ledger entries
+    todo = [r for r in dataset.records if r.id not in already]
+    records = {r.id: r for r in todo}
+    parts = plan_parts(list(records), cfg.videos_per_part)
+
+    in_process = cfg.workers == 0 and not cfg.scheduler
+    settings = PartSettings(
+        preprocess=source.preprocess, fps=source.fps, stride=source.stride, tokens=cfg.tokens,
+        store_dtype=cfg.dtype, batch_size=cfg.batch_size, device=device, decode_threads=cfg.decode_threads,
+        prefetch_frames=cfg.prefetch_frames,
+        torch_threads=cfg.torch_threads,  # None: torch's default in-process; a share of the host's cores on Dask
+    )
+    jobs = [PartJob(store, p.part_id, [records[i] for i in p.ids], source.spec, settings) for p in parts]
+    with ExtractProgress(cfg.progress and bool(jobs), len(todo)) as progress:
+        if not jobs:
+            results = []
+        elif in_process:
+            results = _run_in_process(jobs, model, progress)
+        else:
+            del model  # workers build their own; do not hold a second copy of a large model here
+            results = _run_on_dask(jobs, cfg, progress)
+        committed = [r for r in results if r["committed"]]
+        progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
+                        sum(r["failures"] for r in committed))
+    store.consolidate()
+
+    seconds = time.perf_counter() - start
+    part_sizes = {j.part_id: j.records for j in jobs}
+    frames = sum(r["frames"] for r in results if r["committed"])
+    summary = {
+        "store": str(store.path),
+        "videos": len(dataset.records),
+        "done": sum(r["videos"] for r in results if r["committed"]),
+        "skipped": len(dataset.records) - len(todo) + sum(len(part_sizes[r["part_id"]]) for r in results
+                                                          if r["already_committed"]),
+        "failed": sum(r["failures"] for r in results if r["committed"]),
+        "frames": frames,
+        "bytes": sum(r["bytes"] for r in results if r["committed"]),
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
+        "parts": len(results),
+    }
+    if cfg.strict:
+        wanted = {r.id for r in dataset.records}
+        failures = [f for f in TokenStore.open(store.path).failures() if f["id"] in wanted]
+        if failures:
+            raise ExtractFailures(failures, summary)
+    return summary

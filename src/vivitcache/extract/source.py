@@ -1,0 +1,165 @@
+"""Where the spatial ViT, its preprocessing and the frame sampling come from, and the store fingerprint they make.
+
+Three sources, in this order: a stage-1 run (`--checkpoint`: weights, preprocessing and sampling of the run), an
+image-model file (`--weights`), or a random init under `--seed` (tests, demos). `SpatialSpec` is the picklable
+recipe every Dask worker rebuilds the model from; `weights_sha256` is checked after every build, so a worker can
+never extract with other weights than the fingerprint names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vivitcache.data.transforms import Preprocess
+from vivitcache.extract.config import ExtractConfig, ExtractConfigError
+from vivitcache.hashing import state_dict_sha256
+from vivitcache.models.spatial import SpatialModelError, create_spatial, resolve_model_name, tokens_per_frame
+from vivitcache.store import StoreLayout
+from vivitcache.store.layout import SCHEMA
+
+
+@dataclass(frozen=True)
+class SpatialSpec:
+    """A picklable recipe for the frozen spatial ViT (sent to Dask workers, which build it once each)."""
+
+    name: str
+    """timm model name (aliases resolved)."""
+    img_size: int | None
+    """Input size override, None for the model's default."""
+    patch_size: int | None
+    """Patch size override, None for the model's default."""
+    depth: int | None
+    """Number of blocks override, None for the model's default."""
+    weights: str | None
+    """Image-model weights file, or None."""
+    checkpoint: str | None
+    """Stage-1 run folder whose `spatial` part holds the weights, or None."""
+    seed: int
+    """Seed of the random init (used when there is neither weights nor checkpoint)."""
+    weights_sha256: str | None = None
+    """Expected `state_dict_sha256` of the built model; None until known (the first build sets it)."""
+
+    def build(self) -> nn.Module:
+        """The spatial ViT in eval mode without gradients; SpatialModelError if its weights hash is not the expected."""
+        if self.checkpoint is not None:
+            from vivitcache.runs import load_stage1
+
+            state = load_stage1(self.checkpoint).part("spatial")
+            # Built on the meta device (no random init: minutes for vit-g), then the checkpoint's tensors are
+            # assigned; strict, so every parameter and buffer is real afterwards.
+            with torch.device("meta"):
+                model = create_spatial(self.name, self.img_size, self.patch_size, self.depth)
+            try:
+                model.load_state_dict(state, strict=True, assign=True)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise SpatialModelError(f"{self.checkpoint}: spatial part does not fit {self.name} ({first})") from e
+        else:
+            # Random init under our own seed, without disturbing the caller's torch RNG (then `weights`, if any).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                model = create_spatial(self.name, self.img_size, self.patch_size, self.depth, weights=self.weights)
+        model.eval().requires_grad_(False)
+        if self.weights_sha256 is not None:
+            got = state_dict_sha256(model)
+            if got != self.weights_sha256:
+                raise SpatialModelError(
+                    f"spatial model {self.name} built with weights sha256 {got[:16]}…, expected "
+                    f"{self.weights_sha256[:16]}… (weights file or checkpoint changed during extraction?)"
+                )
+        return model
+
+
+@dataclass
+class ExtractSource:
+    """Everything resolved from an `ExtractConfig` before any video is touched."""
+
+    spec: SpatialSpec
+    """Recipe of the spatial model, with its weights sha256 filled in."""
+    preprocess: Preprocess
+    """Frame preprocessing (resize short side, center crop, normalise)."""
+    fps: float | None
+    """Frame sampling by rate (None: not by rate)."""
+    stride: int | None
+    """Frame sampling by stride (None: not by stride)."""
+    fingerprint: dict
+    """The store fingerprint (root attributes) these settings make."""
+    layout: StoreLayout
+    """Token layout of the store (kind, K, D, dtype, shards, chunks)."""
+
+
+def _square(value) -> int | list[int]:
+    """timm keeps sizes as (h, w) tuples; record an int when square."""
+    if isinstance(value, (tuple, list)):
+        return int(value[0]) if len(set(value)) == 1 else [int(v) for v in value]
+    return int(value)
+
+
+def build_fingerprint(
+    spatial: nn.Module, name: str, weights_sha256: str, preprocess: Preprocess, fps, stride, tokens: str, dtype: str
+) -> dict:
+    """The content keys that make two stores interchangeable: same model, weights, pixels, sampling, tokens, dtype.
+
+    The vivitcache version is deliberately NOT part of it (StoreWriter records it in the root attributes and each
+    commit record): a resume with a newer vivitcache whose content keys are equal writes the same tokens and is
+    allowed. A change that alters the tokens must change one of these keys (or `schema`).
+    """
+    return {
+        "model": name,
+        "img_size": _square(spatial.patch_embed.img_size),
+        "patch_size": _square(spatial.patch_embed.patch_size),
+        "depth": len(spatial.blocks),
+        "embed_dim": int(spatial.embed_dim),
+        "num_prefix_tokens": int(spatial.num_prefix_tokens),
+        "weights_sha256": weights_sha256,
+        "preprocess": preprocess.to_dict(),
+        "sampling": {"fps": None if fps is None else float(fps), "stride": None if stride is None else int(stride)},
+        "tokens": tokens,
+        "dtype": dtype,
+        "schema": SCHEMA,
+    }
+
+
+def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
+    """(resolved settings, the built spatial model) from a config; the model is built once here to hash it."""
+    run = None
+    model_name, img_size, patch_size, depth = cfg.model, cfg.img_size, cfg.patch_size, cfg.spatial_depth
+    fps, stride = cfg.fps, cfg.stride
+    if cfg.checkpoint:
+        from vivitcache.runs import load_stage1
+
+        run = load_stage1(cfg.checkpoint)
+        m = run.model
+        for what, asked, have in (("--model", model_name, m.spatial), ("img_size", img_size, m.img_size),
+                                  ("patch_size", patch_size, m.patch_size), ("spatial_depth", depth, m.spatial_depth)):
+            same = asked is None or (
+                resolve_model_name(asked) == resolve_model_name(have) if what == "--model" else asked == have
+            )
+            if not same:
+                raise ExtractConfigError(
+                    f"extract: {what}={asked!r} contradicts checkpoint {cfg.checkpoint} ({have!r})"
+                )
+        model_name, img_size, patch_size, depth = m.spatial, m.img_size, m.patch_size, m.spatial_depth
+        if fps is None and stride is None:  # the sampling the spatial model was trained with
+            fps, stride = run.fps, run.stride
+    spec = SpatialSpec(
+        name=resolve_model_name(model_name), img_size=img_size, patch_size=patch_size, depth=depth,
+        weights=str(cfg.weights) if cfg.weights else None, checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None,
+        seed=cfg.seed,
+    )
+    model = spec.build()
+    sha = state_dict_sha256(model)
+    if run is not None and sha != run.spatial_sha256:
+        raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")
+    spec = SpatialSpec(**{**spec.__dict__, "weights_sha256": sha})
+    preprocess = Preprocess.from_dict(run.preprocess) if run is not None else Preprocess.from_timm(model, img_size)
+    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, cfg.tokens, cfg.dtype)
+    layout = StoreLayout(
+        tokens=cfg.tokens, tokens_per_frame=tokens_per_frame(model, cfg.tokens), dim=int(model.embed_dim),
+        dtype=cfg.dtype, shard_frames=cfg.shard_frames, chunk_frames=cfg.chunk_frames_for_layout(),
+        compression=cfg.compression,
+    )
+    return ExtractSource(spec, preprocess, fps, stride, fingerprint, layout), model

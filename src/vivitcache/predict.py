@@ -1,0 +1,139 @@
+"""`vivitcache predict`: top-k labels for one video from a stage-2 run.
+
+Two ways to get the frame features, which must agree:
+- from a token store, when the video is in it (matched by id or by source path): no pixel is decoded;
+- on the fly: the video is decoded and sampled exactly as `extract` would (the store fingerprint's preprocessing
+  and sampling), the frozen spatial ViT of the stage-1 run runs on the frames the views need, and its tokens are
+  rounded through the store dtype, so both paths see the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vivitcache.config import ModelConfig, from_dict
+from vivitcache.data.decode import read_frames, frame_times, sample_times
+from vivitcache.data.sampling import view_indices
+from vivitcache.data.transforms import Preprocess
+from vivitcache.extract.source import SpatialSpec
+from vivitcache.models.spatial import frame_features, frame_tokens, stored_kind_for
+from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
+from vivitcache.store.dtypes import decode_tokens, encode_tokens
+from vivitcache.train_temporal.init import build_token_model
+from vivitcache.training.checkpoint import CheckpointError, load_config, load_model_state
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one video."""
+
+    video: str
+    """The video path (or store id) predicted."""
+    source: str
+    """Where the frame features came from: `store` or `on-the-fly`."""
+    top: list[tuple[str, float]]
+    """(class name, probability) pairs, most likely first."""
+    probs: np.ndarray
+    """Probabilities over all classes, averaged over views."""
+
+
+def _stage2(checkpoint: str | Path) -> tuple[dict, torch.nn.Module]:
+    config = load_config(checkpoint)["config"]
+    if config.get("stage") != 2:
+        raise CheckpointError(f"{checkpoint}: not a stage-2 run (train one with `vivitcache train`)")
+    model = build_token_model(from_dict(ModelConfig, config["model"]), config["store_layout"]["dim"])
+    model.load_state_dict(load_model_state(checkpoint))
+    return config, model.eval()
+
+
+def _find_in_store(store: TokenStore, video: str, video_id: str | None) -> str | None:
+    if video_id is not None:
+        return video_id if video_id in store else None
+    target = str(Path(video).resolve())
+    for vid in store.ids():
+        if str(Path(store.source(vid)).resolve()) == target:
+            return vid
+    return None
+
+
+def _spatial_spec(config: dict, spatial: str | None, store_provenance: dict | None) -> SpatialSpec:
+    """Recipe of the spatial ViT that made the store: --spatial, else the stage-1 run of --init, else the store's."""
+    fp = config["store_fingerprint"]
+    common = dict(name=fp["model"], img_size=fp["img_size"], patch_size=fp["patch_size"], depth=fp["depth"],
+                  weights_sha256=config["spatial_sha256"])
+    if spatial is not None:
+        is_run = Path(spatial).is_dir()
+        return SpatialSpec(weights=None if is_run else spatial, checkpoint=spatial if is_run else None, seed=0, **common)
+    if config.get("init"):
+        return SpatialSpec(weights=None, checkpoint=config["init"], seed=0, **common)
+    made = (store_provenance or {}).get("extract_config")
+    if made:
+        return SpatialSpec(weights=made.get("weights"), checkpoint=made.get("checkpoint"), seed=made.get("seed", 0), **common)
+    raise CheckpointError(
+        "cannot tell which spatial ViT made the tokens: pass --spatial (a stage-1 run or weights file) or --store"
+    )
+
+
+@torch.inference_mode()
+def _features_on_the_fly(video: str, config: dict, spec: SpatialSpec, views: int) -> torch.Tensor:
+    """Decode the frames the views need, run the spatial ViT, round through the store dtype: [V, T, Din]."""
+    fp, layout = config["store_fingerprint"], config["store_layout"]
+    preprocess = Preprocess.from_dict(fp["preprocess"])
+    fps, stride = fp["sampling"]["fps"], fp["sampling"]["stride"]
+    n = len(sample_times(frame_times(video), fps=fps, stride=stride))
+    idx = view_indices(n, config["frames"], views)  # [V, T]
+    unique, inverse = np.unique(idx, return_inverse=True)
+    pixels = read_frames(video, unique, fps, stride, preprocess.resize_short, preprocess.interpolation)  # [U, h, w, 3]
+    spatial = spec.build()
+    kind = stored_kind_for(config["model"]["frame_token"])
+    tokens = frame_tokens(spatial, preprocess(pixels), kind)  # [U, K, D]
+    tokens = torch.from_numpy(decode_tokens(encode_tokens(tokens.float().numpy(), layout["dtype"]), layout["dtype"]))
+    feats = frame_features(tokens.float(), kind, config["model"]["frame_token"], fp["num_prefix_tokens"])  # [U, Din]
+    return feats[torch.from_numpy(inverse.reshape(idx.shape))]  # [V, T, Din]
+
+
+def _features_from_store(store: TokenStore, vid: str, config: dict, views: int) -> torch.Tensor:
+    """Frame features of the views from cached tokens: [V, T, Din]."""
+    idx = view_indices(store.num_frames(vid), config["frames"], views)  # [V, T]
+    tokens = torch.from_numpy(store.clip(vid, idx.reshape(-1)).astype(np.float32))  # [V·T, K, D]
+    feats = frame_features(
+        tokens, store.layout.tokens, config["model"]["frame_token"], store.fingerprint.get("num_prefix_tokens", 1)
+    )  # [V·T, Din]
+    return feats.view(*idx.shape, -1)  # [V, T, Din]
+
+
+def predict(
+    video: str,
+    checkpoint: str | Path,
+    store: str | Path | None = None,
+    video_id: str | None = None,
+    views: int | None = None,
+    top: int = 5,
+    spatial: str | None = None,
+) -> Prediction:
+    """Top-`top` classes of `video` with probabilities (softmax averaged over `views` fixed temporal views)."""
+    config, model = _stage2(checkpoint)
+    views = views or config["run"]["eval_views"]
+    tokens_store = TokenStore.open(store) if store is not None else None
+    if tokens_store is not None:
+        diff = fingerprint_diff(config["store_fingerprint"], tokens_store.fingerprint)
+        if diff:
+            raise FingerprintMismatchError(diff, f"store {store} holds other tokens than run {checkpoint} was trained on",
+                                           "run has", "store has")
+    vid = _find_in_store(tokens_store, video, video_id) if tokens_store is not None else None
+    if vid is not None:
+        feats, source = _features_from_store(tokens_store, vid, config, views), "store"
+    else:
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"{video}: no such video" + (f" and no id {video_id!r} in {store}" if video_id else ""))
+        spec = _spatial_spec(config, spatial, tokens_store.provenance if tokens_store is not None else None)
+        feats, source = _features_on_the_fly(video, config, spec, views), "on-the-fly"
+    with torch.inference_mode():
+        probs = model(feats).float().softmax(-1).mean(0).numpy()  # [classes]
+    order = np.argsort(-probs)[:top]
+    classes = config["classes"]
+    return Prediction(video=vid or video, source=source, top=[(classes[i], float(probs[i])) for i in order], probs=probs)

@@ -1,0 +1,108 @@
+"""Stage-2 settings: `TrainConfig` (what `vivitcache train` runs) and `AugmentConfig` (token-space augmentation).
+
+Model, optimiser and run settings reuse the shared dataclasses of `vivitcache.config`, so a stage-2 run folder
+records its settings in the same shape as stage 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vivitcache.config import ModelConfig, OptimConfig, RunConfig, from_dict
+
+INIT_PARTS = ("adapter", "temporal", "head")
+"""The parts of a stage-1 run that stage 2 can start from (the spatial ViT never runs in stage 2)."""
+
+DROPOUT_MODES = ("zero", "neighbour")
+
+
+@dataclass
+class AugmentConfig:
+    """Token-space augmentation of training clips; all of it drawn from the clip's seeded generator. Off by default."""
+
+    temporal_crop: float = 1.0
+    """Sample each clip from a window of this fraction of the video at a random position (1.0: the whole video)."""
+    frame_rate_jitter: float = 0.0
+    """Shrink that window further by a random factor in [1 - j, 1], i.e. a random, slower frame rate (0: off)."""
+    token_dropout: float = 0.0
+    """Fraction of the T frame features of a clip replaced (0: off)."""
+    token_dropout_mode: str = "zero"
+    """What a dropped frame feature becomes: `zero`, or `neighbour` (the previous frame's; the next for frame 0)."""
+
+    def __post_init__(self):
+        if not 0.0 < self.temporal_crop <= 1.0:
+            raise ValueError(f"temporal_crop={self.temporal_crop} must be in (0, 1]")
+        if not 0.0 <= self.frame_rate_jitter < 1.0:
+            raise ValueError(f"frame_rate_jitter={self.frame_rate_jitter} must be in [0, 1)")
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"token_dropout={self.token_dropout} must be in [0, 1)")
+        if self.token_dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"token_dropout_mode={self.token_dropout_mode!r}: use one of {', '.join(DROPOUT_MODES)}")
+
+
+@dataclass
+class TrainConfig:
+    """Stage 2: adapter + temporal transformer + head trained on a token store (`vivitcache train`)."""
+
+    store: str = ""
+    """Token store (.zarr folder) made by `vivitcache extract`."""
+    frames: int = 32
+    """Frames per clip T sampled from the cached tokens (the temporal position embeddings are resized to T)."""
+    init: str | None = None
+    """Stage-1 run folder to start from (None / "none": random init under the seed)."""
+    init_parts: list[str] = field(default_factory=lambda: list(INIT_PARTS))
+    """Which parts to take from the stage-1 run: any of adapter, temporal, head."""
+    no_adapter: bool = False
+    """Ablation: no adapter between the cached tokens and the temporal transformer (adapter kind `none`; a
+    stage-1 adapter is then not taken, whatever `init_parts` says)."""
+    freeze_temporal: bool = False
+    """Ablation: keep the temporal transformer fixed; only adapter and head train."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model settings for `--init none` (with a stage-1 run its architecture is used); drop rates always apply."""
+    val_store: str | None = None
+    """Validation tokens from another store (same fingerprint and classes); then all of `store` trains."""
+    splits: str | None = None
+    """Annotations (any format `pretrain --data` reads) whose train/val split decides which store videos train and
+    which validate; None: the stage-1 run's annotations if that file is still there, else the hashed split."""
+    video_root: str | None = None
+    """Video root for `splits` (CSV ids are paths relative to it), as given to `extract`."""
+    val_fraction: float = 0.2
+    """Hashed split (no `val_store`, no split in `splits`): fraction of each class held out, as in `pretrain`."""
+    split_seed: int | None = None
+    """Seed of the hashed split; None: the stage-1 run's seed with `init` (stage 2 then holds out exactly the videos
+    stage 1 held out), else `run.seed`."""
+    in_memory: bool = False
+    """Load every video's frame features once into memory instead of streaming chunks from the store."""
+    cache_mb: float = 512.0
+    """Streaming: bound of the LRU cache of decoded chunks (frame features), in MiB per process."""
+    read_ahead: int = 32
+    """Streaming without DataLoader workers: a background thread warms the cache this many clips ahead (0: off)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Token-space augmentation of training clips."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser settings."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run folder, seed, device, workers, eval views, checkpointing, resume."""
+
+    def __post_init__(self):
+        if self.init in ("", "none", "None"):
+            self.init = None
+        unknown = sorted(set(self.init_parts) - set(INIT_PARTS))
+        if unknown:
+            raise ValueError(f"init_parts: unknown part(s) {unknown}: use any of {', '.join(INIT_PARTS)}")
+        self.init_parts = [p for p in INIT_PARTS if p in self.init_parts]  # canonical order
+        if self.frames < 1:
+            raise ValueError(f"frames={self.frames} must be at least 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        nested = {"model": ModelConfig, "augment": AugmentConfig, "optim": OptimConfig, "run": RunConfig}
+        flat = {k: v for k, v in d.items() if k not in nested}
+        return from_dict(cls, {**flat, **{k: from_dict(c, d[k]) for k, c in nested.items() if k in d}})

@@ -1,0 +1,118 @@
+"""The stage-2 model: built without its spatial ViT, started from a stage-1 run (or at random), parts frozen.
+
+`--init RUN1` takes the adapter, temporal transformer and head of a stage-1 run (any subset, `--init-parts`), with
+the stage-1 architecture; the temporal position embeddings are then interpolated from the stage-1 clip length to
+`--frames` (linear, end points aligned, CLS position kept: `models.temporal.interpolate_temporal_pos_embed`).
+
+Before anything trains, the store must have been extracted with that run's spatial model: same model name and same
+weights sha256 (`FingerprintMismatchError` otherwise). Taking the head also needs the same classes (`InitError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vivitcache.config import ModelConfig
+from vivitcache.models.spatial import SpatialModelError, resolve_model_name
+from vivitcache.models.vivit import ViViT
+from vivitcache.runs import Stage1Run, load_stage1
+from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
+from vivitcache.train_temporal.config import TrainConfig
+
+
+class InitError(ValueError):
+    """A stage-1 run that cannot initialise the stage-2 model asked for (other classes, other token width)."""
+
+
+class TokenViViT(ViViT):
+    """The ViViT of stage 2: no spatial ViT, and `forward` takes frame features [B, T, Din].
+
+    Same modules and state-dict keys as `build_vivit(cfg, with_spatial=False, spatial_dim=D)`; only `forward`
+    differs, because DistributedDataParallel synchronises gradients through `forward` alone.
+    """
+
+    def forward(self, feats):  # feats: [B, T, Din]
+        return self.forward_tokens(feats)  # [B, classes]
+
+
+def build_token_model(cfg: ModelConfig, spatial_dim: int) -> TokenViViT:
+    """A stage-2 model for tokens of width `spatial_dim` (random init under torch's current seed)."""
+    return TokenViViT(cfg, spatial=None, spatial_dim=spatial_dim)
+
+
+def _model_name(name) -> str | None:
+    try:
+        return resolve_model_name(name) if isinstance(name, str) else name
+    except SpatialModelError:
+        return name  # compared as written
+
+
+def check_store_matches_stage1(store: TokenStore, stage1: Stage1Run) -> None:
+    """FingerprintMismatchError unless the store's tokens come from stage-1 run's spatial model (name and weights)."""
+    expected = {"model": _model_name(stage1.model.spatial), "weights_sha256": stage1.spatial_sha256}
+    actual = {"model": _model_name(store.fingerprint.get("model")), "weights_sha256": store.fingerprint.get("weights_sha256")}
+    diff = fingerprint_diff(expected, actual)
+    if diff:
+        raise FingerprintMismatchError(
+            diff, f"store {store.path} was not extracted with the spatial model of stage-1 run {stage1.path} "
+            "(re-extract with `vivitcache extract --checkpoint` of that run, or use --init none)",
+            "stage-1 run has", "store has",
+        )
+
+
+def check_stores_agree(store: TokenStore, other: TokenStore) -> None:
+    """FingerprintMismatchError unless two stores hold tokens of the same kind (fingerprint, layout, classes)."""
+    a = {"fingerprint": store.fingerprint, "classes": store.classes, "tokens": store.layout.tokens,
+         "dim": store.layout.dim}
+    b = {"fingerprint": other.fingerprint, "classes": other.classes, "tokens": other.layout.tokens,
+         "dim": other.layout.dim}
+    diff = fingerprint_diff(a, b)
+    if diff:
+        raise FingerprintMismatchError(diff, f"stores {store.path} and {other.path} differ", "first has", "second has")
+
+
+def _load_part(model: TokenViViT, part: str, stage1: Stage1Run) -> None:
+    try:
+        getattr(model, part).load_state_dict(stage1.part(part))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise InitError(f"{stage1.path}: its {part} does not fit the stage-2 model ({first})") from None
+
+
+def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[TokenViViT, dict]:
+    """The stage-2 model for `cfg` on `store`, and what it was made from: {init, init_parts, spatial_sha256}.
+
+    Call under a fixed seed: parts not taken from the stage-1 run are initialised at random.
+    """
+    classes, dim = store.classes, store.layout.dim
+    adapter = "none" if cfg.no_adapter else None
+    if cfg.init is None:
+        model_cfg = dataclasses.replace(
+            cfg.model, spatial=store.fingerprint.get("model", cfg.model.spatial), num_frames=cfg.frames,
+            num_classes=len(classes), adapter=adapter or cfg.model.adapter,
+        )
+        model = build_token_model(model_cfg, dim)
+        made = {"init": None, "init_parts": [], "spatial_sha256": store.fingerprint.get("weights_sha256")}
+    else:
+        stage1 = load_stage1(cfg.init)
+        check_store_matches_stage1(store, stage1)
+        parts = [p for p in cfg.init_parts if not (p == "adapter" and cfg.no_adapter)]
+        if "head" in parts and list(stage1.classes) != list(classes):
+            raise InitError(
+                f"stage-1 run {cfg.init} has {len(stage1.classes)} classes {stage1.classes[:4]}…, store {store.path} "
+                f"has {len(classes)} {classes[:4]}…: its head cannot be used (leave head out of --init-parts)"
+            )
+        # built at the stage-1 clip length so the saved position embeddings load as they are, then resized
+        model_cfg = dataclasses.replace(
+            stage1.model, num_classes=len(classes), adapter=adapter or stage1.model.adapter,
+            drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate,
+        )
+        model = build_token_model(model_cfg, dim)
+        for part in parts:
+            _load_part(model, part, stage1)
+        model.resize_frames(cfg.frames)
+        made = {"init": str(stage1.path), "init_parts": parts, "spatial_sha256": stage1.spatial_sha256,
+                "init_frames": stage1.model.num_frames}
+    if cfg.freeze_temporal:
+        model.temporal.requires_grad_(False)
+    return model, made

@@ -1,0 +1,300 @@
+"""Stage 2 on cached tokens: `run_train` (`vivitcache train`) and `run_eval` (`vivitcache eval`).
+
+The spatial ViT never runs here and no pixel is decoded: clips are frame features read from the token store.
+Training goes through the shared loop (`training.loop.fit`): AdamW + warmup-cosine, label smoothing, clipping,
+accumulation, autocast, DDP under torchrun (only rank 0 writes), checkpoints and exact `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vivitcache.config import ModelConfig, from_dict
+from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
+from vivitcache.train_temporal.config import TrainConfig
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
+from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
+from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
+from vivitcache.training.checkpoint import CheckpointError, checkpoint_path, load_config, load_model_state, write_json
+from vivitcache.training.loop import Task, evaluate, fit
+from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything
+
+
+def forward_features(model, feats):  # feats: [B, T, Din]
+    return model(feats)  # [B, classes]
+
+
+def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[VideoEntry]:
+    """The store's videos that have a label (unlabelled ones, label -1, cannot be trained or scored)."""
+    entries = [VideoEntry(v, store.num_frames(v), store.label(v)) for v in (store.ids() if ids is None else ids)]
+    return [e for e in entries if e.label >= 0]
+
+
+def hashed_split(videos: list[VideoEntry], val_fraction: float, seed: int) -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """(train, val) by the rule of `data.annotations` for annotations without a split: per class, the
+    round(val_fraction·n) ids with the smallest sha256(f"{seed}/{id}") validate. Given stage 1's seed and fraction,
+    stage 2 holds out exactly the videos stage 1 held out (store ids are the annotation ids)."""
+    by_class: dict[int, list[VideoEntry]] = {}
+    for v in videos:
+        by_class.setdefault(v.label, []).append(v)
+    val_ids = set()
+    for group in by_class.values():
+        ranked = sorted(group, key=lambda v: hashlib.sha256(f"{seed}/{v.id}".encode()).hexdigest())
+        val_ids.update(v.id for v in ranked[: round(val_fraction * len(ranked))])
+    return [v for v in videos if v.id not in val_ids], [v for v in videos if v.id in val_ids]
+
+
+def split_source(cfg: TrainConfig) -> tuple[str | None, str | None, int]:
+    """(annotations, video root, seed) that decide the train/val split of `cfg.store`.
+
+    As set; else, with a stage-1 run, that run's annotations and seed when its annotations file is still there
+    (stage 2 then holds out exactly the videos stage 1 held out, split column or hashed split alike); else the
+    hashed split under `split_seed`, the stage-1 run's seed, or `run.seed`.
+    """
+    stage1 = load_config(cfg.init)["config"] if cfg.init is not None else {}
+    seed = cfg.split_seed
+    if seed is None:
+        seed = int(stage1.get("run", {}).get("seed", cfg.run.seed)) if stage1 else cfg.run.seed
+    if cfg.splits is not None:
+        return cfg.splits, cfg.video_root, seed
+    data = stage1.get("data", {})
+    if data.get("data") and Path(data["data"]).exists():
+        return data["data"], data.get("video_root"), seed
+    return None, None, seed
+
+
+def split_videos(store: TokenStore, splits: str | None, video_root: str | None, val_fraction: float, seed: int
+                 ) -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """(train, val) videos of a store: from the split of annotations `splits`, else the hashed split.
+
+    With annotations, store videos they do not list (and test-split ones) are left out; annotated videos without
+    a split column fall back to the hashed split inside `load_annotations`, with the same fraction and seed.
+    """
+    videos = labelled_videos(store)
+    if splits is None:
+        return hashed_split(videos, val_fraction, seed)
+    from vivitcache.data.annotations import load_annotations  # parses a file; never decodes
+
+    root = os.path.abspath(video_root) if video_root else None
+    dataset = load_annotations(os.path.abspath(splits), root, None, val_fraction, seed)
+    split_of = {r.id: r.split for r in dataset.records}
+    if not any(v.id in split_of for v in videos):
+        raise ValueError(f"{splits}: none of its video ids is in store {store.path} (wrong file or --video-root? "
+                         "without --splits, the annotations of the stage-1 run are used)")
+    return [v for v in videos if split_of.get(v.id) == "train"], [v for v in videos if split_of.get(v.id) == "val"]
+
+
+def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float, ids=None):
+    if in_memory:
+        return InMemoryFeatures(store_path, frame_token, ids)
+    return StreamedFeatures(store_path, frame_token, int(cache_mb * 2**20))
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """Train stage 2 into `cfg.run.out`; returns summary.json's content."""
+    store = TokenStore.open(cfg.store)
+    seed_everything(cfg.run.seed)
+    model, made = build_stage2_model(cfg, store)
+    frame_token = model.cfg.frame_token
+
+    if cfg.val_store:
+        val_store = TokenStore.open(cfg.val_store)
+        check_stores_agree(store, val_store)
+        train_videos, val_videos = labelled_videos(store), labelled_videos(val_store)
+        splits = video_root = seed = None
+    else:
+        val_store = store
+        splits, video_root, seed = split_source(cfg)
+        train_videos, val_videos = split_videos(store, splits, video_root, cfg.val_fraction, seed)
+    if not train_videos:
+        raise StoreError(f"{store.path}: no labelled videos to train on")
+
+    features = _features(store.path, frame_token, cfg.in_memory, cfg.cache_mb)
+    val_features = features if val_store is store else _features(val_store.path, frame_token, cfg.in_memory, cfg.cache_mb)
+    train_set = TokenClipDataset(
+        train_videos, features, cfg.frames, train=True, seed=cfg.run.seed, augment=cfg.augment, read_ahead=cfg.read_ahead
+    )
+    val_set = (
+        TokenClipDataset(val_videos, val_features, cfg.frames, train=False, views=cfg.run.eval_views,
+                         read_ahead=cfg.read_ahead)
+        if val_videos else None
+    )
+    config = {
+        "stage": 2,
+        **cfg.to_dict(),
+        # absolute paths: `eval` and `predict` may run from another folder
+        "store": str(store.path),
+        "val_store": str(val_store.path) if cfg.val_store else None,
+        "init": os.path.abspath(cfg.init) if cfg.init else None,
+        # the split as resolved (given, or the stage-1 run's annotations): what `eval` needs to find it again
+        "splits": os.path.abspath(splits) if splits else None,
+        "video_root": os.path.abspath(video_root) if video_root else None,
+        "split_seed": seed,
+        "model": dataclasses.asdict(model.cfg),  # the model as built (what `predict` and `eval` rebuild)
+        "classes": list(store.classes),
+        "store_fingerprint": store.fingerprint,
+        "store_layout": store.layout.to_dict(),
+        "init_parts": made["init_parts"],
+        "init_frames": made.get("init_frames"),
+        "spatial_sha256": made["spatial_sha256"],
+    }
+    task = Task(
+        model=model,
+        forward=forward_features,
+        train_set=train_set,
+        val_set=val_set,
+        num_classes=len(store.classes),
+        config=config,
+        title=f"stage 2 ({cfg.frames} frames)",
+        frames_per_sample=cfg.frames,
+        extra_summary={
+            "frames": cfg.frames,
+            "train_videos": len(train_videos),
+            "val_videos": len(val_videos),
+            "init": made["init"],
+            "split_from": "val_store" if cfg.val_store else (config["splits"] or f"hashed split, seed {seed}"),
+            "in_memory": cfg.in_memory,
+        },
+    )
+    try:
+        return fit(task, cfg.optim, cfg.run)
+    finally:
+        train_set.stop_read_ahead()
+        if val_set is not None:
+            val_set.stop_read_ahead()
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def _eval_model(config: dict, run) -> tuple[ModelConfig, dict, dict, int | None]:
+    """(model config, model tensors, expected store fingerprint, token width) of a stage-1 or stage-2 checkpoint."""
+    model_cfg = from_dict(ModelConfig, config["model"])
+    state = load_model_state(run)
+    if config.get("stage") == 2:
+        expected = config["store_fingerprint"]
+    elif config.get("stage") == 1:  # a stage-1 model scored on tokens at its own clip length
+        from vivitcache.runs import load_stage1
+
+        expected = {"weights_sha256": load_stage1(run).spatial_sha256}
+        state = {k: v for k, v in state.items() if not k.startswith("spatial.")}
+    else:
+        raise CheckpointError(f"{run}: not a stage-1 or stage-2 run (stage={config.get('stage')})")
+    dim = (config.get("store_layout") or {}).get("dim")
+    return model_cfg, state, expected, dim
+
+
+def _eval_videos(store: TokenStore, config: dict, split: str) -> tuple[list[VideoEntry], str]:
+    """Which videos `run_eval` scores: `auto` is the run's own validation split on its training store, else all."""
+    same_store = config.get("store") and os.path.abspath(config["store"]) == str(store.path)
+    known = same_store and config.get("stage") == 2 and not config.get("val_store")
+    if split == "auto":
+        split = "val" if known else "all"
+    if split == "all":
+        return labelled_videos(store), split
+    if split not in ("train", "val"):
+        raise ValueError(f"split {split!r}: use auto, all, train or val")
+    if not known:
+        raise ValueError(f"split {split!r} is only known for the store a stage-2 run split itself ({config.get('store')})")
+    train, val = split_videos(store, config["splits"], config["video_root"], config["val_fraction"],
+                              config["split_seed"])
+    return (train if split == "train" else val), split
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], png: Path, title: str = "") -> Path:
+    """A confusion-matrix heat map (rows: true class, columns: predicted), row-normalised colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=np.float64)  # [C, C]
+    rows = m / np.maximum(1.0, m.sum(1, keepdims=True))
+    n = len(classes)
+    side = min(12.0, 2.5 + 0.35 * n)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def run_eval(
+    store: str | Path,
+    checkpoint: str | Path,
+    views: int = 1,
+    out: str | Path | None = None,
+    batch_size: int = 16,
+    split: str = "auto",
+    device: str = "auto",
+    workers: int = 0,
+    in_memory: bool = False,
+    frames: int | None = None,
+) -> dict:
+    """Top-1/top-5 of a stage-2 (or stage-1) checkpoint on a store's videos over `views` fixed views per video.
+
+    Writes eval.json (metrics, classes, confusion matrix) and eval_confusion.png into `out` (default: the run
+    folder of the checkpoint). `split`: auto (the run's validation split when `store` is its training store,
+    else every labelled video), val, train, all. `frames`: clip length (default: the model's).
+    """
+    ckpt = checkpoint_path(checkpoint)
+    config = load_config(checkpoint)["config"]
+    model_cfg, state, expected, dim = _eval_model(config, checkpoint)
+    token_store = TokenStore.open(store)
+    diff = fingerprint_diff({k: expected[k] for k in ("model", "weights_sha256") if k in expected},
+                            {k: token_store.fingerprint.get(k) for k in ("model", "weights_sha256") if k in expected})
+    if diff:
+        raise FingerprintMismatchError(diff, f"store {token_store.path} was not extracted with the spatial model "
+                                       f"of {checkpoint}", "checkpoint has", "store has")
+    if list(config["classes"]) != list(token_store.classes):
+        raise ValueError(f"store {token_store.path} has other classes than {checkpoint} "
+                         f"({len(token_store.classes)} vs {len(config['classes'])})")
+    model = build_token_model(model_cfg, dim or token_store.layout.dim)
+    model.load_state_dict(state)
+    T = frames or model_cfg.num_frames
+    if T != model_cfg.num_frames:
+        model.resize_frames(T)
+    videos, used_split = _eval_videos(token_store, config, split)
+    if not videos:
+        raise StoreError(f"{token_store.path}: no labelled videos to evaluate (split {used_split})")
+    features = _features(token_store.path, model_cfg.frame_token, in_memory, 512.0)
+    dataset = TokenClipDataset(videos, features, T, train=False, views=views, read_ahead=32 if workers == 0 else 0)
+    dev = resolve_device(device)
+    model.to(dev)
+    result = evaluate(model, forward_features, dataset, len(config["classes"]), dev, batch_size,
+                      autocast_dtype("auto", dev), None, workers)
+    dataset.stop_read_ahead()
+    out_dir = Path(out) if out is not None else ckpt.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        **{k: result[k] for k in ("val_top1", "val_top5", "val_loss", "val_videos")},
+        "views": views,
+        "frames": T,
+        "split": used_split,
+        "store": str(token_store.path),
+        "checkpoint": str(ckpt),
+        "classes": list(config["classes"]),
+        "confusion": result["confusion"],
+    }
+    write_json(out_dir / "eval.json", report)
+    top1 = 100 * result["val_top1"]
+    png = plot_confusion(result["confusion"], list(config["classes"]), out_dir / "eval_confusion.png",
+                         f"{Path(checkpoint).name}: top-1 {top1:.1f}% ({views} view{'s' * (views > 1)})")
+    return {**report, "json": str(out_dir / "eval.json"), "png": str(png)}
