@@ -19,18 +19,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Offline demo on CPU: synth → stage 1 (8 frames, end to end) → extract (Dask, 2 workers) → stage 2 (32 frames) → eval.
-TINY := --model vit-ti --img-size 32 --patch-size 8 --spatial-depth 2 --temporal-depth 2
+# Offline demo on CPU: synth → stage 1 (8 frames, end to end) → extract (Dask, 2 workers) → stage 2 (32 frames) → eval → demo_out/report.md.
 demo: $(STAMP)
-	rm -rf demo_out
-	$(BIN)/vivitcache synth demo_out/data
-	$(BIN)/vivitcache pretrain --data demo_out/data/labels.csv $(TINY) --frames 8 --epochs 6 --out demo_out/stage1
-	$(BIN)/vivitcache extract --data demo_out/data/labels.csv --checkpoint demo_out/stage1 --store demo_out/tokens.zarr --workers 2
-	$(BIN)/vivitcache verify demo_out/tokens.zarr
-	$(BIN)/vivitcache info demo_out/tokens.zarr
-	$(BIN)/vivitcache train --store demo_out/tokens.zarr --init demo_out/stage1 --frames 32 --epochs 10 --out demo_out/stage2
-	$(BIN)/vivitcache eval --store demo_out/tokens.zarr --checkpoint demo_out/stage2 --eval-views 2
-	@echo "demo done: run folders and curves under demo_out/ (stage1/, stage2/, tokens.zarr)"
+	$(BIN)/vivitcache demo --out demo_out --overwrite
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

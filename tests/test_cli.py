@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from vivitcache.cli import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "pretrain", "extract", "info", "verify", "train", "eval", "predict"]
+COMMANDS = ["demo", "synth", "image-pretrain", "pretrain", "extract", "info", "verify", "train", "eval", "predict", "bench"]
 
 
 def test_top_level_help_lists_every_command():

@@ -43,7 +43,7 @@ def chance_bound(classes: int, n_test: int, sigmas: float = 3.5) -> float:
 
 def single_frame_features(frame: np.ndarray) -> np.ndarray:
     """What one frame shows, translation-invariant: background colour and spread, and the brightest spot (the
-    blob): its colour, contrast, size and position on the torus."""
+    blob): its colour, contrast, size and position (linear and periodic)."""
     f = frame.astype(np.float64) / 255  # [H, W, 3]
     h, w = f.shape[:2]
     bright = f.max(-1)  # [H, W]
@@ -57,7 +57,7 @@ def single_frame_features(frame: np.ndarray) -> np.ndarray:
     angles = 2 * np.pi * np.array([x / w, y / h])
     return np.concatenate(
         [background, f.reshape(-1, 3).std(0), patch[3, 3], patch.mean((0, 1)), [excess.sum(), radius, smooth.max()],
-         np.cos(angles), np.sin(angles)]
+         [x / w, y / h, (x / w) ** 2, (y / h) ** 2], np.cos(angles), np.sin(angles)]
     )
 
 

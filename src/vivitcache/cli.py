@@ -114,6 +114,29 @@ PrecisionOpt = Annotated[Precision, typer.Option(help="auto = bf16 autocast on C
 
 
 # ---------------------------------------------------------------------------------------------------- commands
+@app.command(epilog="Example: vivitcache demo --out demo_out   |   vivitcache demo --quick --out /tmp/demo --overwrite")
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for data, stage1, tokens.zarr, stage2, report.md, report.json.")] = Path("demo_out"),
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default: DemoConfig.seed).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (tests): the whole demo in under 40 s.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo's outputs in --out.")] = False,
+    stage1_epochs: Annotated[Optional[int], typer.Option(help="Stage-1 epochs (default: DemoConfig.stage1_epochs).")] = None,
+    stage2_epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs (default: DemoConfig.stage2_epochs).")] = None,
+    stage2_frames: Annotated[Optional[int], typer.Option(help="Stage-2 frames per clip (default: DemoConfig.stage2_frames).")] = None,
+):
+    """The whole method offline: synth → stage 1 (short clips) → extract (Dask) → stage 2 (long clips, cached
+    tokens) → eval → OUT/report.md."""
+    from vivitcache.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.preset(quick, out=str(out), seed=seed, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs,
+                            stage2_frames=stage2_frames)
+    report = run_demo(cfg, overwrite=overwrite)
+    console.print(f"report: {report['report_md']}", highlight=False)
+    for line in report["takeaway"]:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 @app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 24 --frames 64 --size 48")
 @user_errors
 def synth(
@@ -159,6 +182,7 @@ def pretrain(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     warmup_epochs: Annotated[float, typer.Option(help="Warmup epochs.")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
+    spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = 1.0,
     accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     precision: PrecisionOpt = Precision.auto,
     eval_views: ViewsOpt = 1,
@@ -182,6 +206,7 @@ def pretrain(
         optim=OptimConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, accum_steps=accum_steps, precision=precision.value,
+            spatial_lr_scale=spatial_lr_scale,
         ),
         run=RunConfig(
             out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
@@ -190,6 +215,41 @@ def pretrain(
     )
     summary = run_pretrain(cfg)
     _print_run_summary(out, summary)
+
+
+@app.command(
+    name="image-pretrain",
+    epilog="Example: vivitcache image-pretrain --data data/synth/labels.csv --model vit-ti --img-size 32 "
+    "--patch-size 8 --spatial-depth 2 --steps 600 --out runs/image.safetensors",
+)
+@user_errors
+def image_pretrain(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Output weights (.safetensors) for pretrain --weights.")] = Path(
+        "runs/image.safetensors"
+    ),
+    model: ModelOpt = "vit-ti",
+    img_size: ImgSizeOpt = None,
+    patch_size: PatchOpt = None,
+    spatial_depth: DepthOpt = None,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Frames per step.")] = 64,
+    lr: LrOpt = 1e-3,
+    seed: SeedOpt = 0,
+):
+    """Offline stand-in for an image checkpoint: teach the spatial ViT to locate what moves, on single frames."""
+    from vivitcache.pretrain.image import ImagePretrainConfig, run_image_pretrain
+
+    record = run_image_pretrain(
+        ImagePretrainConfig(
+            data=data, out=str(out), model=model, img_size=img_size, patch_size=patch_size,
+            spatial_depth=spatial_depth, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        )
+    )
+    console.print(
+        f"localisation loss {record['initial_loss']:.3f} → {record['final_loss']:.3f} "
+        f"(predicting the mean: {record['chance_loss']:.3f})  {record['seconds']:.0f} s  → {out}"
+    )
 
 
 def _print_run_summary(out: Path, summary: dict) -> None:
@@ -400,6 +460,43 @@ def verify(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
     if problems:
         raise typer.Exit(1)
     console.print(f"{store}: OK")
+
+
+@app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick")
+@user_errors
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md.")] = Path("runs/bench"),
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (vit-ti at 32 px, 8 frames, 4×4 videos): under a minute.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick: vit-ti).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick: 32).")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick: 8).")] = None,
+    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick: 2).")] = None,
+    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Frames per clip T in every mode (default 32; quick: 8).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4).")] = None,
+    accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches per optimiser step (default 4; quick: 2).")] = None,
+    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4).")] = None,
+    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4).")] = None,
+    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16).")] = None,
+    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick: 32).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Existing annotations instead of the synthetic videos.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default 0).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per mode and for extraction (default 1; 0: torch's).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or auto, for every mode and extraction.")] = None,
+):
+    """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c)."""
+    from vivitcache.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig.preset(
+        quick, out=str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
+        temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps,
+        classes=classes, videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size,
+        data=data, seed=seed, threads=threads, device=device,
+    )
+    result = run_bench(cfg)
+    print(result["markdown"])
+    console.print(f"→ {result['files']['md']}, {result['files']['json']}")
 
 
 def main() -> None:

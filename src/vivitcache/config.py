@@ -74,6 +74,8 @@ class OptimConfig:
     """Linear warmup length in epochs, then cosine decay to `min_lr`."""
     min_lr: float = 1e-5
     """Final learning rate of the cosine schedule."""
+    spatial_lr_scale: float = 1.0
+    """LR multiplier of the spatial ViT when it trains (stage 1): a pretrained backbone is fine-tuned gently; 0 freezes it."""
     label_smoothing: float = 0.1
     """Label smoothing of the cross-entropy loss."""
     grad_clip: float = 1.0

@@ -54,6 +54,9 @@ FAST_CYCLES = 9  # cycles per clip of the fast classes: aliases to 1 cycle at 8 
 SYNTH_FPS = 25
 CRF = 12
 _MIN_INTENSITY = 0.5  # blink range [0.5, 1]: the blob stays visible at its dimmest
+_SIGMA_RANGE = (1 / 16, 1 / 10)  # blob radius as a fraction of the frame size
+_PATH_RANGE = (0.35, 0.5)  # path length L as a fraction of the frame size
+_TEXTURE_CONTRAST = 0.09  # std of the smooth background texture
 
 
 def render_clip(class_name: str, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,25 +69,23 @@ def render_clip(class_name: str, frames: int, size: int, rng: np.random.Generato
     background = _texture(S, rng)  # [S, S, 3] float in [0, 1]
     colour = rng.uniform(0.55, 1.0, 3)
     colour[rng.integers(3)] = 1.0  # bright in at least one channel
-    sigma = rng.uniform(S / 16, S / 10)
-    x0, y0 = rng.uniform(0, S, 2)  # uniform start: with wrap-around, any frame's position is uniform
-    speed = rng.uniform(0.75, 1.25) * S  # pixels per clip
-    amplitude = rng.uniform(0.15, 0.25) * S
-    phase = rng.uniform(0, 2 * np.pi)
+    sigma = rng.uniform(S * _SIGMA_RANGE[0], S * _SIGMA_RANGE[1])
+    path = rng.uniform(*_PATH_RANGE) * S  # L: how far the blob travels along its path (pixels)
+    start = rng.uniform(0, S, 2)  # [2] (x, y): uniform, and the frame wraps, so every frame's position is uniform
+    phase = rng.uniform(0, 1)
     intensity_phase = rng.uniform(0, 2 * np.pi)
 
-    x, y = np.full(T, x0), np.full(T, y0)  # [T] blob centre
-    direction = {"move_right": (1, 0), "move_left": (-1, 0), "move_down": (0, 1), "move_up": (0, -1)}
-    if class_name in direction:
-        dx, dy = direction[class_name]
-        x, y = x0 + dx * speed * u, y0 + dy * speed * u
+    s_x, s_y = np.zeros(T), np.zeros(T)  # [T] position along the path, per axis, in [0, 1]
+    ramps = {"move_right": ("x", u), "move_left": ("x", 1 - u), "move_down": ("y", u), "move_up": ("y", 1 - u)}
+    if class_name in ramps:
+        axis, ramp = ramps[class_name]
+        s_x, s_y = (ramp, s_y) if axis == "x" else (s_x, ramp)
     elif class_name.startswith("oscillate"):
         cycles = 1 if class_name.endswith("slow") else FAST_CYCLES
-        x = x0 + amplitude * np.sin(2 * np.pi * cycles * u + phase)
+        s_x = _triangle(cycles * u + phase)
     elif class_name in ("down_then_up", "up_then_down"):
-        sign = 1 if class_name == "down_then_up" else -1
-        triangle = 1 - np.abs(1 - 2 * u)  # 0 → 1 → 0
-        y = y0 + sign * (speed / 2) * triangle
+        s_y = _triangle(u) if class_name == "down_then_up" else 1 - _triangle(u)  # y grows downwards
+    x, y = (start[0] + path * s_x) % S, (start[1] + path * s_y) % S  # [T] blob centre on the torus
 
     if class_name.startswith("blink"):
         cycles = 1 if class_name.endswith("slow") else FAST_CYCLES
@@ -102,6 +103,11 @@ def render_clip(class_name: str, frames: int, size: int, rng: np.random.Generato
     return np.clip(np.round(video * 255), 0, 255).astype(np.uint8)
 
 
+def _triangle(t: np.ndarray) -> np.ndarray:
+    """Triangle wave of period 1: 0 → 1 → 0; uniform values for uniform t (unlike a sinusoid)."""
+    return 1 - np.abs(1 - 2 * np.mod(t, 1.0))
+
+
 def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
     """Static background: grey noise low-passed (periodic, via FFT) plus fine grain, mean ~0.3, tinted by a random
     colour. Detail is in luminance only, which yuv420p keeps at full resolution: float [S, S, 3] in [0, 1]."""
@@ -109,7 +115,7 @@ def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
     f = np.fft.fftfreq(size)
     lowpass = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.12**2))  # [S, S]
     smooth = np.real(np.fft.ifft2(np.fft.fft2(noise) * lowpass))
-    grey = 0.3 + 0.09 * smooth / (smooth.std() + 1e-8) + 0.02 * rng.standard_normal((size, size))  # [S, S]
+    grey = 0.3 + _TEXTURE_CONTRAST * smooth / (smooth.std() + 1e-8) + 0.02 * rng.standard_normal((size, size))  # [S, S]
     tint = rng.uniform(0.8, 1.2, 3)
     return np.clip(grey[..., None] * tint, 0.0, 1.0)  # [S, S, 3]
 

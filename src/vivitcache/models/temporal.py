@@ -32,6 +32,9 @@ def interpolate_temporal_pos_embed(pos_embed: torch.Tensor, num_frames: int) -> 
     return torch.cat([cls_pos, resampled], dim=1)  # [1, 1 + T, D]
 
 
+TEMPORAL_POS_STD = 0.5  # init std of the temporal position embeddings (see TemporalTransformer.__init__)
+
+
 class TemporalTransformer(nn.Module):
     """Transformer encoder over frame features with a CLS token; returns the normalised CLS feature."""
 
@@ -59,7 +62,10 @@ class TemporalTransformer(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(dim)
-        trunc_normal_(self.pos_embed, std=0.02)
+        # std 0.5, not ViT's 0.02: frame features arrive LayerNorm-ed (unit scale per channel), and with tiny
+        # position embeddings the order of frames (left vs right motion) starts invisible; measured on the synth
+        # dataset (8-frame stage 1, same steps): val top-1 31 % with 0.5 vs 19 % with 0.02
+        trunc_normal_(self.pos_embed, std=TEMPORAL_POS_STD, a=-2 * TEMPORAL_POS_STD, b=2 * TEMPORAL_POS_STD)
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def resize_frames(self, num_frames: int) -> None:

@@ -54,14 +54,28 @@ class Task:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases, position embeddings and CLS tokens (1-D or named)."""
-    decay, no_decay = [], []
+    """AdamW; no weight decay on norms, biases, position embeddings and CLS tokens (1-D or named); the spatial
+    ViT's parameters (`spatial.*`) at `optim.spatial_lr_scale` × the LR (0: left out, i.e. frozen)."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        name = name.removeprefix("module.")
+        spatial = name.startswith("spatial.")
+        if not p.requires_grad or (spatial and optim.spatial_lr_scale == 0):
             continue
-        (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, 0.999))
+        decays = not (p.ndim <= 1 or "pos_embed" in name or "cls_token" in name)
+        groups.setdefault((spatial, decays), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": optim.weight_decay if decays else 0.0,
+                "lr": optim.lr * (optim.spatial_lr_scale if spatial else 1.0),
+            }
+            for (spatial, decays), params in sorted(groups.items())
+        ],
+        lr=optim.lr,
+        betas=(0.9, 0.999),
+    )
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:

@@ -1,0 +1,90 @@
+"""`BenchConfig`: what `vivitcache bench` measures, one doc line per field, and the `--quick` preset."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class BenchConfig:
+    """The three stage-2 cost modes side by side: same data, backbone, split, seed, epochs and batch for each."""
+
+    model: str = "vit-s"
+    """Spatial ViT: an alias (vit-ti, vit-s, …) or a timm ViT name; random init under `seed` (no hub)."""
+    img_size: int | None = None
+    """Spatial input size (None: the model's default, 224)."""
+    patch_size: int | None = None
+    """Patch size override (None: the model's default)."""
+    spatial_depth: int | None = None
+    """Spatial blocks override (None: the full model, 12 for vit-s)."""
+    temporal_depth: int = 4
+    """Temporal transformer blocks."""
+    frames: int = 32
+    """Frames per clip T in every mode."""
+    epochs: int = 1
+    """Stage-2 epochs per mode (the same for all three)."""
+    batch_size: int = 4
+    """Clips per optimiser step (the same for all three)."""
+    accum_steps: int = 4
+    """Micro-batches per optimiser step (batch_size / accum_steps clips per forward): bounds (a)'s activation memory."""
+    classes: int = 4
+    """Synthetic dataset: motion classes."""
+    videos_per_class: int = 6
+    """Synthetic dataset: videos per class (a quarter of them validate)."""
+    video_frames: int = 48
+    """Synthetic dataset: frames per video (extraction runs the spatial ViT on all of them once)."""
+    video_size: int = 64
+    """Synthetic dataset: frame side in pixels (resized to `img_size` by the preprocessing)."""
+    seed: int = 0
+    """Seed of the synthetic data, the init, sampling and shuffling."""
+    out: str = "runs/bench"
+    """Folder for the data, init, store, per-mode runs, bench.json and bench.md."""
+    data: str | None = None
+    """Existing annotations (folder, CSV, Kinetics CSV, SSv2 JSON) instead of the synthetic dataset."""
+    threads: int = 1
+    """torch threads in every mode and in extraction; 1 by default: on a shared machine two threads make tiny ops wait
+    for a busy core (measured: (c)'s quick epoch 0.05 s with 1 thread, 0.2–3.6 s with 2). 0: torch's default."""
+    device: str = "cpu"
+    """Device of every mode and of extraction: cpu (the issue's goal is on CPU), cuda or auto."""
+    quick: bool = False
+    """Built from the `--quick` preset (recorded so the command line can be rebuilt)."""
+
+    def __post_init__(self):
+        for name in ("temporal_depth", "frames", "epochs", "batch_size", "accum_steps", "classes", "videos_per_class"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"bench: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"bench: batch_size {self.batch_size} must divide by accum_steps {self.accum_steps}")
+        if self.threads < 0:
+            raise ValueError(f"bench: threads must be >= 0 (0: torch's default), got {self.threads}")
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides: Any) -> "BenchConfig":
+        """The default (ViT-S, 224 px, 32 frames) or the `--quick` preset, with every override that is not None."""
+        base = QUICK if quick else {}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**base, **given, "quick": quick})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def command(self) -> str:
+        """The `vivitcache bench` command line that reproduces this config."""
+        base = BenchConfig.preset(self.quick)
+        args = ["vivitcache", "bench"] + (["--quick"] if self.quick else [])
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "quick" or value is None or (value == getattr(base, f.name) and f.name != "out"):
+                continue
+            args += [f"--{f.name.replace('_', '-')}", str(value)]
+        return shlex.join(args)
+
+
+QUICK: dict[str, Any] = dict(
+    model="vit-ti", img_size=32, patch_size=8, spatial_depth=2, temporal_depth=1, frames=8, batch_size=4,
+    accum_steps=2, classes=4, videos_per_class=4, video_frames=16, video_size=32,
+)
+"""`--quick`: tiny everything, well under a minute on 2 cores (tests)."""
