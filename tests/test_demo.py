@@ -69,7 +69,13 @@ def test_report_json_numbers_are_the_runs_own(demo):
     cfg = DemoConfig.preset(True, out=str(out))
     assert report["config"] == cfg.to_dict()
     assert report["extract"]["frames"] == info["frames"] == cfg.classes * cfg.videos_per_class * cfg.video_frames
-    assert set(report["steps_seconds"]) == {"synth", "stage1", "extract", "store", "stage2", "eval"}
+    assert set(report["steps_seconds"]) == {"synth", "image", "stage1", "extract", "store", "stage2", "eval"}
+    image = json.loads((out / "image.json").read_text())
+    assert {k: report["image"][k] for k in ("initial_loss", "final_loss", "frames")} == \
+        {k: image[k] for k in ("initial_loss", "final_loss", "frames")}
+    stage1 = json.loads((out / "stage1" / "summary.json").read_text())["config"]
+    assert stage1["model"]["weights"] == str((out / "image.safetensors").absolute())  # stage 1 starts from it
+    assert stage1["optim"]["spatial_lr_scale"] == cfg.stage1_spatial_lr_scale
     assert report["total_seconds"] >= sum(report["steps_seconds"].values())
     assert {"vivitcache", "packages", "time"} <= set(report["provenance"])
 

@@ -137,14 +137,14 @@ def demo(
         console.print(line, highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 24 --frames 64 --size 48")
+@app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 96 --frames 64 --size 32")
 @user_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")],
     classes: Annotated[int, typer.Option(help="Number of motion classes (at most 10).")] = 8,
-    videos_per_class: Annotated[int, typer.Option(help="Videos per class.")] = 24,
+    videos_per_class: Annotated[int, typer.Option(help="Videos per class.")] = 96,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 64,
-    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 48,
+    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 32,
     seed: SeedOpt = 0,
 ):
     """Make a deterministic synthetic dataset whose classes depend only on motion."""

@@ -4,18 +4,19 @@ Every video shows one small bright Gaussian blob over a static random-noise text
 shows is drawn from the same distribution in every class:
 
 - the texture (smoothed noise), the blob's colour and size are random per video;
-- the blob's position in any one frame is uniform over the frame: its start position/phase is uniform and the
+- the blob's position in any one frame is uniform over the frame: its path starts at a uniform position and the
   frame wraps around (a torus), so moving, oscillating and static blobs all sit anywhere with equal probability;
 - its intensity in any one frame has the same distribution in every class: blinking classes vary it along a
   sinusoid with random phase, the other classes hold it at one value drawn from that sinusoid's distribution.
 
-So a classifier that sees one frame is at chance; only how the blob changes over time tells the class:
+So a classifier that sees one frame is at chance; only how the blob changes over time tells the class. The blob
+travels a path of length L = 0.35–0.5 frame widths per clip (short enough that left and right motion do not look
+alike on the torus):
 
-    move_right, move_left, move_down, move_up   constant velocity (one frame width per clip, ±25 %)
-    oscillate_slow / oscillate_fast             horizontal sinusoid, 1 / 9 cycles per clip
+    move_right, move_left, move_down, move_up   constant velocity, L per clip
+    oscillate_slow / oscillate_fast             horizontal triangle wave of amplitude L, 1 / 9 cycles per clip
     blink_slow / blink_fast                     static blob, intensity sinusoid 1 / 9 cycles per clip
-    down_then_up / up_then_down                 two events in either order: half a width down then back up,
-                                                or up then back down
+    down_then_up / up_then_down                 two events in either order: L down then back up, or up then down
 
 The slow/fast pairs alias: sampled at 8 uniformly spaced frames per clip, 9 cycles per clip look exactly like 1
 (9/8 cycle per sample ≡ 1/8), so an 8-frame model cannot separate them, while 32 samples can. With `classes=8`
@@ -145,9 +146,9 @@ def _encode(path: Path, video: np.ndarray, codec: str) -> None:
 def make_synth_dataset(
     out: str | Path,
     classes: int = 8,
-    videos_per_class: int = 24,
+    videos_per_class: int = 96,
     frames: int = 64,
-    size: int = 48,
+    size: int = 32,
     seed: int = 0,
     val_fraction: float = 0.25,
 ) -> Path:
