@@ -68,3 +68,25 @@ def test_spatial_lr_scale(scale):
     others = {id(p) for p in model.parameters()} - spatial_ids
     assert others <= seen
     assert (spatial_ids <= seen) == (scale > 0)  # scale 0: the spatial ViT is frozen (not in the optimiser)
+
+
+def test_cli_image_pretrain_then_pretrain_from_it(synth_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from vivitcache.cli import app
+
+    runner = CliRunner()
+    tiny = ["--model", "vit-ti", "--img-size", "32", "--patch-size", "8", "--spatial-depth", "2"]
+    weights = tmp_path / "image.safetensors"
+    result = runner.invoke(app, ["image-pretrain", "--data", str(synth_dataset / "labels.csv"), *tiny,
+                                 "--steps", "3", "--batch-size", "8", "--out", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "localisation loss" in result.output and weights.is_file()
+    run = tmp_path / "stage1"
+    result = runner.invoke(app, ["pretrain", "--data", str(synth_dataset / "labels.csv"), *tiny, "--temporal-depth",
+                                 "1", "--weights", str(weights), "--spatial-lr-scale", "0.01", "--epochs", "1",
+                                 "--batch-size", "8", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert config["model"]["weights"] == str(weights) and config["optim"]["spatial_lr_scale"] == 0.01
+    assert config["initial_spatial_sha256"] == state_dict_sha256(create_spatial("vit-ti", 32, 8, 2, weights=weights))
