@@ -137,6 +137,23 @@ def test_local_weights_load_and_hash(tmp_path):
     )
 
 
+def test_half_precision_weights_load_into_an_fp32_model_without_random_init(tmp_path):
+    torch.manual_seed(1)
+    source = create_spatial("vit-ti", img_size=32, patch_size=8, depth=2)
+    path = tmp_path / "w16.safetensors"
+    save_file({k: v.half().contiguous() for k, v in source.state_dict().items()}, path)
+    rng_before = torch.random.get_rng_state()
+    loaded = create_spatial("vit-ti", img_size=32, patch_size=8, depth=2, weights=path)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # built on meta: no init drew random numbers
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.dtype == torch.float32 and not tensor.is_meta, name
+        torch.testing.assert_close(tensor, source.state_dict()[name].half().float())
+    partial = {k: v for k, v in source.state_dict().items() if not k.startswith("blocks.1.")}
+    save_file({k: v.contiguous() for k, v in partial.items()}, tmp_path / "partial.safetensors")
+    with pytest.raises(SpatialModelError, match="missing"):
+        create_spatial("vit-ti", img_size=32, patch_size=8, depth=2, weights=tmp_path / "partial.safetensors")
+
+
 def test_bad_weights_are_named_errors(tmp_path):
     with pytest.raises(SpatialModelError, match="not found"):
         create_spatial("vit-ti", img_size=32, patch_size=8, depth=2, weights=tmp_path / "missing.safetensors")

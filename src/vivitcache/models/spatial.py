@@ -54,13 +54,18 @@ def create_spatial(
         kwargs["patch_size"] = patch_size
     if depth is not None:
         kwargs["depth"] = depth
-    model = timm.create_model(resolve_model_name(name), pretrained=False, **kwargs)
-    if weights is not None:
-        load_spatial_weights(model, weights)
+    timm_name = resolve_model_name(name)
+    if weights is None:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    # built on the meta device and filled by assignment: no random init of weights that are overwritten anyway
+    # (seconds to minutes for ViT-g on CPU)
+    with torch.device("meta"):
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    load_spatial_weights(model, weights, assign=True)
     return model
 
 
-def load_spatial_weights(model: nn.Module, path: str | Path) -> None:
+def load_spatial_weights(model: nn.Module, path: str | Path, assign: bool = False) -> None:
     """Load a safetensors file or a timm/torch checkpoint into `model`, resampling position embeddings if needed.
 
     Uses timm's own reader (safetensors or torch, EMA-aware) and its `checkpoint_filter_fn`, which resamples
@@ -80,12 +85,16 @@ def load_spatial_weights(model: nn.Module, path: str | Path) -> None:
     arch = model.default_cfg.get("architecture")
     try:
         state = checkpoint_filter_fn(state, model)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        own = model.state_dict()
+        # in the model's dtype (fp16/bf16 files into an fp32 model): `assign` would otherwise keep the file's dtype
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
     except (RuntimeError, KeyError, ValueError) as e:  # shape mismatches: weights of another architecture
         first = str(e).strip().splitlines()[-1].strip()
         raise SpatialModelError(f"{path}: weights do not fit {arch} ({first})") from e
-    if missing or unexpected:
+    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing or unexpected or left_on_meta:
+        missing = sorted(set(missing) | set(left_on_meta))
         raise SpatialModelError(
             f"{path}: weights do not fit {arch}: "
             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
