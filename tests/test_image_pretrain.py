@@ -90,3 +90,20 @@ def test_cli_image_pretrain_then_pretrain_from_it(synth_dataset, tmp_path):
     config = json.loads((run / "summary.json").read_text())["config"]
     assert config["model"]["weights"] == str(weights) and config["optim"]["spatial_lr_scale"] == 0.01
     assert config["initial_spatial_sha256"] == state_dict_sha256(create_spatial("vit-ti", 32, 8, 2, weights=weights))
+    # the rest of the quickstart chain through the CLI: options land in the stage-2 run's config
+    store = tmp_path / "tokens.zarr"
+    result = runner.invoke(app, ["extract", "--data", str(synth_dataset / "labels.csv"), "--checkpoint", str(run),
+                                 "--store", str(store), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    stage2 = tmp_path / "stage2"
+    result = runner.invoke(app, ["train", "--store", str(store), "--init", str(run), "--frames", "16", "--epochs", "1",
+                                 "--batch-size", "8", "--weight-decay", "0.01", "--warmup-epochs", "0.5",
+                                 "--label-smoothing", "0", "--accum-steps", "2", "--precision", "fp32",
+                                 "--checkpoint-every", "1", "--seed", "3", "--out", str(stage2)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((stage2 / "summary.json").read_text())["config"]
+    assert {k: config["optim"][k] for k in ("epochs", "batch_size", "weight_decay", "warmup_epochs",
+                                              "label_smoothing", "accum_steps", "precision", "spatial_lr_scale")} == \
+        dict(epochs=1, batch_size=8, weight_decay=0.01, warmup_epochs=0.5, label_smoothing=0.0, accum_steps=2,
+             precision="fp32", spatial_lr_scale=1.0)
+    assert (config["run"]["out"], config["run"]["seed"], config["run"]["checkpoint_every"]) == (str(stage2), 3, 1)

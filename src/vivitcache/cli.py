@@ -87,6 +87,22 @@ def user_errors(fn):
     return wrapper
 
 
+def optim_and_run(options: dict) -> dict:
+    """`optim=OptimConfig(...)`, `run=RunConfig(...)` from a command's options (its `locals()`): every option named
+    like a field of those configs fills it, so pretrain and train share one definition of the mapping."""
+    import dataclasses
+
+    from vivitcache.config import OptimConfig, RunConfig
+
+    def plain(value):
+        return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
+
+    def pick(cls):
+        return cls(**{f.name: plain(options[f.name]) for f in dataclasses.fields(cls) if f.name in options})
+
+    return {"optim": pick(OptimConfig), "run": pick(RunConfig)}
+
+
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -107,6 +123,11 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option(help="Global batch size per optimiser step.")]
 LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup + cosine).")]
+WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
+WarmupOpt = Annotated[float, typer.Option(help="Warmup epochs.")]
+SmoothingOpt = Annotated[float, typer.Option(help="Label smoothing.")]
+AccumOpt = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
+CheckpointEveryOpt = Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")]
 WorkersOpt = Annotated[int, typer.Option(help="DataLoader worker processes (spawn).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
 ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video.")]
@@ -179,21 +200,21 @@ def pretrain(
     epochs: EpochsOpt = 10,
     batch_size: BatchOpt = 16,
     lr: LrOpt = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option(help="Warmup epochs.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
+    weight_decay: WeightDecayOpt = 0.05,
+    warmup_epochs: WarmupOpt = 1.0,
+    label_smoothing: SmoothingOpt = 0.1,
     spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = 1.0,
-    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    accum_steps: AccumOpt = 1,
     precision: PrecisionOpt = Precision.auto,
     eval_views: ViewsOpt = 1,
     workers: WorkersOpt = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")] = 0,
+    checkpoint_every: CheckpointEveryOpt = 0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
 ):
     """Stage 1: train the whole ViViT end to end on short clips (spatial from --weights, temporal from scratch)."""
-    from vivitcache.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, RunConfig
+    from vivitcache.config import DataConfig, ModelConfig, PretrainConfig
     from vivitcache.pretrain import run_pretrain
 
     cfg = PretrainConfig(
@@ -203,15 +224,7 @@ def pretrain(
             temporal_depth=temporal_depth, temporal_dim=temporal_dim, num_frames=frames,
         ),
         data=DataConfig(data=data, video_root=video_root, labels=labels, fps=fps, stride=stride),
-        optim=OptimConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, accum_steps=accum_steps, precision=precision.value,
-            spatial_lr_scale=spatial_lr_scale,
-        ),
-        run=RunConfig(
-            out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-            checkpoint_every=checkpoint_every, resume=resume,
-        ),
+        **optim_and_run(locals()),
     )
     summary = run_pretrain(cfg)
     _print_run_summary(out, summary)
@@ -324,10 +337,10 @@ def train(
     epochs: EpochsOpt = 20,
     batch_size: BatchOpt = 16,
     lr: LrOpt = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option(help="Warmup epochs.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
-    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    weight_decay: WeightDecayOpt = 0.05,
+    warmup_epochs: WarmupOpt = 1.0,
+    label_smoothing: SmoothingOpt = 0.1,
+    accum_steps: AccumOpt = 1,
     precision: PrecisionOpt = Precision.auto,
     temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = 1.0,
     frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = 0.0,
@@ -339,13 +352,12 @@ def train(
     video_root: VideoRootOpt = None,
     eval_views: ViewsOpt = 1,
     workers: WorkersOpt = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")] = 0,
+    checkpoint_every: CheckpointEveryOpt = 0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
 ):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
-    from vivitcache.config import OptimConfig, RunConfig
     from vivitcache.train_temporal import AugmentConfig, TrainConfig, run_train
 
     cfg = TrainConfig(
@@ -353,14 +365,7 @@ def train(
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
-        optim=OptimConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, accum_steps=accum_steps, precision=precision.value,
-        ),
-        run=RunConfig(
-            out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-            checkpoint_every=checkpoint_every, resume=resume,
-        ),
+        **optim_and_run(locals()),
     )
     summary = run_train(cfg)
     _print_run_summary(out, summary)
