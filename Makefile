@@ -19,7 +19,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Offline demo on CPU: synth → stage 1 (8 frames, end to end) → extract (Dask, 2 workers) → stage 2 (32 frames) → eval → demo_out/report.md.
+# Offline demo on CPU: synth → image checkpoint → stage 1 (8 frames, end to end) → extract (Dask, 2 workers) → stage 2 (32 frames) → eval → demo_out/report.md.
 demo: $(STAMP)
 	$(BIN)/vivitcache demo --out demo_out --overwrite
 
