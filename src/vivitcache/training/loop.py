@@ -102,7 +102,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         num_workers=workers,
         multiprocessing_context="spawn" if workers > 0 else None,
         # not persistent: workers hold copies of the dataset, and `set_epoch` (which picks the epoch's clips) only
-        # reaches copies made after it; the cost is one spawn per epoch (~2 s), paid only with --workers > 0
+        # reaches copies made after it; the cost is one worker start per epoch, paid only with --workers > 0
         persistent_workers=False,
         drop_last=sampler.drop_last,
         generator=generator,
