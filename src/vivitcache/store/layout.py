@@ -52,7 +52,11 @@ TOKENS = "tokens"
 FRAME_TIMES = "frame_times"
 META = "zarr.json"
 
-TOKEN_KINDS = ("cls", "cls+mean", "all")
+TOKEN_KINDS = ("pooled", "cls", "pooled+mean", "cls+mean", "all")
+"""Stored token kinds: the model's own image embedding (`pooled`), the class token (`cls`), either followed by the
+mean of the patch tokens (`+mean`, K=2), or every token (`all`, prefix + patches, K>=2)."""
+TOKENS_PER_KIND = {"pooled": 1, "cls": 1, "pooled+mean": 2, "cls+mean": 2}
+"""K fixed by the kind (`all` has K >= 2, the model's prefix + patch tokens)."""
 DTYPES = ("fp16", "bf16")
 COMPRESSIONS = ("none", "zstd")
 BYTES_PER_VALUE = {"fp16": 2, "bf16": 2}
@@ -70,9 +74,9 @@ class StoreLayout:
     """How tokens are laid out in a store; part of what a resumed extraction or a trainer must agree on."""
 
     tokens: str
-    """Which tokens per frame: `cls`, `cls+mean` (CLS then mean of patch tokens) or `all` (CLS + every patch)."""
+    """Which tokens per frame: one of `TOKEN_KINDS` (`pooled`, `cls`, `pooled+mean`, `cls+mean`, `all`)."""
     tokens_per_frame: int
-    """K, tokens stored per frame (1 for `cls`, 2 for `cls+mean`, 1 + patches for `all`)."""
+    """K, tokens stored per frame (1 for `pooled`/`cls`, 2 for `pooled+mean`/`cls+mean`, prefix + patches for `all`)."""
     dim: int
     """D, width of one token."""
     dtype: str
@@ -99,7 +103,7 @@ class StoreLayout:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(f"{name}={value!r} must be a positive integer")
-        expected_k = {"cls": 1, "cls+mean": 2}.get(self.tokens)
+        expected_k = TOKENS_PER_KIND.get(self.tokens)
         if expected_k is not None and self.tokens_per_frame != expected_k:
             bad(f"tokens={self.tokens!r} stores {expected_k} token(s) per frame, not {self.tokens_per_frame}")
         if self.tokens == "all" and self.tokens_per_frame < 2:
