@@ -54,6 +54,7 @@ class Precision(str, Enum):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one line, exit status 2, no traceback."""
     from vivitcache.data.annotations import AnnotationError
+    from vivitcache.errors import UserError
     from vivitcache.data.decode import VideoDecodeError
     from vivitcache.extract import ExtractFailures
     from vivitcache.models.spatial import SpatialModelError
@@ -61,6 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vivitcache.training.checkpoint import CheckpointError
 
     return (
+        UserError,
         AnnotationError,
         VideoDecodeError,
         SpatialModelError,
@@ -103,6 +105,17 @@ def optim_and_run(options: dict) -> dict:
     return {"optim": pick(OptimConfig), "run": pick(RunConfig)}
 
 
+def _resume(flag: bool, mode: str | None) -> bool | str:
+    """`--resume` → True, `--resume auto` → "auto" (RunConfig.resume); any other stray argument is an error."""
+    if mode is None:
+        return flag
+    if mode != "auto" or not flag:
+        from vivitcache.errors import ConfigError
+
+        raise ConfigError(f"unexpected argument {mode!r} (the only value an option takes alone is `--resume auto`)")
+    return "auto"
+
+
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -129,7 +142,13 @@ SmoothingOpt = Annotated[float, typer.Option(help="Label smoothing.")]
 AccumOpt = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
 CheckpointEveryOpt = Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")]
 WorkersOpt = Annotated[int, typer.Option(help="DataLoader worker processes (spawn).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint (a run "
+                      "stopped before its first one starts over). `--resume auto`: continue if there is a checkpoint, "
+                      "else start, also in a new folder (for requeued jobs).")]
+# `--resume auto`: typer has no option with an optional value, so the `auto` after --resume is a hidden argument
+ResumeModeArg = Annotated[Optional[str], typer.Argument(hidden=True, metavar="--resume auto", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run's files in --out (only a "
+                         "run's own files; a folder holding others is refused).")]
 ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video.")]
 PrecisionOpt = Annotated[Precision, typer.Option(help="auto = bf16 autocast on CUDA, fp32 on CPU.")]
 
@@ -212,11 +231,14 @@ def pretrain(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
+    resume_mode: ResumeModeArg = None,
+    overwrite: OverwriteOpt = False,
 ):
     """Stage 1: train the whole ViViT end to end on short clips (spatial from --weights, temporal from scratch)."""
     from vivitcache.config import DataConfig, ModelConfig, PretrainConfig
     from vivitcache.pretrain import run_pretrain
 
+    resume = _resume(resume, resume_mode)
     cfg = PretrainConfig(
         model=ModelConfig(
             spatial=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
@@ -356,10 +378,13 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     resume: ResumeOpt = False,
+    resume_mode: ResumeModeArg = None,
+    overwrite: OverwriteOpt = False,
 ):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
     from vivitcache.train_temporal import AugmentConfig, TrainConfig, run_train
 
+    resume = _resume(resume, resume_mode)
     cfg = TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, val_store=str(val_store) if val_store else None,

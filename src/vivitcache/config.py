@@ -7,10 +7,20 @@ Configs are plain dataclasses so they serialise to JSON (`asdict`) into every ar
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vivitcache.errors import ConfigError
+
 T = TypeVar("T")
+
+
+def _check(config, name: str, ok: bool, wanted: str) -> None:
+    """ConfigError naming the option (`--batch-size`, as the CLI spells it) unless `ok`."""
+    if not ok:
+        value = getattr(config, name)
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: must be {wanted}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -85,6 +95,20 @@ class OptimConfig:
     precision: str = "auto"
     """`auto` (bf16 autocast where the device supports it fast, i.e. CUDA with bf16), `bf16`, or `fp32`."""
 
+    def __post_init__(self):
+        _check(self, "epochs", self.epochs >= 0, "at least 1")  # 0 only in records of untrained runs; `fit` wants 1
+        _check(self, "batch_size", self.batch_size >= 1, "at least 1")
+        _check(self, "accum_steps", self.accum_steps >= 1, "at least 1")
+        _check(self, "lr", math.isfinite(self.lr) and self.lr > 0, "a positive number")
+        _check(self, "min_lr", math.isfinite(self.min_lr) and self.min_lr >= 0, "at least 0")
+        _check(self, "weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "at least 0")
+        _check(self, "warmup_epochs", math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, "at least 0")
+        _check(self, "spatial_lr_scale", math.isfinite(self.spatial_lr_scale) and self.spatial_lr_scale >= 0,
+               "at least 0")
+        _check(self, "label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
+        _check(self, "grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "at least 0 (0: off)")
+        _check(self, "precision", self.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32")
+
 
 @dataclass
 class RunConfig:
@@ -104,8 +128,25 @@ class RunConfig:
     """Also checkpoint every N optimiser steps inside an epoch (0: only at epoch ends)."""
     log_every: int = 10
     """Log a metrics.jsonl line every N optimiser steps."""
-    resume: bool = False
-    """Continue from the run folder's checkpoint (same config required)."""
+    resume: bool | str = False
+    """Continue from the run folder's checkpoint (same config required). True: a run that stopped before its first
+    checkpoint starts from scratch, a folder with no run is refused; `auto`: continue if there is a checkpoint, else
+    start (also in a new folder)."""
+    overwrite: bool = False
+    """Replace an earlier run's files in `out` (only the run's own files; a folder holding others is refused)."""
+
+    def __post_init__(self):
+        if self.resume in ("yes", "true"):  # the CLI's spellings
+            self.resume = True
+        elif self.resume in ("no", "false"):
+            self.resume = False
+        _check(self, "resume", self.resume in (True, False, "auto"), "a flag, or auto")
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite and --resume: give one of them (replace the run, or continue it)")
+        _check(self, "workers", self.workers >= 0, "at least 0")
+        _check(self, "eval_views", self.eval_views >= 1, "at least 1")
+        _check(self, "checkpoint_every", self.checkpoint_every >= 0, "at least 0 (0: epoch ends only)")
+        _check(self, "log_every", self.log_every >= 1, "at least 1")
 
 
 @dataclass

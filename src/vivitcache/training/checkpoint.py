@@ -5,8 +5,12 @@
     RUN/checkpoint/config.json         the run's config (what made it) + provenance + spatial weights sha256
     RUN/checkpoint/state.json          epoch, step, optimiser param groups, scheduler, sampler, numpy/python RNG
 
-A checkpoint is written to a sibling temp folder and swapped in with renames, so a kill at any moment leaves
-either the previous complete checkpoint or the new one.
+A checkpoint is written to a sibling temp folder `.checkpoint.tmp<pid>` (files fsynced), then swapped in with
+two renames: `checkpoint` → `.checkpoint.old<pid>`, `.checkpoint.tmp<pid>` → `checkpoint`; the old one is removed
+last. POSIX has no atomic swap of two folders, so a kill between the renames leaves no `checkpoint/` but a complete
+`.checkpoint.old<pid>`: `checkpoint_path` falls back to it, and `recover_checkpoint` (at the start of the next run)
+renames it back. A resumed run then redoes the steps since that checkpoint, with the same result bit for bit. A
+temp folder is never read: it may be partial (full disk, kill while writing), and the next run removes it.
 """
 
 from __future__ import annotations
@@ -22,17 +26,33 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vivitcache.errors import UserError
+
 CHECKPOINT_DIR = "checkpoint"
+FILES = ("model.safetensors", "train.safetensors", "config.json", "state.json")
+"""What a complete checkpoint folder holds (state.json is written last)."""
+TMP_PREFIX, OLD_PREFIX = f".{CHECKPOINT_DIR}.tmp", f".{CHECKPOINT_DIR}.old"
 
 
-class CheckpointError(ValueError):
-    """A run folder without a usable checkpoint."""
+class CheckpointError(UserError, ValueError):
+    """A run folder without a usable checkpoint, or a checkpoint that could not be written."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file, fsync, rename): a reader sees the old file or the new one, never a part."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -84,36 +104,94 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict | None = None,
 ) -> Path:
-    """Write RUN/checkpoint atomically; `train_state` is JSON (epoch, step, scheduler, sampler, …)."""
+    """Write RUN/checkpoint crash-safely (module docstring); `train_state` is JSON (epoch, step, scheduler, …).
+
+    A failed write (e.g. a full disk) removes its temp folder, leaves the previous checkpoint as it was, and raises
+    CheckpointError.
+    """
     run_dir = Path(run_dir)
     final = run_dir / CHECKPOINT_DIR
-    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp{os.getpid()}"
+    tmp = run_dir / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, tmp / "model.safetensors")
-    state = dict(train_state or {})
-    tensors, rng_meta = rng_state()
-    state["rng"] = rng_meta
-    if optimizer is not None:
-        opt_tensors, opt_meta = _optimizer_tensors(optimizer.state_dict())
-        tensors.update(opt_tensors)
-        state["optimizer"] = opt_meta
-    save_file(tensors, tmp / "train.safetensors")
-    write_json(tmp / "config.json", config)
-    write_json(tmp / "state.json", state)
-    old = run_dir / f".{CHECKPOINT_DIR}.old{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, tmp / "model.safetensors")
+        state = dict(train_state or {})
+        tensors, rng_meta = rng_state()
+        state["rng"] = rng_meta
+        if optimizer is not None:
+            opt_tensors, opt_meta = _optimizer_tensors(optimizer.state_dict())
+            tensors.update(opt_tensors)
+            state["optimizer"] = opt_meta
+        save_file(tensors, tmp / "train.safetensors")
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "state.json", state)  # last: a folder with state.json is complete
+        for name in ("model.safetensors", "train.safetensors"):
+            _fsync(tmp / name)
+        _fsync(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({e.strerror or e}); the previous one is "
+                              "kept") from e
+    old = run_dir / f"{OLD_PREFIX}{os.getpid()}"
     if final.exists():
         os.rename(final, old)
-    os.rename(tmp, final)
+    os.rename(tmp, final)  # a kill before this line: `checkpoint_path` falls back to `old`
+    _fsync(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES)
+
+
+def _fallbacks(run_dir: Path) -> list[Path]:
+    """Complete `.checkpoint.old*` folders (a kill between the swap's renames), newest step first."""
+    def step(folder: Path) -> int:
+        try:
+            return int(json.loads((folder / "state.json").read_text()).get("step", -1))
+        except (OSError, ValueError, AttributeError):
+            return -1
+
+    olds = [p for p in run_dir.glob(f"{OLD_PREFIX}*") if p.is_dir() and _complete(p)] if run_dir.is_dir() else []
+    return sorted(olds, key=step, reverse=True)
+
+
+def recover_checkpoint(run_dir: str | Path) -> list[str]:
+    """Put a run folder's checkpoint back in order before a run writes into it (the caller holds its lock).
+
+    No `checkpoint/` but a complete `.checkpoint.old*` (a kill between the swap's renames): renamed back, one
+    atomic rename. Then every temp folder (possibly partial) and every other old folder is removed. Returns what
+    was done, as short notes.
+    """
+    run_dir = Path(run_dir)
+    notes = []
+    final = run_dir / CHECKPOINT_DIR
+    if not final.exists():
+        olds = _fallbacks(run_dir)
+        if olds:
+            os.rename(olds[0], final)
+            notes.append(f"restored {CHECKPOINT_DIR}/ from {olds[0].name} (a run was killed while swapping "
+                         "checkpoints)")
+    for leftover in sorted([*run_dir.glob(f"{TMP_PREFIX}*"), *run_dir.glob(f"{OLD_PREFIX}*")]):
+        shutil.rmtree(leftover, ignore_errors=True)
+        notes.append(f"removed {leftover.name} (left by a run that stopped while writing a checkpoint)")
+    return notes
+
+
 def checkpoint_path(run: str | Path) -> Path:
-    """RUN or RUN/checkpoint → the checkpoint folder; a clear error when there is none."""
+    """RUN or RUN/checkpoint → the checkpoint folder; a clear error when there is none.
+
+    Without RUN/checkpoint, a complete `.checkpoint.old*` left by a kill between the swap's renames is used (read
+    only: `recover_checkpoint` renames it back when a run next writes into RUN).
+    """
     run = Path(run)
     ckpt = run if (run / "model.safetensors").is_file() else run / CHECKPOINT_DIR
     if not (ckpt / "model.safetensors").is_file():
+        olds = _fallbacks(run) if not ckpt.exists() else []
+        if olds:
+            return olds[0]
         raise CheckpointError(f"{run}: no checkpoint (expected {ckpt}/model.safetensors)")
     return ckpt
 

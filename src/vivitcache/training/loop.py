@@ -19,14 +19,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vivitcache.config import OptimConfig, RunConfig
-from vivitcache.progress import make_progress
+from vivitcache.errors import ConfigError
+from vivitcache.progress import console, make_progress
 from vivitcache.provenance import provenance
-from vivitcache.training.checkpoint import CheckpointError, load_config, load_model_state, load_train_state, save_checkpoint
+from vivitcache.training import run_folder
+from vivitcache.training.checkpoint import (
+    CHECKPOINT_DIR, CheckpointError, load_config, load_model_state, load_train_state, save_checkpoint,
+)
 from vivitcache.training.metrics import MetricsLog, plot_curves, topk_correct, write_summary
 from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
 from vivitcache.training.sampler import ResumableSampler
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def call_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The forward of both stages: pixels [B, T, C, H, W] (stage 1) or frame features [B, T, Din] (stage 2) → logits."""
+    return model(x)  # [B, classes]
 
 
 @dataclass
@@ -153,31 +162,59 @@ def _check_resume_config(out: Path, config: dict) -> None:
         saved = load_config(out)["config"]
     except CheckpointError as e:
         raise CheckpointError(f"--resume: {e}") from e
-    strip = lambda c: {**c, "run": {**c["run"], "resume": False}}  # noqa: E731
+    # how a run was started is not what it is: resume and overwrite may differ between launches
+    strip = lambda c: {**c, "run": {**c["run"], "resume": False, "overwrite": False}}  # noqa: E731
     if strip(saved) != strip(config):
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise CheckpointError(f"--resume: {out} was made with a different config (differs in {diff})")
 
 
 def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
-    """Train `task` for `optim.epochs` epochs into `run.out`; returns the summary (also in summary.json)."""
+    """Train `task` for `optim.epochs` epochs into `run.out`; returns the summary (also in summary.json).
+
+    The run folder is prepared first (`run_folder`: refused when used by something else or by a live run, locked
+    while this run writes, its checkpoint recovered after a crash); `run.resume` continues its checkpoint.
+    """
+    if optim.epochs < 1:
+        raise ConfigError(f"--epochs {optim.epochs}: must be at least 1")
     device = resolve_device(run.device)
     dist = Distributed(device)
     device = dist.device
-    out = Path(run.out)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    dtype = autocast_dtype(optim.precision, device)
-    model = task.model.to(device)
-
     per_step = dist.world * optim.accum_steps
     if optim.batch_size % per_step:
-        raise ValueError(f"batch size {optim.batch_size} must divide by processes × accum steps = {per_step}")
+        raise ConfigError(f"--batch-size {optim.batch_size}: must divide by processes × --accum-steps = {per_step}")
     micro = optim.batch_size // per_step
     sampler = ResumableSampler(len(task.train_set), run.seed, shuffle=True, rank=dist.rank, world=dist.world)
     steps_per_epoch = len(sampler) // micro // optim.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(task.train_set)} training videos are fewer than one batch of {optim.batch_size}")
+        raise ConfigError(f"--batch-size {optim.batch_size}: more than the {len(task.train_set)} training videos")
+
+    out = Path(run.out)
+    lock = None
+    if dist.is_main:  # only rank 0 writes; the others follow its decision after the barrier
+        out.mkdir(parents=True, exist_ok=True)
+        lock = run_folder.RunLock.acquire(out)
+        try:
+            notes = run_folder.prepare(out, run.resume, run.overwrite, lock)
+        except BaseException:
+            lock.release()
+            raise
+        for note in notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    dist.barrier()
+    resume = bool(run.resume) and (out / CHECKPOINT_DIR / "model.safetensors").is_file()
+    try:
+        return _fit(task, optim, run, dist, out, resume, micro, sampler, steps_per_epoch)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out: Path, resume: bool, micro: int,
+         sampler: ResumableSampler, steps_per_epoch: int) -> dict:
+    device = dist.device
+    dtype = autocast_dtype(optim.precision, device)
+    model = task.model.to(device)
     total_steps = optim.epochs * steps_per_epoch
     optimizer = build_optimizer(model, optim)
     schedule = warmup_cosine(total_steps, round(optim.warmup_epochs * steps_per_epoch), optim.lr, optim.min_lr)
@@ -187,7 +224,7 @@ def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
 
     epoch, step_in_epoch, step, seconds_before, peak_before = 0, 0, 0, 0.0, 0
     last_eval: dict = {}
-    if run.resume:
+    if resume:
         _check_resume_config(out, task.config)
         model.load_state_dict(load_model_state(out))
         state = load_train_state(out, optimizer)
@@ -197,7 +234,7 @@ def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
         last_eval = state["last_eval"]
         log.truncate(state["metrics_lines"])
     elif dist.is_main:
-        log.truncate(0)
+        log.path.write_text("")  # exists from the start: a later --resume knows a run began here
 
     train_model = model
     if dist.world > 1:

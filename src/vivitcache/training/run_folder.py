@@ -1,0 +1,199 @@
+"""A run folder (`--out` of `pretrain` and `train`): what may be written into it, and who may write.
+
+- A fresh run refuses a folder that is not empty: nothing of an earlier run, or of anything else, is overwritten
+  unless asked. `overwrite` removes the run's own files (`RUN_ENTRIES`) and nothing else; a folder holding other
+  files is refused even then, since it is not a run folder (a mistyped `--out ~ --overwrite` deletes nothing).
+- `resume=True` continues the checkpoint; a run that stopped before its first checkpoint starts from scratch with
+  a note (an auto-requeued job must not be trapped); a folder where no run ever was is refused (a mistyped --out).
+  `resume="auto"` continues when there is a checkpoint and starts otherwise, even in a new folder.
+- While a run writes, it holds `RUN/.lock` (host, pid, process start time), refreshed every `HEARTBEAT_S`. A second
+  run into the same folder fails at once. A lock whose process is gone (same host), or that has not been refreshed
+  for `STALE_AFTER_S` (another host, e.g. a job requeued on another node), is taken over.
+
+Hand-written because the stdlib has no cross-process lock that also works on cluster filesystems: `flock` is
+advisory and not honoured over every NFS mount, while `O_CREAT | O_EXCL` file creation is atomic on all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vivitcache.errors import UserError
+from vivitcache.training.checkpoint import CHECKPOINT_DIR, OLD_PREFIX, TMP_PREFIX, CheckpointError, recover_checkpoint
+
+LOCK = ".lock"
+RUN_ENTRIES = (CHECKPOINT_DIR, "metrics.jsonl", "summary.json", "curves.png", "confusion.json", "eval.json",
+               "eval_confusion.png", LOCK)
+"""Everything a training run (and `eval` into its folder) writes; `overwrite` removes these and nothing else."""
+HEARTBEAT_S = 30.0
+"""How often a running run refreshes its lock's mtime."""
+STALE_AFTER_S = 600.0
+"""A lock of another host not refreshed for this long is presumed dead (generous: clocks of hosts differ)."""
+
+
+class RunFolderError(UserError, ValueError):
+    """`--out` cannot be used as asked (not empty, not a run folder, nothing to resume)."""
+
+
+class RunLockedError(RunFolderError):
+    """Another live run is writing into this folder."""
+
+
+def _is_run_entry(name: str) -> bool:
+    """One of a run's own files, or a temp file it leaves when killed (`<name>.tmp<pid>`, `.checkpoint.*`)."""
+    base = name.split(".tmp", 1)[0] if ".tmp" in name and not name.startswith(".") else name
+    return base in RUN_ENTRIES or name.startswith((TMP_PREFIX, OLD_PREFIX, LOCK + "."))
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+@dataclass
+class RunLock:
+    """`RUN/.lock` held by this process; `release()` removes it (also at the end of a `with` block)."""
+
+    path: Path
+    record: dict
+    took_over: dict | None = None
+    """The dead run's lock record this one replaced, if any."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def acquire(cls, folder: Path) -> RunLock:
+        path = Path(folder) / LOCK
+        pid = os.getpid()
+        record = {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        took_over = None
+        for _ in range(3):  # a stale lock is moved aside once; a second racer then sees ours
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = cls._read(path)
+                if other is None:
+                    continue  # removed meanwhile: try again
+                if not cls._stale(path, other):
+                    raise RunLockedError(
+                        f"{folder} is in use by another run (host {other.get('host')}, pid {other.get('pid')}, "
+                        f"since {other.get('since')}); wait for it to end or use another --out (if that run is "
+                        f"dead on another host, delete {path})"
+                    ) from None
+                try:  # atomic: of two runs taking over the same stale lock, one wins the rename
+                    os.rename(path, path.with_name(f"{LOCK}.stale{pid}"))
+                    os.unlink(path.with_name(f"{LOCK}.stale{pid}"))
+                    took_over = other
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            lock = cls(path, record, took_over)
+            threading.Thread(target=lock._heartbeat, daemon=True, name="run-lock-heartbeat").start()
+            return lock
+        raise RunLockedError(f"{folder}: could not take the lock {path} (another run keeps taking it)")
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable (a writer killed mid-write): judged by its age alone
+
+    @staticmethod
+    def _stale(path: Path, other: dict) -> bool:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if other.get("host") == socket.gethostname() and isinstance(other.get("pid"), int):
+            return not _alive(other["pid"], other.get("start"))
+        return age > STALE_AFTER_S
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._read(self.path) == self.record:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _remove_run_files(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.name != LOCK and _is_run_entry(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _listing(names: list[str], most: int = 4) -> str:
+    shown = ", ".join(sorted(names)[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def prepare(folder: str | Path, resume: bool | str, overwrite: bool, lock: RunLock) -> list[str]:
+    """Make `folder` ready for a run that holds `lock` on it (module docstring); returns notes to show. Afterwards
+    `folder/checkpoint` exists only when the run is to continue from it. RunFolderError when the folder cannot be
+    used as asked; nothing is removed then."""
+    folder = Path(folder)
+    entries = [e.name for e in folder.iterdir() if e.name != LOCK]
+    foreign = [n for n in entries if not _is_run_entry(n)]
+    notes = []
+    if resume:
+        notes += recover_checkpoint(folder)
+        if (folder / CHECKPOINT_DIR / "model.safetensors").is_file():
+            return notes
+        if foreign:
+            raise RunFolderError(f"--resume: {folder} has no checkpoint and holds {_listing(foreign)}, which a run "
+                                 "does not write: is --out right?")
+        started = bool(entries) or lock.took_over is not None
+        if resume is True and not started:
+            raise CheckpointError(f"--resume: no checkpoint and no run in {folder} to continue (is --out right?); "
+                                  "--resume auto starts a run when there is nothing to continue")
+        if started:
+            notes.append(f"--resume: {folder} has no checkpoint yet (the run stopped before its first one): "
+                         "starting from scratch")
+        _remove_run_files(folder)
+        return notes
+    if entries and not overwrite:
+        raise RunFolderError(f"{folder} is not empty ({_listing(entries)}): --resume continues its run, "
+                             "--overwrite replaces a run's files, or choose another --out")
+    if foreign:
+        raise RunFolderError(f"{folder} holds {_listing(foreign)}, which a run does not write: --overwrite only "
+                             "replaces a run's own files; choose another --out")
+    _remove_run_files(folder)
+    return notes
