@@ -4,6 +4,12 @@ center crop to size, scale to [0, 1], normalise with the model's mean and std.
 Resize and crop are torchvision's tensor ops (the ones timm's own eval transform uses on PIL images), applied to
 a whole clip at once. The decoder usually resizes already (`read_frames(..., resize_short=p.resize_short)`, swscale
 inside PyAV), in which case only the crop and the normalisation run here.
+
+Two halves for extraction on an accelerator (`__call__` is both at once, on the CPU):
+- `crop_uint8` (CPU): frames stay uint8; the center crop is the one copy the frames need anyway (into the batch
+  buffer), so it costs a memcpy of the crop and nothing else;
+- `normalizer(device)` (the model's device): uint8 [T, S, S, 3] → float32 [T, 3, S, S], the same float ops in the
+  same order as `__call__`, so on a CPU both give bit-identical inputs.
 """
 
 from __future__ import annotations
@@ -90,6 +96,41 @@ class Preprocess:
             interpolation=interpolation,
             crop_pct=float(cfg.get("crop_pct", 0.875)),
         )
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the center crop in a [height, width] frame: torchvision's `center_crop` anchor."""
+        return int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
+
+    def crop_uint8(self, frames: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """uint8 RGB frames [H, W, 3] (a list or [T, H, W, 3]) → the center crops, uint8 [T, size, size, 3].
+
+        Frames not at `resize_short` yet are resized first (torchvision, as `__call__` does); frames the decoder
+        resized are only sliced and copied once.
+        """
+        first = frames[0]
+        if first.ndim != 3 or first.shape[-1] != 3 or first.dtype != np.uint8:
+            raise ValueError(f"crop_uint8 expects uint8 frames [H, W, 3], got {first.dtype} {tuple(first.shape)}")
+        h, w = first.shape[:2]
+        if min(h, w) != self.resize_short:
+            x = torch.as_tensor(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)  # [T, 3, H, W]
+            x = TF.resize(x, [self.resize_short], interpolation=InterpolationMode(self.interpolation), antialias=True)
+            return TF.center_crop(x, [self.size, self.size]).permute(0, 2, 3, 1).contiguous()  # [T, S, S, 3]
+        top, left = self.crop_box(h, w)
+        out = np.empty((len(frames), self.size, self.size, 3), dtype=np.uint8)  # [T, S, S, 3]
+        for t, frame in enumerate(frames):
+            out[t] = frame[top:top + self.size, left:left + self.size]
+        return torch.from_numpy(out)
+
+    def normalizer(self, device: torch.device | str = "cpu"):
+        """`fn(x uint8 [T, S, S, 3] on device) → float32 [T, 3, S, S]`, with mean and std put on `device` once."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, S, S]
+            return x.sub_(mean).div_(std).contiguous()
+
+        return normalize
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB frames [T, H, W, 3] (numpy or torch) → float32 [T, 3, size, size], normalised."""

@@ -42,10 +42,18 @@ class ExtractConfig:
     """Tokens stored per frame: `cls`, `cls+mean` (CLS and mean of the patch tokens) or `all` (CLS + every patch)."""
     dtype: str = "fp16"
     """Stored dtype: `fp16`, or `bf16` (for models whose tokens overflow fp16)."""
-    batch_size: int = 64
-    """Frames per model forward; frames of consecutive videos share a batch."""
-    workers: int = 1
-    """Dask worker processes of a LocalCluster (threads_per_worker=1); 0 = run in this process without Dask."""
+    batch_size: int | None = None
+    """Frames per model forward (frames of consecutive videos share a batch); None (`--batch-size auto`): on a GPU
+    the largest power of two up to 512 that fits, found once per worker; 32 on a CPU."""
+    workers: int | None = None
+    """Dask worker processes of a LocalCluster (threads_per_worker=1); None: one per selected GPU on cuda, 1 on the
+    CPU; 0 = run in this process without Dask. Never more than there are parts."""
+    gpus: str | None = None
+    """GPUs to use, as indices among the visible ones (`0,2,3`); None: all. One pinned worker process per GPU."""
+    compile: bool = False
+    """torch.compile the spatial model in each worker (batches padded to one shape; off by default: BENCHMARKS.md)."""
+    decoder: str = "pyav"
+    """Video decoder: `pyav` (swscale resize, the timm filter) or `torchcodec` (its bilinear resize; an extra)."""
     scheduler: str | None = None
     """Address of an existing Dask scheduler (tcp://host:port); overrides `workers`."""
     device: str = "auto"
@@ -54,8 +62,9 @@ class ExtractConfig:
     """Seed of the random init when neither `weights` nor `checkpoint` is given (tests, demos)."""
     videos_per_part: int = 32
     """Videos per part: the unit of work of one Dask task, of one writer, and of resuming."""
-    decode_threads: int = 2
-    """Decode threads per worker; each decodes a whole video ahead while the model runs (PyAV releases the GIL)."""
+    decode_threads: int | None = None
+    """Decode threads per worker; each decodes a whole video ahead while the model runs (PyAV releases the GIL).
+    None: on a GPU the worker's cores but one, on a CPU 2 (the cores run the model)."""
     prefetch_frames: int = 256
     """Decoded, preprocessed frames each decode thread may hold ahead of the model (bounds memory)."""
     torch_threads: int | None = None
@@ -102,9 +111,13 @@ class ExtractConfig:
         if self.compression not in COMPRESSIONS:
             bad(f"compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
         for name in ("batch_size", "videos_per_part", "decode_threads", "prefetch_frames", "shard_frames"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
+        if self.decoder not in ("pyav", "torchcodec"):
+            bad(f"--decoder {self.decoder!r}: use pyav or torchcodec")
+        if self.gpus is not None and self.device == "cpu":
+            bad(f"--gpus needs --device cuda (got --device {self.device})")
+        if self.workers is not None and self.workers < 0:
             bad(f"--workers must be >= 0, got {self.workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
             bad(f"torch_threads must be >= 1, got {self.torch_threads}")

@@ -1,10 +1,11 @@
 """One part, end to end: decode its videos on threads, run the spatial ViT on batches, write tokens in order.
 
 ```
-decode threads ───────► batcher ─────────────► model ──(bounded queue)──► writer thread ──► PartWriter
- iter_frames +           fixed-size batches     tokens [n, K, D]          begin/append/end/abort_video,
- Preprocess, a whole     that cross video                                 add_failure (in stream order)
- video per thread        boundaries
+decode threads ───────► batcher ──────────► DeviceEncoder ─────────(bounded queue)──► writer thread ──► PartWriter
+ decoder (decode +       fixed-size batches  pinned uint8 staging ─► copy       waits for the batch's
+ swscale resize) +       that cross video    (side stream) ─► normalise + model  D2H copy, then begin/append/
+ uint8 center crop,      boundaries          on the device ─► tokens in the      end/abort_video, add_failure
+ a whole video/thread                        store dtype, async copy back        (in stream order)
  (queue per video, at most `prefetch_frames` frames ahead per thread)
 ```
 - Decode thread t takes videos t, t+T, t+2T, ... of the part and streams each (never whole in memory) into that
@@ -15,6 +16,11 @@ decode threads ───────► batcher ──────────�
   always gives the same batches, hence bit-identical tokens on a re-run (what makes resume exact).
 - Frames of a video that fails midway are dropped from the batcher (they are its tail) and the writer aborts the
   video; a video that fails before any frame, or has none after sampling, goes to the ledger with `add_failure`.
+- The CPU only decodes, resizes (swscale) and copies the uint8 crop of each frame (`Preprocess.crop_uint8`); the
+  float conversion and normalisation run on the model's device (`DeviceEncoder`). On a GPU the batch is staged in
+  pinned memory, copied on a side stream while the previous batch computes, and the tokens come back through
+  pinned memory without blocking the batcher: the writer thread waits for them. On a CPU the same code runs with
+  no copies, and gives the same tokens as the old all-CPU front end.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import torch
 from torch import nn
 
 from vivitcache.data.annotations import VideoRecord
-from vivitcache.data.decode import VideoDecodeError, iter_frames
+from vivitcache.data.decode import VideoDecodeError
+from vivitcache.data.decoders import get_decoder
 from vivitcache.data.transforms import Preprocess
 from vivitcache.models.spatial import frame_tokens
-from vivitcache.store import PartWriter
+from vivitcache.store import PartWriter, StoreError
 from vivitcache.training.runtime import autocast, autocast_dtype
 
 Report = Callable[..., None]
@@ -60,7 +67,7 @@ class PartSettings:
     store_dtype: str
     """fp16 or bf16: bf16 model outputs are handed to the store unconverted when the store is bf16."""
     batch_size: int
-    """Frames per model forward."""
+    """Frames per model forward (resolved: `throughput.resolve_batch_size` turns `auto` into a number)."""
     device: str
     """Resolved torch device name (cpu, cuda, cuda:1)."""
     decode_threads: int
@@ -69,6 +76,10 @@ class PartSettings:
     """Frames each decode thread may hold ahead of the model."""
     torch_threads: int | None
     """torch intra-op threads for this worker (None: leave torch's setting)."""
+    decoder: str = "pyav"
+    """Video decoder (`data.decoders`): pyav or torchcodec."""
+    pad_batches: bool = False
+    """Pad every batch to `batch_size` rows (one input shape, so a compiled model never recompiles)."""
 
     @property
     def chunk_frames(self) -> int:
@@ -101,22 +112,22 @@ def stored_fps(source_rate: float | None, fps: float | None, stride: int | None)
 
 
 def decode_chunks(record: VideoRecord, settings: PartSettings) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    """A video as preprocessed chunks: (frames [n, 3, S, S] float32, times [n] float64). Raises VideoDecodeError."""
+    """A video as cropped uint8 chunks: (frames [n, S, S, 3] uint8, times [n] float64). Raises VideoDecodeError."""
     p = settings.preprocess
     images, times = [], []
-    frames = iter_frames(record.path, fps=settings.fps, stride=settings.stride, resize_short=p.resize_short,
-                         interpolation=p.interpolation)
+    frames = get_decoder(settings.decoder).frames(record.path, settings.fps, settings.stride, p.resize_short,
+                                                  p.interpolation)
     try:
         for frame in frames:
             images.append(frame.image)  # [h, w, 3] uint8
             times.append(frame.time)
             if len(images) == settings.chunk_frames:
-                yield p(np.stack(images)), np.asarray(times, dtype=np.float64)
+                yield p.crop_uint8(images), np.asarray(times, dtype=np.float64)
                 images, times = [], []
     finally:
         frames.close()
     if images:
-        yield p(np.stack(images)), np.asarray(times, dtype=np.float64)
+        yield p.crop_uint8(images), np.asarray(times, dtype=np.float64)
 
 
 class _Cancelled(Exception):
@@ -150,7 +161,7 @@ class PrefetchingDecoder:
     """Decode a part's videos on `threads` threads, each a whole video at a time; iterate them in order.
 
     `for record, events in decoder:` gives each video's events in order: ("start", stored fps), then
-    ("frames", x [n,3,S,S], times [n]) …, then ("end", None) or ("error", message).
+    ("frames", x uint8 [n,S,S,3], times [n]) …, then ("end", None) or ("error", message).
     Memory: each thread holds at most `prefetch_frames` decoded frames not yet taken by the consumer, over all
     its videos (a per-thread budget, not a per-video queue size: short videos must not pile up a whole part).
     """
@@ -233,14 +244,14 @@ class OrderedSink:
         self.thread = threading.Thread(target=self._run, daemon=True, name="token-writer")
         self.thread.start()
 
-    def submit(self, ops: list[tuple]) -> None:
+    def submit(self, ops: list[tuple], ready: Callable[[], None] | None = None) -> None:
         """Queue ops: ("start", record, fps) | ("tokens", record, tokens [n, K, D], times [n]) | ("end", record, None)
-        | ("fail", record, message)."""
-        self._put(ops)
+        | ("fail", record, message). `ready()` is called first (waits until the tokens have arrived)."""
+        self._put((ready, ops))
 
     def close(self) -> None:
         """Wait until every op is applied; re-raise a writer error."""
-        self._put(None)
+        self._put((None, None))
         self.thread.join()
         if self.errors:
             raise self.errors[0]
@@ -260,9 +271,11 @@ class OrderedSink:
     def _run(self) -> None:
         try:
             while True:
-                ops = _get(self.q, self.stop, [])
+                ready, ops = _get(self.q, self.stop, [])
                 if ops is None:
                     return
+                if ready is not None:
+                    ready()
                 for op in ops:
                     self._apply(*op)
         except _Cancelled:
@@ -317,7 +330,7 @@ class TokenBatcher:
     applied only after the video's last frames have been through the model.
     """
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], sink: OrderedSink, batch_size: int):
+    def __init__(self, encode: DeviceEncoder, sink: OrderedSink, batch_size: int):
         self.encode, self.sink, self.batch_size = encode, sink, batch_size
         self.events: deque[list] = deque()  # ["frames", record, x, times] | [control kind, record, arg]
         self.pending = 0  # frames waiting in `events`
@@ -373,25 +386,84 @@ class TokenBatcher:
             plan.append(("tokens", record, taken, taken + take, times[:take]))
             taken += take
         self.pending -= n
-        tokens = self.encode(torch.cat(pieces) if len(pieces) > 1 else pieces[0])  # [n, K, D]
+        tokens, ready = self.encode(pieces)  # [n, K, D], arriving once ready() returns
         ops = [(op[0], op[1], tokens[op[2]:op[3]], op[4]) if op[0] == "tokens" else op for op in plan]
-        self.sink.submit(ops)
+        self.sink.submit(ops, ready)
 
 
-def make_encoder(model: nn.Module, settings: PartSettings) -> Callable[[torch.Tensor], torch.Tensor]:
-    """frames [n, 3, S, S] float32 (cpu) → tokens [n, K, D] on the cpu: inference mode, bf16 autocast on CUDA."""
-    device = torch.device(settings.device)
-    amp = autocast_dtype("auto", device)  # bf16 on CUDA with bf16 support, None (fp32) on CPU
-    keep_bf16 = settings.store_dtype == "bf16"
+FP16_MAX = 65504.0
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device, amp):
-            tokens = frame_tokens(model, x.to(device, non_blocking=True), settings.tokens)  # [n, K, D]
-        if not (keep_bf16 and tokens.dtype == torch.bfloat16):
-            tokens = tokens.float()  # fp16 conversion (with its overflow check) happens in the store
-        return tokens.cpu()
 
-    return encode
+class DeviceEncoder:
+    """uint8 frame pieces on the CPU → tokens [n, K, D] in the store dtype on the CPU, the work on the model's device.
+
+    `encoder(pieces) -> (tokens, ready)`: the pieces are copied once into one staging batch (pinned memory on a
+    GPU), which goes to the device on a side stream (so it overlaps the previous batch's compute), is normalised
+    there (`Preprocess.normalizer`), runs through the model in inference mode under bf16 autocast on CUDA (fp32
+    on CPU), is converted to the store dtype on the device and copied back into pinned memory without blocking.
+    `ready()` (called by the writer thread) waits for that copy and refuses fp16 overflow with the store's
+    message. Staging buffers come from torch's caching pinned-memory allocator, which reuses a block only after the
+    copies recorded on it have finished: that is the double buffering, without our own ring of buffers.
+    On a CPU there is no copy and `ready` does nothing.
+    """
+
+    def __init__(self, model: nn.Module, settings: PartSettings):
+        self.model, self.settings = model, settings
+        self.device = torch.device(settings.device)
+        self.cuda = self.device.type == "cuda"
+        self.amp = autocast_dtype("auto", self.device)  # bf16 on CUDA with bf16 support, None (fp32) on CPU
+        self.dtype = torch.bfloat16 if settings.store_dtype == "bf16" else torch.float16
+        self.normalize = settings.preprocess.normalizer(self.device)
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def stage(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """The pieces as one uint8 batch [rows, S, S, 3] on the CPU (pinned on a GPU; zero-padded to batch_size
+        rows when `pad_batches`)."""
+        n = sum(len(p) for p in pieces)
+        rows = max(n, self.settings.batch_size) if self.settings.pad_batches else n
+        staged = torch.empty((rows, *pieces[0].shape[1:]), dtype=torch.uint8, pin_memory=self.cuda)
+        torch.cat(pieces, out=staged[:n])  # the one CPU copy of the pixels
+        if rows > n:
+            staged[n:].zero_()
+        return staged
+
+    def __call__(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, Callable[[], None]]:
+        n = sum(len(p) for p in pieces)
+        staged = self.stage(pieces)  # [rows, S, S, 3] uint8
+        if self.cuda:
+            compute = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self.copy_stream):
+                x = staged.to(self.device, non_blocking=True)
+            compute.wait_stream(self.copy_stream)
+            x.record_stream(compute)  # x is used on the compute stream; keep its memory until that is done
+        else:
+            x = staged
+        with torch.inference_mode(), autocast(self.device, self.amp):
+            tokens = frame_tokens(self.model, self.normalize(x), self.settings.tokens)[:n]  # [n, K, D]
+        peak = tokens.detach().abs().amax().float() if self.dtype == torch.float16 else None  # [] overflow check
+        tokens = tokens.to(self.dtype)
+        if not self.cuda:
+            return tokens, lambda: _check_fp16(peak)
+        host = torch.empty(tokens.shape, dtype=self.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        peak_host = None
+        if peak is not None:
+            peak_host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            peak_host.copy_(peak, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(compute)
+
+        def ready():
+            done.synchronize()
+            _check_fp16(peak_host)
+
+        return host, ready
+
+
+def _check_fp16(peak: torch.Tensor | None) -> None:
+    """The store's fp16 overflow refusal, from the max |token| before the cast (the cast itself makes inf)."""
+    if peak is not None and torch.isfinite(peak) and float(peak) > FP16_MAX:
+        raise StoreError(f"tokens overflow fp16 (max |value| {float(peak):.4g} > 65504): store this model as bf16")
 
 
 def extract_videos(
@@ -403,7 +475,7 @@ def extract_videos(
     Decode failures go to the ledger; any other error (store, model, a bug) propagates and the part is not
     committed (the caller's `with writer` discards it).
     """
-    encode = make_encoder(model, settings)
+    encode = DeviceEncoder(model, settings)
     sink = OrderedSink(writer, report)
     try:
         batcher = TokenBatcher(encode, sink, settings.batch_size)

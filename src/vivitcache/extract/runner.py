@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from vivitcache.data.annotations import VideoRecord, load_annotations
+from vivitcache.extract import devices
 from vivitcache.extract.config import ExtractConfig
-from vivitcache.extract.pipeline import PartSettings, Report, extract_videos
+from vivitcache.extract.pipeline import DeviceEncoder, PartSettings, Report, extract_videos
+from vivitcache.extract.throughput import compile_spatial, probe_batch_size
 from vivitcache.extract.source import SpatialSpec, resolve_source
 from vivitcache.progress import make_progress
 from vivitcache.provenance import provenance
 from vivitcache.store import StoreWriter, TokenStore, plan_parts
-from vivitcache.training.runtime import resolve_device
 
 PROGRESS_TOPIC = "vivitcache-extract-progress"
 """Dask event topic on which workers report progress to the client."""
@@ -58,21 +59,30 @@ class PartJob:
     settings: PartSettings
     """Decode/model/batch settings shared by all parts."""
     workers_per_host: dict[str, int] | None = None
-    """Dask workers per host address, to split a host's cores when `settings.torch_threads` is None."""
+    """Dask workers per host address, to split a host's cores among workers started by someone else."""
+    compile: bool = False
+    """torch.compile the spatial model (once per worker process)."""
 
 
 # ------------------------------------------------------------------------------------------------ worker side
-_MODELS: dict[tuple[SpatialSpec, str], nn.Module] = {}
+_MODELS: dict[tuple, tuple[nn.Module, int]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(spec: SpatialSpec, device: str) -> nn.Module:
-    """The spatial model for `spec` on `device`, built once per (worker) process and kept for its next parts."""
-    key = (spec, device)
+def cached_model(spec: SpatialSpec | None, settings: PartSettings, compile: bool, model: nn.Module | None = None,
+                 ) -> tuple[nn.Module, int]:
+    """(the spatial model on the settings' device, its batch size), prepared once per (worker) process and kept for
+    its next parts: built from `spec` (or the given in-process `model`), `--batch-size auto` probed (eager), then
+    compiled if asked."""
+    key = (spec, settings.device, settings.batch_size, compile, id(model))
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()  # one model per worker process: a new extraction replaces the last one
-            _MODELS[key] = spec.build().to(device)
+            built = (model if model is not None else spec.build()).to(settings.device)
+            batch = settings.batch_size or probe_batch_size(
+                lambda b: DeviceEncoder(built, replace(settings, batch_size=b, pad_batches=False)),
+                settings.preprocess.size, torch.device(settings.device))
+            _MODELS[key] = (compile_spatial(built) if compile else built, batch)
         return _MODELS[key]
 
 
@@ -89,7 +99,8 @@ def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None
         return {"part_id": job.part_id, "committed": False, "already_committed": True, "frames": 0, "bytes": 0,
                 "videos": 0, "failures": 0}
     start = time.perf_counter()
-    model = model.to(s.device) if model is not None else cached_model(job.spec, s.device)
+    model, batch_size = cached_model(job.spec, s, job.compile, model)
+    s = replace(s, batch_size=batch_size, pad_batches=job.compile)
     with writer:
         extract_videos(model, job.records, writer, s, report)
     return {**writer.result, "seconds": time.perf_counter() - start}
@@ -128,9 +139,14 @@ def run_part_on_worker(job: PartJob) -> dict:
 
     undo_dask_malloc_trim()
     worker = get_worker()  # captured here: the reports come from the part's writer thread
-    if job.settings.torch_threads is None:  # this host's cores, shared by the Dask workers running on it
+    slot = devices.WorkerSlot.from_env()  # set by our LocalCluster; None: a worker someone else started
+    if slot is None:  # its own affinity (and GPU), shared with the other workers on its host
         share = (job.workers_per_host or {}).get(_host_of(worker.address), 1)
-        job = replace(job, settings=replace(job.settings, torch_threads=max(1, usable_cores() // share)))
+        s = job.settings
+        slot = devices.slot_from_affinity(s.device.startswith("cuda"), share, s.decode_threads, s.torch_threads)
+    devices.apply_slot(slot)
+    job = replace(job, settings=replace(job.settings, decode_threads=slot.decode_threads,
+                                        torch_threads=slot.torch_threads))
 
     def report(**counts):
         worker.log_event(PROGRESS_TOPIC, counts)
@@ -180,14 +196,6 @@ class ExtractProgress:
 
 
 # ------------------------------------------------------------------------------------------------ fan-out
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and batch systems restrict)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _host_of(address: str) -> str:
     """'tcp://10.0.0.5:40123' → '10.0.0.5' (the `host` field of the scheduler's worker info)."""
     return address.split("://", 1)[-1].rsplit(":", 1)[0]
@@ -204,19 +212,18 @@ def _run_in_process(jobs: list[PartJob], model: nn.Module, progress: ExtractProg
     return results
 
 
-def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgress) -> list[dict]:
-    from distributed import Client, LocalCluster, as_completed
+def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgress,
+                 slots: list[devices.WorkerSlot]) -> list[dict]:
+    from distributed import Client, as_completed
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = None
     if cfg.scheduler:
         client = Client(cfg.scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=logging.WARNING,
-        )
+    else:  # one pinned worker per slot (GPU and cores): extract.devices
+        cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.WARNING)
         client = Client(cluster)
+        client.wait_for_workers(len(slots))
     try:
         def on_event(event):  # (time, msg); Dask adds a "worker" key to msg
             progress(**{k: v for k, v in event[1].items() if k in ("videos", "frames", "failed")})
@@ -256,9 +263,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
     """
     start = time.perf_counter()
     cfg.check()
+    placement = devices.resolve_placement(cfg)  # before anything is loaded: a bad --gpus is an error line
     # Absolute: ids are paths relative to the annotations, and must not depend on the working directory.
     dataset = load_annotations(os.path.abspath(cfg.data), cfg.video_root, cfg.labels)
-    device = str(resolve_device(cfg.device))
     source, model = resolve_source(cfg)
     store = StoreWriter.create_or_open(
         cfg.store, source.fingerprint, source.layout, dataset.classes,
@@ -273,11 +280,16 @@ def run_extract(cfg: ExtractConfig) -> dict:
     in_process = cfg.workers == 0 and not cfg.scheduler
     settings = PartSettings(
         preprocess=source.preprocess, fps=source.fps, stride=source.stride, tokens=cfg.tokens,
-        store_dtype=cfg.dtype, batch_size=cfg.batch_size, device=device, decode_threads=cfg.decode_threads,
+        store_dtype=cfg.dtype, batch_size=cfg.batch_size, device=placement.device(in_process),
+        decode_threads=cfg.decode_threads or devices.default_decode_threads(len(devices.usable_cpus()),
+                                                                            placement.gpus is not None),
         prefetch_frames=cfg.prefetch_frames,
-        torch_threads=cfg.torch_threads,  # None: torch's default in-process; a share of the host's cores on Dask
+        torch_threads=cfg.torch_threads,  # None: torch's default in-process; the slot's on Dask
+        decoder=cfg.decoder,
     )
-    jobs = [PartJob(store, p.part_id, [records[i] for i in p.ids], source.spec, settings) for p in parts]
+    slots = placement.slots(len(parts), cfg.decode_threads, cfg.torch_threads)
+    jobs = [PartJob(store, p.part_id, [records[i] for i in p.ids], source.spec, settings, compile=cfg.compile)
+            for p in parts]
     with ExtractProgress(cfg.progress and bool(jobs), len(todo)) as progress:
         if not jobs:
             results = []
@@ -285,7 +297,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
             results = _run_in_process(jobs, model, progress)
         else:
             del model  # workers build their own; do not hold a second copy of a large model here
-            results = _run_on_dask(jobs, cfg, progress)
+            results = _run_on_dask(jobs, cfg, progress, slots)
         committed = [r for r in results if r["committed"]]
         progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
                         sum(r["failures"] for r in committed))
