@@ -474,7 +474,8 @@ def test_verify_catches_missing_shard_bad_bytes_and_damaged_commit(tmp_path):
     shutil.copytree(good, deleted)
     (deleted / "parts" / part / "tokens" / "c" / "2" / "0" / "0").unlink()
     problems = verify_store(deleted)
-    assert len(problems) == 1 and "missing shard file(s) c/2/0/0 (frames 64-95)" in problems[0]
+    assert len(problems) == 2 and f"part {part}" in problems[0] and "tokens/c/2/0/0 is missing" in problems[0]
+    assert "--repair" in problems[1]
 
     flipped = tmp_path / "flipped.zarr"
     shutil.copytree(good, flipped)
@@ -482,14 +483,15 @@ def test_verify_catches_missing_shard_bad_bytes_and_damaged_commit(tmp_path):
     data = bytearray(shard.read_bytes())
     data[10] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert any("frames 32.. unreadable" in p for p in verify_store(flipped))  # crc32c of the chunk
+    assert any("tokens/c/1/0/0: frames 32.. unreadable" in p for p in verify_store(flipped))  # crc32c of the chunk
+    assert verify_store(flipped, quick=True) == []  # metadata only: sizes are unchanged
 
     truncated = tmp_path / "truncated.zarr"
     shutil.copytree(good, truncated)
     commit = truncated / "parts" / part / "zarr.json"
     commit.write_bytes(commit.read_bytes()[:100])
     problems = verify_store(truncated)
-    assert len(problems) == 1 and "cannot be read as JSON" in problems[0] and part in problems[0]
+    assert len(problems) == 2 and "cannot be read as JSON" in problems[0] and part in problems[0]
     with pytest.raises(StoreError, match="cannot be read as JSON"):
         TokenStore.open(truncated)  # a reader never silently loses a part
     info = store_info(truncated)
@@ -519,7 +521,8 @@ def test_store_info_reports_counts_sizes_and_settings(tmp_path):
 def test_consolidated_index_is_used_while_fresh_and_ignored_once_parts_change(tmp_path):
     path = tmp_path / "s.zarr"
     writer, _ = build_store(path, lengths={k: v for k, v in LENGTHS.items() if k < "v04"}, videos_per_part=2)
-    assert writer.consolidate() == {"parts": 2, "videos": 3}
+    assert writer.consolidate() == {"parts": 2, "videos": 3, "written": True}
+    assert writer.consolidate() == {"parts": 2, "videos": 3, "written": False}  # fresh: nothing to write
     assert store_info(path)["index"] == "fresh"
     assert TokenStore.open(path).ids() == ["v00", "v01", "v02"]
     more = plan_parts(["v04", "v05"], 2)[0]
@@ -530,8 +533,9 @@ def test_consolidated_index_is_used_while_fresh_and_ignored_once_parts_change(tm
     for part in TokenStore.open(path).part_ids():  # fresh index: commit files are not even read
         (path / "parts" / part / "zarr.json").write_text("{}")
     assert TokenStore.open(path).ids() == ["v00", "v01", "v02", "v04", "v05"]
-    assert any("differs from the part's commit record" in p or "no 'vivitcache_commit'" in p
-               for p in verify_store(path))
+    assert any("no 'vivitcache_commit'" in p for p in verify_store(path))
+    with pytest.raises(StoreError, match="no 'vivitcache_commit'"):
+        TokenStore.open(path).video("v00")  # ... but no token is handed out from a part without its record
 
 
 def test_cleanup_removes_only_dead_or_abandoned_staging(tmp_path):

@@ -5,15 +5,23 @@ layout and `writer.py` for the commit protocol that makes it safe under many con
 """
 
 from vivitcache.store.fingerprint import FingerprintMismatchError, check_fingerprint, fingerprint_diff
-from vivitcache.store.inspect import bytes_per_frame, estimate_store_bytes, format_bytes, store_info, verify_store
-from vivitcache.store.layout import StoreError, StoreLayout
+from vivitcache.store.inspect import (
+    bytes_per_frame,
+    estimate_store_bytes,
+    find_damage,
+    format_bytes,
+    store_info,
+    verify_store,
+)
+from vivitcache.store.layout import StoreDamageError, StoreError, StoreLayout
 from vivitcache.store.reader import TokenStore
-from vivitcache.store.writer import Part, PartWriter, StoreWriter, plan_parts
+from vivitcache.store.writer import Part, PartWriter, StoreWriter, plan_parts, shard_frames_for
 
 __all__ = [
     "FingerprintMismatchError",
     "Part",
     "PartWriter",
+    "StoreDamageError",
     "StoreError",
     "StoreLayout",
     "StoreWriter",
@@ -22,8 +30,10 @@ __all__ = [
     "check_fingerprint",
     "estimate_store_bytes",
     "fingerprint_diff",
+    "find_damage",
     "format_bytes",
     "plan_parts",
+    "shard_frames_for",
     "store_info",
     "verify_store",
 ]

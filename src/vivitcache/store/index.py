@@ -1,17 +1,43 @@
-"""Finding the committed parts of a store: the commit records, from the consolidated index when it is fresh.
+"""The columnar index: video id → part, offset, frames, label, fps, source, as memory-mapped zarr columns.
 
-Committed parts never change (a part is published once, by rename), so a commit record read once stays true as long
-as its folder is still there. The index (`index/zarr.json`, written by `write_index`) keeps every commit record plus
-the mtime of `parts/` when it was made; an index is used only while `parts/` still has that mtime (no part was
-added or removed since). Otherwise every `parts/<id>/zarr.json` is read (correct, just slower on a big store).
+```
+index/zarr.json            group; attributes["vivitcache_index"] = {format: 2, segments: [name, ...], labels_seq}
+index/<segment>/zarr.json  group; attributes["vivitcache_index_segment"] = {parts, videos, unique, duplicates,
+                           failures, columns: {name: {dtype, n} | {offsets, bytes}}}
+index/<segment>/<column>/  one-chunk zarr arrays (see `columns.py`):
+    videos, sorted by (id, part):  id, part (row in this segment's parts), offset, num_frames, label, fps, source
+    lookup:                        id_hash (uint64, sorted), hash_row (row of each hash)
+    parts:                         part_id, frames, videos, failures, disk_bytes, files, digest (sha256 of record)
+    failure ledger:                fail_id, fail_source, fail_error, fail_part
+```
+
+Committed parts never change (published once, by rename), so a segment built from some parts stays true while
+those parts exist. `update_index` is incremental: it reads the commit records of parts no segment covers and writes
+them as one new segment (or, past `MAX_SEGMENTS` or when parts were removed, merges every segment into one,
+from the columns, without reading commit records again). `open_index` maps the segments, lists `parts/` once, and
+reads the commit records of the few parts published since (an in-memory segment), so an index is never wrong, only
+slower when stale. Lookup by id: binary search of the id's 64-bit hash (`np.searchsorted`), then the id compared.
+
+Labels are data about a video, not its tokens: a re-run whose annotations give another label publishes a label
+record `labels/<seq>/zarr.json` (`publish_labels`); later records win, and the index applies them.
+
+A store indexed by an older vivitcache (`index/zarr.json` with the format-1 JSON record) still opens: the old record
+is ignored and every commit record is read; `vivitcache index STORE` writes the columnar index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import time
 from pathlib import Path
 
+import numpy as np
+
 from vivitcache.provenance import now_iso
+from vivitcache.store.columns import StringColumn, encode_strings, map_column, map_strings, write_column, write_strings
+from vivitcache.store.fingerprint import canonical_json
 from vivitcache.store.layout import (
     COMMIT_KEY,
     INDEX,
@@ -19,15 +45,28 @@ from vivitcache.store.layout import (
     META,
     PART_ID_PATTERN,
     PARTS,
+    StoreDamageError,
     StoreError,
     group_meta,
+    new_token,
     read_group_attrs,
+    read_json,
     write_json_atomic,
 )
 
+FORMAT = 2
+"""Version of the index layout above (format 1 was one JSON record of every commit)."""
+SEGMENT_KEY = "vivitcache_index_segment"
+LABELS = "labels"
+LABELS_KEY = "vivitcache_labels"
 COMMIT_FIELDS = ("part_id", "videos", "failures", "frames", "bytes", "tokens_sha256")
+VIDEO_FIELDS = ("id", "label", "offset", "num_frames", "source", "fps")
+MAX_SEGMENTS = 4
+"""More segments than this are merged into one at the next `update_index`."""
+STRINGS = ("id", "source", "part_id", "digest", "fail_id", "fail_source", "fail_error")
 
 
+# ------------------------------------------------------------------------------------------------ commit records
 def part_names(root: Path) -> list[str]:
     """Folder names under `parts/` that can be part ids, sorted."""
     try:
@@ -38,73 +77,454 @@ def part_names(root: Path) -> list[str]:
 
 
 def read_commit(root: Path, part_id: str) -> dict:
-    """The commit record of one part; StoreError if missing or malformed."""
-    commit = read_group_attrs(root / PARTS / part_id, COMMIT_KEY)
+    """The commit record of one part, checked for consistency; StoreDamageError if missing, malformed or edited so
+    that its videos do not tile its frames (a hand-edited `num_frames` must not become an IndexError later)."""
+    where = root / PARTS / part_id / META
+    if not where.is_file():
+        raise StoreDamageError(f"part {part_id}: {where} is missing (the part record was deleted)")
+    try:
+        commit = read_group_attrs(root / PARTS / part_id, COMMIT_KEY)
+    except StoreError as e:
+        raise StoreDamageError(f"part {part_id}: {e}") from None
     missing = [k for k in COMMIT_FIELDS if k not in commit]
     if missing:
-        raise StoreError(f"{root / PARTS / part_id / META}: commit record lacks {', '.join(missing)}")
+        raise StoreDamageError(f"part {part_id}: {where}: commit record lacks {', '.join(missing)}")
     if commit["part_id"] != part_id:
-        raise StoreError(f"{root / PARTS / part_id / META}: commit record is for part {commit['part_id']!r}")
+        raise StoreDamageError(f"part {part_id}: {where}: commit record is for part {commit['part_id']!r}")
     if not isinstance(commit["videos"], list) or not isinstance(commit["failures"], list):
-        raise StoreError(f"{root / PARTS / part_id / META}: commit record videos/failures are not lists")
+        raise StoreDamageError(f"part {part_id}: {where}: commit record videos/failures are not lists")
+    offset = 0
+    for video in commit["videos"]:
+        if not isinstance(video, dict) or any(k not in video for k in VIDEO_FIELDS):
+            raise StoreDamageError(f"part {part_id}: {where}: malformed video entry {video!r}")
+        n = video["num_frames"]
+        if video["offset"] != offset or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise StoreDamageError(
+                f"part {part_id}: {where}: video {video['id']!r} at offset {video['offset']} with {n} frames, "
+                f"expected offset {offset} and at least 1 frame (record edited by hand?)")
+        offset += n
+    if offset != commit["frames"]:
+        raise StoreDamageError(f"part {part_id}: {where}: videos cover {offset} frames, the record says "
+                               f"{commit['frames']} (record edited by hand?)")
+    for failure in commit["failures"]:
+        if not isinstance(failure, dict) or any(k not in failure for k in ("id", "source", "error")):
+            raise StoreDamageError(f"part {part_id}: {where}: malformed failure entry {failure!r}")
     return commit
 
 
-def _parts_mtime_ns(root: Path) -> int:
-    return os.stat(root / PARTS).st_mtime_ns
+def commit_digest(commit: dict) -> str:
+    """sha256 of the canonical JSON of a commit record: what the index remembers of it."""
+    return hashlib.sha256(canonical_json(commit, "commit record").encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def read_index(root: Path) -> dict | None:
-    """The consolidated index, or None if absent or unreadable."""
+def read_commits(root: Path, names: list[str] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """({part_id: commit record}, {part_id: problem}) read from the parts' own records (no index)."""
+    commits, problems = {}, {}
+    for name in part_names(root) if names is None else names:
+        try:
+            commits[name] = read_commit(root, name)
+        except StoreError as e:
+            problems[name] = str(e)
+    return commits, problems
+
+
+def id_hash(video_id: str) -> int:
+    """64-bit hash of an id (the lookup key of the index)."""
+    return int.from_bytes(hashlib.blake2b(video_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def read_label_records(root: Path, after: int = -1) -> tuple[int, dict[str, int]]:
+    """(last seq, {id: label}) from the label records with seq > `after`; later records win."""
+    try:
+        names = sorted(int(n) for n in os.listdir(root / LABELS) if n.isdigit())
+    except FileNotFoundError:
+        return after, {}
+    labels: dict[str, int] = {}
+    last = after
+    for seq in names:
+        if seq <= after:
+            continue
+        try:
+            labels.update(read_group_attrs(root / LABELS / f"{seq:08d}", LABELS_KEY)["labels"])
+        except (StoreError, KeyError, TypeError):
+            continue  # being published (rename is atomic, so only a foreign folder); ignored
+        last = seq
+    return last, labels
+
+
+def publish_labels(root: Path, labels: dict[str, int], staging: Path) -> None:
+    """Record new labels for committed videos (atomic, race-safe: each record takes the next free sequence number)."""
+    if not labels:
+        return
+    (root / LABELS).mkdir(exist_ok=True)
+    if not (root / LABELS / META).exists():
+        write_json_atomic(root / LABELS / META, group_meta({}))
+    while True:
+        last, _ = read_label_records(root)
+        tmp = staging / f"labels-{new_token()}"
+        tmp.mkdir()
+        write_json_atomic(tmp / META, group_meta({LABELS_KEY: {"labels": labels, "time": now_iso()}}))
+        try:
+            os.rename(tmp, root / LABELS / f"{last + 1:08d}")
+            return
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer took that number: read again, take the next
+
+
+# ------------------------------------------------------------------------------------------------ segments
+def build_columns(commits: dict[str, dict], labels: dict[str, int]) -> tuple[dict, dict]:
+    """Columns of one segment from commit records ({name: array or list of str}, summary attrs)."""
+    part_ids = sorted(commits)
+    rows = []  # (id, part row, offset, num_frames, label, fps, source)
+    fails = []
+    for p, pid in enumerate(part_ids):
+        for v in commits[pid]["videos"]:
+            rows.append((v["id"], p, v["offset"], v["num_frames"], labels.get(v["id"], v["label"]),
+                         np.nan if v["fps"] is None else v["fps"], v["source"]))
+        for f in commits[pid]["failures"]:
+            fails.append((f["id"], f["source"], f["error"], p))
+    rows.sort(key=lambda r: (r[0].encode("utf-8", "surrogatepass"), r[1]))
+    fails.sort(key=lambda r: (r[0].encode("utf-8", "surrogatepass"), r[3]))
+    ids = [r[0] for r in rows]
+    hashes = np.array([id_hash(i) for i in ids], dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    cols = {
+        "id": ids,
+        "part": np.array([r[1] for r in rows], dtype=np.int32),
+        "offset": np.array([r[2] for r in rows], dtype=np.int64),
+        "num_frames": np.array([r[3] for r in rows], dtype=np.int64),
+        "label": np.array([r[4] for r in rows], dtype=np.int32),
+        "fps": np.array([r[5] for r in rows], dtype=np.float64),
+        "source": [r[6] for r in rows],
+        "id_hash": hashes[order],
+        "hash_row": order.astype(np.int64),
+        "part_id": part_ids,
+        "frames": np.array([commits[p]["frames"] for p in part_ids], dtype=np.int64),
+        "videos": np.array([len(commits[p]["videos"]) for p in part_ids], dtype=np.int64),
+        "failures": np.array([len(commits[p]["failures"]) for p in part_ids], dtype=np.int64),
+        "disk_bytes": np.array([int(commits[p].get("disk_bytes", 0)) for p in part_ids], dtype=np.int64),
+        "files": np.array([len(commits[p].get("files", {})) for p in part_ids], dtype=np.int64),
+        "digest": [commit_digest(commits[p]) for p in part_ids],
+        "fail_id": [f[0] for f in fails],
+        "fail_source": [f[1] for f in fails],
+        "fail_error": [f[2] for f in fails],
+        "fail_part": np.array([f[3] for f in fails], dtype=np.int32),
+    }
+    duplicates = sum(a == b for a, b in zip(ids, ids[1:]))
+    attrs = {"parts": len(part_ids), "videos": len(ids), "unique": len(ids) - duplicates,
+             "duplicates": duplicates, "failures": len(fails)}
+    return cols, attrs
+
+
+class Segment:
+    """One set of indexed parts: memory-mapped from `index/<name>/`, or in memory (parts not yet indexed)."""
+
+    def __init__(self, cols: dict, attrs: dict, name: str | None = None):
+        self.name, self.attrs = name, attrs
+        for key, value in cols.items():
+            if isinstance(value, list):
+                value = StringColumn(*encode_strings(value))
+            setattr(self, key, value)
+        self.part_names: list[str] = self.part_id.tolist()
+
+    @classmethod
+    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int]) -> Segment:
+        cols, attrs = build_columns(commits, labels)
+        return cls(cols, attrs)
+
+    @classmethod
+    def open(cls, folder: Path) -> Segment:
+        attrs = read_group_attrs(folder, SEGMENT_KEY)
+        cols = {}
+        for name, desc in attrs["columns"].items():
+            cols[name] = map_strings(folder, name, desc) if name in STRINGS else map_column(folder, name, desc)
+        return cls(cols, attrs, folder.name)
+
+    def rows_of(self, video_id: str) -> list[int]:
+        """Rows holding `video_id` (more than one only if it was committed twice)."""
+        h = np.uint64(id_hash(video_id))
+        i = int(np.searchsorted(self.id_hash, h))
+        raw = video_id.encode("utf-8", "surrogatepass")
+        out = []
+        while i < len(self.id_hash) and self.id_hash[i] == h:
+            row = int(self.hash_row[i])
+            if self.id.raw(row) == raw:
+                out.append(row)
+            i += 1
+        return out
+
+    def columns(self) -> dict:
+        """Every column as numpy arrays / lists of str (for merging segments)."""
+        out = {}
+        for name in self.attrs.get("columns") or {n: None for n in _COLUMN_NAMES}:
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, StringColumn) else np.asarray(value)
+        return out
+
+
+_COLUMN_NAMES = ("id", "part", "offset", "num_frames", "label", "fps", "source", "id_hash", "hash_row", "part_id",
+                 "frames", "videos", "failures", "disk_bytes", "files", "digest", "fail_id", "fail_source",
+                 "fail_error", "fail_part")
+
+
+def write_segment(root: Path, cols: dict, attrs: dict) -> str:
+    """Write a segment under a fresh name (not referenced until the manifest names it); returns the name."""
+    name = f"s{time.strftime('%Y%m%d%H%M%S')}-{new_token()[:8]}"
+    folder = root / INDEX / name
+    folder.mkdir(parents=True)
+    columns = {}
+    for key in _COLUMN_NAMES:
+        value = cols[key]
+        columns[key] = write_strings(folder, key, value) if key in STRINGS else write_column(folder, key, value)
+    write_json_atomic(folder / META, group_meta({SEGMENT_KEY: {**attrs, "columns": columns, "time": now_iso()}}))
+    return name
+
+
+def merge_segments(segments: list[Segment], gone: set[str], extra: dict[str, dict], labels: dict[str, int]):
+    """Columns of one segment holding every part of `segments` but `gone`, plus the commit records `extra`."""
+    commits: dict[str, dict] = {}
+    # Rebuild pseudo commit records from the columns (no commit file is read again): only the indexed fields.
+    for seg in segments:
+        cols = seg.columns()
+        per_part: dict[int, dict] = {}
+        for p, pid in enumerate(cols["part_id"]):
+            if pid in gone or pid in commits:
+                continue
+            per_part[p] = {"part_id": pid, "videos": [], "failures": [], "frames": int(cols["frames"][p]),
+                           "disk_bytes": int(cols["disk_bytes"][p]), "_files": int(cols["files"][p]),
+                           "_digest": cols["digest"][p]}
+        for i, vid in enumerate(cols["id"]):
+            rec = per_part.get(int(cols["part"][i]))
+            if rec is not None:
+                fps = float(cols["fps"][i])
+                rec["videos"].append({"id": vid, "offset": int(cols["offset"][i]),
+                                      "num_frames": int(cols["num_frames"][i]), "label": int(cols["label"][i]),
+                                      "fps": None if np.isnan(fps) else fps, "source": cols["source"][i]})
+        for i, fid in enumerate(cols["fail_id"]):
+            rec = per_part.get(int(cols["fail_part"][i]))
+            if rec is not None:
+                rec["failures"].append({"id": fid, "source": cols["fail_source"][i], "error": cols["fail_error"][i]})
+        for rec in per_part.values():
+            rec["videos"].sort(key=lambda v: v["offset"])
+            commits[rec["part_id"]] = rec
+    commits.update(extra)
+    cols, attrs = build_columns(commits, labels)
+    for p, pid in enumerate(cols["part_id"]):  # keep what the pseudo records cannot recompute
+        rec = commits[pid]
+        if "_digest" in rec:
+            cols["digest"][p] = rec["_digest"]
+            cols["files"][p] = rec["_files"]
+    return cols, attrs
+
+
+# ------------------------------------------------------------------------------------------------ the manifest
+def read_manifest(root: Path) -> dict | None:
+    """The index manifest; None if absent, unreadable or of the old format-1 layout."""
     try:
         index = read_group_attrs(root / INDEX, INDEX_KEY)
     except StoreError:
         return None
-    return index if isinstance(index.get("parts"), dict) else None
-
-
-def read_commits(root: Path, strict: bool = True) -> tuple[dict[str, dict], list[str]]:
-    """({part_id: commit record}, problems), using the index when it is fresh.
-
-    strict: a part folder without a valid commit record raises StoreError (readers must not silently lose data);
-    otherwise it is left out and described in `problems` (a writer then treats the part as not committed).
-    """
-    mtime = _parts_mtime_ns(root)
-    names = part_names(root)
-    index = read_index(root)
-    cached = index["parts"] if index is not None and index.get("parts_mtime_ns") == mtime else {}
-    commits, problems = {}, []
-    for name in names:
-        if name in cached:
-            commits[name] = cached[name]
-            continue
-        try:
-            commits[name] = read_commit(root, name)
-        except StoreError as e:
-            if strict:
-                raise StoreError(f"{e} (run `vivitcache verify`; delete the part folder to re-extract it)") from None
-            problems.append(str(e))
-    return commits, problems
-
-
-def write_index(root: Path) -> dict:
-    """Read every commit record and write the consolidated index; returns it."""
-    mtime = _parts_mtime_ns(root)  # taken first: a part published meanwhile makes the index stale, never wrong
-    parts = {}
-    for name in part_names(root):
-        try:
-            parts[name] = read_commit(root, name)
-        except StoreError:
-            continue  # a damaged part stays out of the index; `verify` reports it
-    index = {"parts_mtime_ns": mtime, "time": now_iso(), "parts": parts}
-    (root / INDEX).mkdir(exist_ok=True)
-    write_json_atomic(root / INDEX / META, group_meta({INDEX_KEY: index}))
+    if index.get("format") != FORMAT or not isinstance(index.get("segments"), list):
+        return None
     return index
 
 
 def index_state(root: Path) -> str:
-    """`fresh`, `stale` or `absent`."""
-    index = read_index(root)
-    if index is None:
-        return "absent"
-    return "fresh" if index.get("parts_mtime_ns") == _parts_mtime_ns(root) else "stale"
+    """`fresh`, `stale`, `absent`, or `old` (format 1, written before the columnar index: run `vivitcache index`)."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        try:
+            read_group_attrs(root / INDEX, INDEX_KEY)
+            return "old"
+        except StoreError:
+            return "absent"
+    view = open_index(root, strict=False)
+    return "fresh" if view.fresh else "stale"
+
+
+def update_index(root: Path, force: bool = False) -> dict:
+    """Bring the index up to date incrementally (a no-op when fresh); returns {parts, videos, written}.
+
+    Reads only the commit records of parts that no segment covers. A damaged part stays out (`verify` names it).
+    Two writers updating at once both succeed; the later manifest may leave out the other's segment, which only
+    makes the index stale (never wrong) until the next update.
+    """
+    view = open_index(root, strict=False)
+    if view.fresh and not force:
+        return {"parts": len(view.part_ids()), "videos": len(view), "written": False}
+    mapped = [s for s in view.segments if s.name is not None]
+    new = view.unindexed_commits
+    labels_seq, labels = read_label_records(root)
+    merge = force or view.gone or len(mapped) >= MAX_SEGMENTS or view.label_overrides or not mapped
+    if merge:
+        cols, attrs = merge_segments(mapped, view.gone, new, labels)
+        names = [write_segment(root, cols, attrs)]
+    else:
+        cols, attrs = build_columns(new, labels)
+        names = [s.name for s in mapped] + [write_segment(root, cols, attrs)]
+    write_json_atomic(root / INDEX / META, group_meta({INDEX_KEY: {
+        "format": FORMAT, "segments": names, "labels_seq": labels_seq, "time": now_iso()}}))
+    _remove_unlisted_segments(root, set(names))
+    return {"parts": len(view.part_ids()), "videos": len(view), "written": True}
+
+
+def _remove_unlisted_segments(root: Path, keep: set[str], min_age_s: float = 600.0) -> None:
+    """Segments no manifest names (replaced by a merge, or left by a killed writer), once old enough that no reader
+    that opened the previous manifest a moment ago still maps them."""
+    now = time.time()
+    for entry in os.scandir(root / INDEX):
+        if entry.is_dir() and entry.name not in keep and now - entry.stat().st_mtime > min_age_s:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+class IndexView:
+    """Every committed video of a store: mapped segments + an in-memory segment of parts published since."""
+
+    def __init__(self, root: Path, strict: bool = True):
+        self.root = root
+        listing = set(part_names(root))
+        manifest = read_manifest(root)
+        self.segments: list[Segment] = []
+        if manifest is not None:
+            for name in manifest["segments"]:
+                try:
+                    self.segments.append(Segment.open(root / INDEX / name))
+                except (StoreError, KeyError, TypeError, ValueError, OSError):
+                    manifest = None  # a damaged index is ignored (and rebuilt by the next update), never trusted
+                    self.segments = []
+                    break
+        indexed = {p for s in self.segments for p in s.part_names}
+        self.gone = indexed - listing  # removed since indexing (e.g. moved aside by `extract --repair`)
+        labels_seq = manifest.get("labels_seq", -1) if manifest is not None else -1
+        last_seq, self.label_overrides = read_label_records(root, after=labels_seq)
+        commits, problems = read_commits(root, sorted(listing - indexed))
+        if problems and strict:
+            first = next(iter(problems.values()))
+            raise StoreDamageError(f"{first} (run `vivitcache verify {root}`; `vivitcache extract --repair` "
+                                   "re-extracts damaged parts)")
+        self.problems = list(problems.values())
+        self.damaged_parts = set(problems)
+        self.unindexed_commits = commits
+        if commits:
+            self.segments.append(Segment.from_commits(commits, self.label_overrides))
+        self.fresh = manifest is not None and not commits and not self.gone and not problems and \
+            last_seq == labels_seq
+        self._part_row = {}
+        for seg in self.segments:
+            for p, pid in enumerate(seg.part_names):
+                if pid not in self.gone:
+                    self._part_row.setdefault(pid, (seg, p))
+        self._simple = len(self.segments) <= 1 and not self.gone and \
+            all(s.attrs.get("duplicates", 0) == 0 for s in self.segments)
+        self._ids: list[str] | None = None
+
+    # ---- lookup -------------------------------------------------------------------------------------------------
+    def find(self, video_id: str) -> tuple[Segment, int] | None:
+        """(segment, row) of a committed video; a video committed twice resolves to the smaller part id."""
+        if not isinstance(video_id, str):
+            return None
+        best = None
+        for seg in self.segments:
+            for row in seg.rows_of(video_id):
+                pid = seg.part_names[int(seg.part[row])]
+                if pid in self.gone:
+                    continue
+                if best is None or pid < best[0]:
+                    best = (pid, seg, row)
+        return None if best is None else (best[1], best[2])
+
+    def label(self, seg: Segment, row: int, video_id: str) -> int:
+        override = self.label_overrides.get(video_id)
+        return int(seg.label[row]) if override is None else int(override)
+
+    def part_ids(self) -> list[str]:
+        return sorted(self._part_row)
+
+    def part_row(self, part_id: str) -> tuple[Segment, int] | None:
+        return self._part_row.get(part_id)
+
+    # ---- whole-store views ----------------------------------------------------------------------------------------
+    def _winners(self) -> list[tuple[str, Segment, int]]:
+        best: dict[str, tuple[str, Segment, int]] = {}
+        for seg in self.segments:
+            ids = seg.id.tolist()
+            parts = seg.part.tolist()
+            for row, vid in enumerate(ids):
+                pid = seg.part_names[parts[row]]
+                if pid in self.gone:
+                    continue
+                if vid not in best or pid < best[vid][0]:
+                    best[vid] = (pid, seg, row)
+        return [(vid, *best[vid][1:]) for vid in sorted(best, key=lambda v: v.encode("utf-8", "surrogatepass"))]
+
+    def ids(self) -> list[str]:
+        """Committed video ids, sorted (by code point)."""
+        if self._ids is None:
+            if self._simple:
+                self._ids = self.segments[0].id.tolist() if self.segments else []
+            else:
+                self._ids = [w[0] for w in self._winners()]
+        return self._ids
+
+    def __len__(self) -> int:
+        if self._simple:
+            return int(self.segments[0].attrs["unique"]) if self.segments else 0
+        return len(self.ids())
+
+    def total_frames(self) -> int:
+        if self._simple:
+            return int(np.asarray(self.segments[0].num_frames).sum()) if self.segments else 0
+        return sum(int(seg.num_frames[row]) for _, seg, row in self._winners())
+
+    def duplicates(self) -> list[tuple[str, str, str]]:
+        """(id, kept part, ignored part) for every video committed more than once."""
+        if self._simple:
+            return []
+        owners: dict[str, list[str]] = {}
+        for seg in self.segments:
+            parts = seg.part.tolist()
+            for row, vid in enumerate(seg.id.tolist()):
+                pid = seg.part_names[parts[row]]
+                if pid not in self.gone:
+                    owners.setdefault(vid, []).append(pid)
+        out = []
+        for vid, pids in sorted(owners.items()):
+            pids = sorted(pids)
+            out += [(vid, pids[0], other) for other in pids[1:]]
+        return out
+
+    def failures(self) -> list[dict]:
+        """Ledger entries of videos with no tokens, one per id (smallest part id), sorted by id."""
+        out: dict[str, dict] = {}
+        for seg in self.segments:
+            for i in range(len(seg.fail_id)):
+                pid = seg.part_names[int(seg.fail_part[i])]
+                vid = seg.fail_id[i]
+                if pid in self.gone or (vid in out and out[vid]["part_id"] <= pid):
+                    continue
+                out[vid] = {"id": vid, "source": seg.fail_source[i], "error": seg.fail_error[i], "part_id": pid}
+        return [out[v] for v in sorted(out) if self.find(v) is None]
+
+    def part_sums(self) -> dict[str, int]:
+        """Totals over the committed parts: frames, videos, failures, disk_bytes, files."""
+        keys = ("frames", "videos", "failures", "disk_bytes", "files")
+        sums = dict.fromkeys(keys, 0)
+        for seg in self.segments:
+            alive = np.array([self._part_row.get(p, (None,))[0] is seg for p in seg.part_names], dtype=bool)
+            for key in keys:
+                sums[key] += int(np.asarray(getattr(seg, key))[alive].sum())
+        return sums
+
+
+def open_index(root: Path, strict: bool = True) -> IndexView:
+    return IndexView(Path(root), strict=strict)
+
+
+def index_segments_exist(root: Path) -> bool:
+    return read_manifest(root) is not None
+
+
+__all__ = ["IndexView", "StoreDamageError", "index_state", "open_index", "part_names", "publish_labels", "read_commit",
+           "read_commits", "read_json", "update_index"]

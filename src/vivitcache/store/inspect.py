@@ -1,18 +1,22 @@
-"""Describe and check a token store: `store_info`, `verify_store`, and the size arithmetic behind the README table."""
+"""Describe and check a token store: `store_info`, `verify_store` / `find_damage`, and the size arithmetic behind
+the README table."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import zarr
 
-from vivitcache.store.fingerprint import canonical_json
-from vivitcache.store.index import index_state, part_names, read_commit, read_index
+from vivitcache.store.index import commit_digest, index_state, open_index, part_names, read_commit
 from vivitcache.store.layout import BYTES_PER_VALUE, FRAME_TIMES, PARTS, TOKENS, StoreError, StoreLayout
-from vivitcache.store.reader import VIDEO_FIELDS, TokenStore, read_root
+from vivitcache.store.reader import TokenStore, check_part_files, read_root
 from vivitcache.store.writer import staging_dirs
+
+REPAIR = ("repair: `vivitcache extract --data ANNOTATIONS --store {path} --repair` (with the options of the first "
+          "run) moves the damaged parts aside and re-extracts exactly their videos")
 
 
 def bytes_per_frame(tokens_per_frame: int, dim: int, dtype: str) -> int:
@@ -37,27 +41,29 @@ def format_bytes(n: float) -> str:
 
 
 def store_info(path) -> dict:
-    """Summary of a store: counts, fingerprint, layout, classes, size, staging folders, provenance.
+    """Summary of a store from its index: counts, fingerprint, layout, classes, size, files, staging folders.
 
     Damaged parts are left out of the counts and listed under `damaged_parts` (run `verify_store` for details).
     """
     store = TokenStore.open(path, strict=False)
     layout = store.layout
-    commits = {p: store.commit(p) for p in store.part_ids()}
-    # Sizes come from the commit records (measured at commit) so this stays fast on a store of millions of files.
-    disk = sum(int(c.get("disk_bytes", 0)) for c in commits.values())
+    sums = store.part_sums()  # sizes come from the commit records (measured at commit): no walk over the files
+    frames, disk = store.total_frames, sums["disk_bytes"]
+    files = sums["files"] + 3 * len(store.part_ids())  # + each part's three zarr.json (not in `files`)
     return {
         "path": str(store.path),
         "videos": len(store),
-        "frames": store.total_frames,
+        "frames": frames,
         "failed": len(store.failures()),
-        "parts": len(commits),
+        "parts": len(store.part_ids()),
         "fingerprint": store.fingerprint,
         "layout": layout.to_dict(),
         "classes": store.classes,
         "bytes_on_disk": disk,
         "bytes_per_frame": layout.frame_bytes,
-        "compression_ratio": round(store.total_frames * layout.frame_bytes / disk, 3) if disk else None,
+        "compression_ratio": round(frames * layout.frame_bytes / disk, 3) if disk else None,
+        "part_files": files if sums["files"] else None,
+        "files_per_million_frames": round(files / frames * 1e6, 1) if frames and sums["files"] else None,
         "staging_dirs": staging_dirs(store.path),
         "damaged_parts": store.problems,
         "duplicate_ids": [d[0] for d in store.duplicates],
@@ -67,13 +73,20 @@ def store_info(path) -> dict:
     }
 
 
-def verify_store(path, checksums: bool = True) -> list[str]:
-    """Problems found in a store (empty list = OK).
+def verify_store(path, checksums: bool = True, quick: bool = False, workers: int | None = None) -> list[str]:
+    """Problems found in a store (empty list = OK); see `find_damage`."""
+    return find_damage(path, checksums=checksums and not quick, workers=workers)[0]
 
-    Checks: the root record and fingerprint; every part's commit record (readable, consistent offsets); its arrays
-    exist with the recorded shape and dtype; every shard file covering committed frames exists (zarr would silently
-    return zeros for a missing one); with `checksums`, every shard is read back (crc32c per chunk) and the tokens'
-    sha256 matches the commit record; no video id is committed twice; the consolidated index agrees with the parts.
+
+def find_damage(path, checksums: bool = True, workers: int | None = None) -> tuple[list[str], set[str]]:
+    """(problems, ids of damaged parts). Empty problems = OK.
+
+    Always (`verify --quick`, metadata only): the root record; every part's commit record (readable, videos tile its
+    frames); every file it lists exists with its recorded size (older records: every shard covering committed frames
+    and the frame-times chunk exist; zarr would silently read a missing one as zeros / NaN); the arrays have the
+    recorded shape; no video id is committed twice; the index agrees with the parts.
+    With `checksums`, every chunk is also read back (crc32c) and the tokens' sha256 compared with the record; parts
+    are checked in parallel threads (`workers`, default 2 per core: file reads and hashing release the GIL).
     """
     path = Path(os.path.abspath(path))
     try:
@@ -81,79 +94,82 @@ def verify_store(path, checksums: bool = True) -> list[str]:
         layout = StoreLayout.from_dict(root["layout"])
         names = part_names(path)
     except StoreError as e:
-        return [str(e)]
-    problems = []
+        return [str(e)], set()
+    problems: list[str] = []
     if not root["fingerprint"]:
         problems.append(f"{path}: empty fingerprint")
-    commits = {}
-    for name in names:
-        try:
-            commits[name] = read_commit(path, name)
-        except StoreError as e:
-            problems.append(str(e))
-            continue
-        problems += _check_part(path / PARTS / name, commits[name], layout, checksums)
+    workers = workers or min(32, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda n: _check_part(path, n, layout, checksums), names))
+    commits, damaged = {}, set()
+    for name, (commit, found) in zip(names, results):
+        if commit is not None:
+            commits[name] = commit
+        if found:
+            damaged.add(name)
+            problems += found
     owner: dict[str, str] = {}
     for name, commit in commits.items():
         for video in commit["videos"]:
-            if isinstance(video, dict) and "id" in video:
-                if video["id"] in owner:
-                    problems.append(f"video id {video['id']!r} committed twice: parts {owner[video['id']]} and {name}")
-                owner.setdefault(video["id"], name)
-    index = read_index(path)
-    for name, record in (index or {}).get("parts", {}).items():
-        if name in commits and canonical_json(record) != canonical_json(commits[name]):
-            problems.append(f"{path}/index: record of part {name} differs from the part's commit record "
-                            "(re-run consolidate)")
-    return problems
+            if video["id"] in owner:
+                problems.append(f"video id {video['id']!r} committed twice: parts {owner[video['id']]} and {name}")
+            owner.setdefault(video["id"], name)
+    try:
+        view = open_index(path, strict=False)
+    except StoreError as e:
+        problems.append(f"{path}/index: {e}")
+        view = None
+    for seg in (view.segments if view is not None else []):
+        if seg.name is None:
+            continue
+        for p, name in enumerate(seg.part_names):
+            if name in commits and seg.digest[p] != commit_digest(commits[name]):
+                problems.append(f"part {name}: its commit record differs from the index (edited after indexing?)")
+                damaged.add(name)
+    if damaged:
+        problems.append(REPAIR.format(path=path))
+    return problems, damaged
 
 
-def _check_part(part: Path, commit: dict, layout: StoreLayout, checksums: bool) -> list[str]:
-    problems, frames = [], commit["frames"]
-    where = f"{part.parent.name}/{part.name}"
-    offset = 0
-    for video in commit["videos"]:
-        if not isinstance(video, dict) or any(k not in video for k in VIDEO_FIELDS):
-            problems.append(f"{where}: malformed video entry {video!r}")
-            return problems
-        if video["offset"] != offset or video["num_frames"] < 1:
-            problems.append(f"{where}: video {video['id']!r} at offset {video['offset']} with {video['num_frames']} "
-                            f"frames, expected offset {offset} and at least 1 frame")
-        offset = video["offset"] + video["num_frames"]
-    if offset != frames:
-        problems.append(f"{where}: videos cover {offset} frames, commit record says {frames}")
+def _check_part(root: Path, name: str, layout: StoreLayout, checksums: bool) -> tuple[dict | None, list[str]]:
+    part = root / PARTS / name
+    try:
+        commit = read_commit(root, name)
+    except StoreError as e:
+        return None, [str(e)]
+    try:
+        check_part_files(part, commit, layout)
+    except StoreError as e:
+        return commit, [str(e)]
+    frames = commit["frames"]
+    where = f"part {name}: {part}"
     try:
         tokens = zarr.open_array(store=str(part / TOKENS), mode="r")
         times = zarr.open_array(store=str(part / FRAME_TIMES), mode="r")
     except Exception as e:  # noqa: BLE001 — any zarr error means the array is unusable
-        return problems + [f"{where}: cannot open arrays ({type(e).__name__}: {e})"]
+        return commit, [f"{where}: cannot open arrays ({type(e).__name__}: {e})"]
     want = (frames, layout.tokens_per_frame, layout.dim)
     if tokens.shape != want or str(tokens.dtype) != layout.numpy_dtype:
-        problems.append(f"{where}/{TOKENS}: shape {list(tokens.shape)} {tokens.dtype}, "
-                        f"expected {list(want)} {layout.numpy_dtype}")
-        return problems
+        return commit, [f"{where}/{TOKENS}: shape {list(tokens.shape)} {tokens.dtype}, expected {list(want)} "
+                        f"{layout.numpy_dtype}"]
     if times.shape != (frames,):
-        problems.append(f"{where}/{FRAME_TIMES}: shape {list(times.shape)}, expected [{frames}]")
+        return commit, [f"{where}/{FRAME_TIMES}: shape {list(times.shape)}, expected [{frames}]"]
+    if not checksums:
+        return commit, []
+    problems = []
     shard = (tokens.shards or tokens.chunks)[0]
-    missing = []
-    for i in range(-(-frames // shard)):
-        key = tokens.metadata.encode_chunk_key((i, 0, 0))
-        if not (part / TOKENS / key).is_file():
-            missing.append(f"{key} (frames {i * shard}-{min(frames, (i + 1) * shard) - 1})")
-    if missing:
-        return problems + [f"{where}/{TOKENS}: missing shard file(s) {', '.join(missing)}"]
-    if checksums:
-        digests = []
-        for start in range(0, frames, shard):
-            try:
-                block = tokens[start : min(frames, start + shard)]
-            except Exception as e:  # noqa: BLE001 — a crc32c or decode error: the shard is damaged
-                return problems + [f"{where}/{TOKENS}: frames {start}.. unreadable ({type(e).__name__}: {e})"]
-            digests.append(hashlib.sha256(block.tobytes()).digest())
+    digests = []
+    for i, start in enumerate(range(0, frames, shard)):
         try:
-            times[:]
-        except Exception as e:  # noqa: BLE001 — a crc32c or decode error
-            problems.append(f"{where}/{FRAME_TIMES}: unreadable ({type(e).__name__}: {e})")
-        if hashlib.sha256(b"".join(digests)).hexdigest() != commit["tokens_sha256"]:
-            problems.append(f"{where}/{TOKENS}: sha256 differs from the commit record (data changed after commit)")
-    return problems
+            block = tokens[start : min(frames, start + shard)]
+        except Exception as e:  # noqa: BLE001 — a crc32c or decode error: the shard is damaged
+            key = tokens.metadata.encode_chunk_key((i, 0, 0))
+            return commit, [f"{where}/{TOKENS}/{key}: frames {start}.. unreadable ({type(e).__name__}: {e})"]
+        digests.append(hashlib.sha256(block.tobytes()).digest())
+    try:
+        times[:]
+    except Exception as e:  # noqa: BLE001 — a crc32c or decode error
+        problems.append(f"{where}/{FRAME_TIMES}/c/0: unreadable ({type(e).__name__}: {e})")
+    if hashlib.sha256(b"".join(digests)).hexdigest() != commit["tokens_sha256"]:
+        problems.append(f"{where}/{TOKENS}: sha256 differs from the commit record (data changed after commit)")
+    return commit, problems

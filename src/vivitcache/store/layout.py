@@ -69,6 +69,11 @@ class StoreError(Exception):
     """A token store is missing, damaged, of another schema, or used wrongly (one line: path and cause)."""
 
 
+class StoreDamageError(StoreError):
+    """Committed data is damaged (a missing or changed file, a checksum error): the message names the part and the
+    file. The CLI exits 1 for it (damage, not bad input); `vivitcache extract --repair` re-extracts such parts."""
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """How tokens are laid out in a store; part of what a resumed extraction or a trainer must agree on."""

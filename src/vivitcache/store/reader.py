@@ -1,9 +1,13 @@
-"""Reading a token store: `TokenStore`, a read-only index over the committed parts.
+"""Reading a token store: `TokenStore`, a read-only view of the committed parts.
 
-The index (video id → part, offset, frame count, label, source, fps) is built once at open from the commit
-records (one file when the consolidated index is fresh). Only committed parts are ever seen: a part being written
-lives under `staging/` and appears atomically when its writer commits. Reads go through zarr, which reads each
-needed chunk once and checks its crc32c.
+Videos are looked up in the columnar index (`index.py`: memory-mapped, shared between processes, parts published
+since the last index update read from their commit records). Only committed parts are ever seen: a part being
+written lives under `staging/` and appears atomically when its writer commits.
+
+A reader never hands out tokens it has not checked the way `verify --quick` does: the first time a process touches a
+part, its commit record is read and compared with the index, and every file the record lists is checked for
+presence and size (a deleted shard would otherwise read as zeros, a truncated one may too). Reads go through zarr,
+which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import zarr
 
 from vivitcache.store.dtypes import decode_tokens
-from vivitcache.store.index import read_commits
+from vivitcache.store.index import VIDEO_FIELDS, commit_digest, open_index, read_commit
 from vivitcache.store.layout import (
     FRAME_TIMES,
     META,
@@ -23,14 +27,15 @@ from vivitcache.store.layout import (
     ROOT_KEY,
     SCHEMA,
     TOKENS,
+    StoreDamageError,
     StoreError,
     StoreLayout,
     read_json,
 )
 
-__all__ = ["StoreError", "TokenStore", "read_root"]
+__all__ = ["StoreDamageError", "StoreError", "TokenStore", "VIDEO_FIELDS", "read_root"]
 
-VIDEO_FIELDS = ("id", "label", "offset", "num_frames", "source", "fps")
+REPAIR_HINT = "run `vivitcache verify STORE`, then `vivitcache extract ... --repair` to re-extract damaged parts"
 
 
 def read_root(path: Path) -> dict:
@@ -58,35 +63,20 @@ def read_root(path: Path) -> dict:
 
 
 class TokenStore:
-    """Read-only view of a store's committed videos. Picklable (zarr arrays are reopened after unpickling)."""
+    """Read-only view of a store's committed videos. Picklable (the index is re-mapped after unpickling)."""
 
-    def __init__(self, path: Path, root: dict, commits: dict[str, dict], problems: list[str]):
+    def __init__(self, path: Path, root: dict, strict: bool = True):
         self.path = path
+        self.strict = strict
         self.fingerprint: dict = root["fingerprint"]
         self.layout = StoreLayout.from_dict(root["layout"])
         self.classes: list[str] = list(root["classes"])
         self.provenance: dict = root.get("provenance", {})
         self.created: str | None = root.get("created")
-        self.problems = problems  # parts left out because their commit record is damaged (strict=False only)
-        self._commits = commits
-        self._videos: dict[str, dict] = {}
-        self.duplicates: list[tuple[str, str, str]] = []  # (id, kept part, ignored part)
-        failures: dict[str, dict] = {}
-        for part_id in sorted(commits):  # first part (by id) wins a duplicate id: deterministic
-            for video in commits[part_id]["videos"]:
-                if not isinstance(video, dict) or any(k not in video for k in VIDEO_FIELDS):
-                    raise StoreError(f"{path / PARTS / part_id / META}: malformed video entry {video!r}")
-                kept = self._videos.get(video["id"])
-                if kept is not None:
-                    self.duplicates.append((video["id"], kept["part_id"], part_id))
-                    continue
-                self._videos[video["id"]] = {**video, "part_id": part_id}
-            for failure in commits[part_id]["failures"]:
-                failures.setdefault(failure["id"], {**failure, "part_id": part_id})
-        self._failures = [f for i, f in sorted(failures.items()) if i not in self._videos]
-        self._ids = sorted(self._videos)
-        self.total_frames = sum(v["num_frames"] for v in self._videos.values())
-        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._index = open_index(path, strict=strict)
+        self.problems = self._index.problems  # parts left out because their commit record is damaged (strict=False)
+        self._arrays: dict[tuple[str, str], CheckedArray] = {}
+        self._checked: set[str] = set()
 
     @classmethod
     def open(cls, path, strict: bool = True) -> TokenStore:
@@ -95,78 +85,115 @@ class TokenStore:
         strict=False leaves out parts with a damaged commit record (listed in `.problems`) instead of raising.
         """
         path = Path(os.path.abspath(path))
-        root = read_root(path)
-        commits, problems = read_commits(path, strict=strict)
-        return cls(path, root, commits, problems)
+        return cls(path, read_root(path), strict=strict)
 
     def __getstate__(self):
-        return {**self.__dict__, "_arrays": {}}
+        return {"path": self.path, "strict": self.strict}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], read_root(state["path"]), strict=state["strict"])
 
     # ---- the index ----------------------------------------------------------------------------------------------
     def ids(self) -> list[str]:
         """Committed video ids, sorted."""
-        return list(self._ids)
+        return list(self._index.ids())
 
     def part_ids(self) -> list[str]:
         """Committed part ids, sorted."""
-        return sorted(self._commits)
+        return self._index.part_ids()
 
     def commit(self, part_id: str) -> dict:
-        """The commit record of one part."""
-        if part_id not in self._commits:
-            raise StoreError(f"{self.path}: no committed part {part_id!r}")
-        return self._commits[part_id]
+        """The commit record of one part (read from the part; checked against the index)."""
+        self._check_part(part_id)
+        return read_commit(self.path, part_id)
+
+    @property
+    def total_frames(self) -> int:
+        return self._index.total_frames()
+
+    @property
+    def duplicates(self) -> list[tuple[str, str, str]]:
+        """(id, kept part, ignored part) for ids committed twice; the smaller part id wins, deterministically."""
+        return self._index.duplicates()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._index)
 
     def __contains__(self, video_id) -> bool:
-        return video_id in self._videos
+        return self._index.find(video_id) is not None
 
-    def _video(self, video_id: str) -> dict:
-        try:
-            return self._videos[video_id]
-        except (KeyError, TypeError):
-            raise StoreError(f"{self.path}: video id {video_id!r} is not committed in this store") from None
+    def _row(self, video_id: str):
+        found = self._index.find(video_id)
+        if found is None:
+            raise StoreError(f"{self.path}: video id {video_id!r} is not committed in this store")
+        return found
 
     def label(self, video_id: str) -> int:
-        """Class index (into `.classes`), -1 when unlabelled."""
-        return int(self._video(video_id)["label"])
+        """Class index (into `.classes`), -1 when unlabelled (the newest label record wins over the commit's)."""
+        seg, row = self._row(video_id)
+        return self._index.label(seg, row, video_id)
 
     def num_frames(self, video_id: str) -> int:
-        return int(self._video(video_id)["num_frames"])
+        seg, row = self._row(video_id)
+        return int(seg.num_frames[row])
 
     def fps(self, video_id: str) -> float | None:
-        return self._video(video_id)["fps"]
+        seg, row = self._row(video_id)
+        fps = float(seg.fps[row])
+        return None if np.isnan(fps) else fps
 
     def source(self, video_id: str) -> str:
-        return self._video(video_id)["source"]
+        seg, row = self._row(video_id)
+        return seg.source[row]
 
     def location(self, video_id: str) -> tuple[str, int, int]:
         """(part_id, offset of its first frame in the part's tokens array, num_frames)."""
-        v = self._video(video_id)
-        return v["part_id"], int(v["offset"]), int(v["num_frames"])
+        seg, row = self._row(video_id)
+        return seg.part_names[int(seg.part[row])], int(seg.offset[row]), int(seg.num_frames[row])
 
     def failures(self) -> list[dict]:
         """The failure ledger: [{id, source, error, part_id}] for videos that have no tokens, sorted by id."""
-        return [dict(f) for f in self._failures]
+        return self._index.failures()
+
+    def part_sums(self) -> dict[str, int]:
+        """Totals over committed parts from the index: frames, videos, failures, disk_bytes, files."""
+        return self._index.part_sums()
+
+    # ---- checks -----------------------------------------------------------------------------------------------------
+    def _check_part(self, part_id: str) -> None:
+        """What `verify --quick` checks, once per part and process, before any of its tokens are handed out."""
+        if part_id in self._checked:
+            return
+        where = self._index.part_row(part_id)
+        if where is None:
+            raise StoreError(f"{self.path}: no committed part {part_id!r}")
+        try:
+            commit = read_commit(self.path, part_id)
+            seg, p = where
+            if commit_digest(commit) != seg.digest[p]:
+                raise StoreDamageError(f"part {part_id}: {self.path / PARTS / part_id / META} changed after it was "
+                                       "indexed (edited by hand?)")
+            check_part_files(self.path / PARTS / part_id, commit, self.layout)
+        except StoreDamageError as e:
+            raise StoreDamageError(f"{self.path}: {e} ({REPAIR_HINT})") from None
+        self._checked.add(part_id)
 
     # ---- tokens ---------------------------------------------------------------------------------------------------
-    def _array(self, part_id: str, name: str):
+    def _array(self, part_id: str, name: str) -> CheckedArray:
         key = (part_id, name)
         arr = self._arrays.get(key)
         if arr is None:
-            if part_id not in self._commits:
-                raise StoreError(f"{self.path}: no committed part {part_id!r}")
+            self._check_part(part_id)
+            folder = self.path / PARTS / part_id / name
             try:
-                arr = zarr.open_array(store=str(self.path / PARTS / part_id / name), mode="r")
+                raw = zarr.open_array(store=str(folder), mode="r")
             except Exception as e:  # noqa: BLE001 — zarr raises several types for a missing/broken array
-                raise StoreError(f"{self.path / PARTS / part_id / name}: cannot open ({e})") from None
-            self._arrays[key] = arr
+                raise StoreDamageError(f"part {part_id}: {folder}: cannot open ({e}) ({REPAIR_HINT})") from None
+            arr = self._arrays[key] = CheckedArray(raw, part_id, folder)
         return arr
 
-    def tokens_array(self, part_id: str):
-        """The raw zarr tokens array [F_part, K, D] of one part (stored dtype: float16, or uint16 bf16 bits)."""
+    def tokens_array(self, part_id: str) -> CheckedArray:
+        """The tokens array [F_part, K, D] of one part (stored dtype: float16, or uint16 bf16 bits), checked."""
         return self._array(part_id, TOKENS)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
@@ -211,3 +238,70 @@ class TokenStore:
         return (f"TokenStore({str(self.path)!r}, videos={len(self)}, frames={self.total_frames}, "
                 f"tokens={self.layout.tokens}, K={self.layout.tokens_per_frame}, D={self.layout.dim}, "
                 f"{self.layout.dtype})")
+
+
+class CheckedArray:
+    """A part's zarr array whose read errors (crc32c mismatch, undecodable shard) name the part and the file.
+
+    Everything but reading is the zarr array's own (`shape`, `dtype`, `chunks`, `shards`, `metadata`, ...).
+    """
+
+    def __init__(self, array, part_id: str, folder: Path):
+        self._array, self.part_id, self.folder = array, part_id, folder
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+    def _read(self, fn, selection):
+        try:
+            return fn(selection)
+        except (StoreError, IndexError, TypeError):
+            raise
+        except Exception as e:  # noqa: BLE001 — zarr/numcodecs raise ValueError/RuntimeError for bad bytes
+            raise StoreDamageError(
+                f"part {self.part_id}: {self._files(selection)}: unreadable ({type(e).__name__}: {e}) "
+                f"({REPAIR_HINT})") from None
+
+    def _files(self, selection) -> str:
+        first = selection[0] if isinstance(selection, tuple) else selection
+        shard = (self._array.shards or self._array.chunks)[0]
+        if isinstance(first, slice):
+            start, stop, _ = first.indices(self._array.shape[0])
+            keys = range(start // shard, max(start, stop - 1) // shard + 1)
+        else:
+            keys = sorted({int(i) // shard for i in np.asarray(first).reshape(-1)})
+        rank = len(self._array.shape)
+        names = [str(self.folder / self._array.metadata.encode_chunk_key((k,) + (0,) * (rank - 1))) for k in keys]
+        return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+    def __getitem__(self, selection):
+        return self._read(self._array.__getitem__, selection)
+
+    def get_orthogonal_selection(self, selection):
+        return self._read(self._array.get_orthogonal_selection, selection)
+
+
+def check_part_files(part: Path, commit: dict, layout: StoreLayout) -> None:
+    """StoreDamageError unless every file the commit record lists is there with its recorded size.
+
+    Records written before file sizes were recorded (no `files`): every shard covering committed frames and the
+    frame-times chunk must exist (zarr reads a missing one as the fill value: zeros, NaN).
+    """
+    files = commit.get("files")
+    if files is None:
+        shard = layout.shard_frames
+        names = [f"{TOKENS}/c/{i}/0/0" for i in range(-(-commit["frames"] // shard))]
+        names += [f"{FRAME_TIMES}/c/0"] if commit["frames"] else []
+        names += [f"{TOKENS}/{META}", f"{FRAME_TIMES}/{META}"]
+        files = {n: None for n in names}
+    for name, size in files.items():
+        try:
+            have = os.stat(part / name).st_size
+        except FileNotFoundError:
+            raise StoreDamageError(f"part {part.name}: {part / name} is missing") from None
+        if size is not None and have != size:
+            raise StoreDamageError(f"part {part.name}: {part / name} has {have} bytes, its commit record says {size} "
+                                   "(truncated or changed after commit)")

@@ -34,7 +34,8 @@ from vivitcache import __version__
 from vivitcache.provenance import now_iso
 from vivitcache.store.dtypes import encode_tokens
 from vivitcache.store.fingerprint import FingerprintMismatchError, canonical_json, fingerprint_diff
-from vivitcache.store.index import read_commits, write_index
+from vivitcache.store.claims import DEFAULT_TIMEOUT_S, Claim, pid_alive
+from vivitcache.store.index import open_index, update_index
 from vivitcache.store.layout import (
     COMMIT_KEY,
     FRAME_TIMES,
@@ -107,16 +108,14 @@ def _finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+SHARD_TARGET_BYTES = 32 * 2**20
+"""Default shard file size: tens of MB, so a store is few large files (K400 at ViT-g: see the README)."""
+
+
+def shard_frames_for(frame_bytes: int, chunk_frames: int, target_bytes: int = SHARD_TARGET_BYTES) -> int:
+    """Frames per shard so that a full shard is at most `target_bytes` (a whole number of chunks, at least one)."""
+    chunks = max(1, target_bytes // max(1, frame_bytes * chunk_frames))
+    return int(chunks * chunk_frames)
 
 
 def _newest_mtime(path: Path) -> float:
@@ -132,6 +131,18 @@ def _newest_mtime(path: Path) -> float:
 
 def _disk_bytes(path: Path) -> int:
     return sum(os.stat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+
+
+def _files(path: Path) -> dict[str, int]:
+    """{relative path: size} of every file of a part but its own record (what readers and `verify --quick` check)."""
+    out = {}
+    for folder, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, path)
+            if rel != META:
+                out[rel.replace(os.sep, "/")] = os.stat(full).st_size
+    return dict(sorted(out.items()))
 
 
 class StoreWriter:
@@ -185,21 +196,25 @@ class StoreWriter:
     # ---- what is done -------------------------------------------------------------------------------------------
     def committed_parts(self) -> set[str]:
         """Ids of the parts with a valid commit record (a damaged part counts as not committed, so it is redone)."""
-        return set(read_commits(self.path, strict=False)[0])
+        return set(open_index(self.path, strict=False).part_ids())
 
     def committed_ids(self, include_failures: bool = True) -> set[str]:
-        """Video ids committed with tokens, plus (by default) those in the failure ledger."""
-        ids = set()
-        for commit in read_commits(self.path, strict=False)[0].values():
-            ids.update(v["id"] for v in commit["videos"])
-            if include_failures:
-                ids.update(f["id"] for f in commit["failures"])
+        """Video ids committed with tokens, plus (by default) those in the failure ledger (from the index)."""
+        view = open_index(self.path, strict=False)
+        ids = set(view.ids())
+        if include_failures:
+            ids.update(f["id"] for f in view.failures())
         return ids
 
-    def consolidate(self) -> dict:
-        """Write the consolidated index so readers open the store with one file read; returns {parts, videos}."""
-        index = write_index(self.path)
-        return {"parts": len(index["parts"]), "videos": sum(len(c["videos"]) for c in index["parts"].values())}
+    def consolidate(self, force: bool = False) -> dict:
+        """Bring the columnar index up to date (incremental; nothing is written when it is fresh).
+
+        Returns {parts, videos, written}."""
+        return update_index(self.path, force=force)
+
+    def claim(self, part_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_s: float | None = None) -> Claim:
+        """A claim on a part (call `.acquire()`): keeps a second live writer from extracting it too."""
+        return Claim(self.path, check_part_id(part_id), timeout_s, heartbeat_s)
 
     def cleanup_stale_staging(self, max_age_s: float | None = DEFAULT_STALE_AGE_S) -> list[str]:
         """Remove staging folders of dead writers: same host with a dead pid, or untouched for `max_age_s` seconds.
@@ -212,7 +227,7 @@ class StoreWriter:
         me, now = host_name(), time.time()
         for entry in _staging_entries(self.path):
             owner = parse_staging_name(entry.name)
-            dead = owner is not None and owner["host"] == me and not _pid_alive(owner["pid"])
+            dead = owner is not None and owner["host"] == me and not pid_alive(owner["pid"])
             try:
                 old = max_age_s is not None and now - _newest_mtime(Path(entry.path)) > max_age_s
             except FileNotFoundError:
@@ -248,7 +263,7 @@ def staging_dirs(root: Path) -> list[dict]:
             age = now - _newest_mtime(Path(entry.path))
         except FileNotFoundError:
             continue
-        stale = owner["host"] == me and not _pid_alive(owner["pid"])
+        stale = owner["host"] == me and not pid_alive(owner["pid"])
         out.append({"name": entry.name, "part_id": owner["part_id"], "host": owner["host"], "pid": owner["pid"],
                     "age_s": round(age, 1), "stale": stale})
     return out
@@ -425,6 +440,7 @@ class PartWriter:
         frame_times = zarr.create_array(
             store=str(self.staging / FRAME_TIMES), shape=(total,), dtype="float64", chunks=(max(total, 1),),
             compressors=[Crc32cCodec()], fill_value=np.nan, dimension_names=("frame",),
+            config={"write_empty_chunks": True},  # all-NaN times are data too: the chunk must exist
         )
         if total:
             frame_times[:] = times
@@ -436,6 +452,7 @@ class PartWriter:
             "frames": total,
             "bytes": total * layout.frame_bytes,
             "disk_bytes": _disk_bytes(self.staging),
+            "files": _files(self.staging),
             "shards": len(self._shard_digests),
             "tokens_sha256": hashlib.sha256(b"".join(self._shard_digests)).hexdigest(),
             "writer": {"host": self.host, "pid": self.pid, "time": now_iso(), "token": self.token,
@@ -488,6 +505,9 @@ class PartWriter:
                 store=str(self.staging / TOKENS), shape=(0, k, d), dtype=layout.numpy_dtype,
                 chunks=(layout.chunk_frames, k, d), shards=(layout.shard_frames, k, d), compressors=compressors,
                 fill_value=0, dimension_names=("frame", "token", "dim"),
+                # All-zero tokens are data (a bring-your-own-features writer may have them): zarr must write the
+                # shard, or it would read back only because the fill value happens to match, and verify would fail.
+                config={"write_empty_chunks": True},
             )
         return self._tokens
 

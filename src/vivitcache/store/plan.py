@@ -1,0 +1,90 @@
+"""The part plan, recorded in the store: which part every video belongs to, fixed once and only ever extended.
+
+```
+plan/zarr.json                 group
+plan/<seq>/zarr.json           group; attributes["vivitcache_plan"] = {seq, made, parts: [{part_id, videos:
+                               [{id, path, label, split}]}]}
+```
+
+Why recorded (and not a hash bucket of the id): a bucket's contents change as annotations grow, and a committed part
+never changes, so buckets would need generations anyway; a recorded plan keeps `--videos-per-part` meaningful and
+lets a part hold thousands of videos. A video planned once keeps its part for ever, whatever annotation file or
+`--videos-per-part` a later or concurrent run uses, so no two runs can put it in two parts. Each plan record lists
+the videos' sources, so any run can extract any planned part, also one planned by a run with other annotations.
+
+Extending is lock-free and race-safe: a run reads every record, plans the ids no record (and no committed part) has,
+builds the next record in `staging/` and renames it to `plan/<seq + 1>`. rename(2) of a folder onto an existing
+non-empty folder fails, so of two runs racing for the same number exactly one wins; the loser reads again and plans
+what is still unplanned under the next number. Every record is therefore planned knowing all records before it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vivitcache.provenance import now_iso
+from vivitcache.store.layout import META, STAGING, StoreError, group_meta, host_name, new_token, read_group_attrs, \
+    write_json_atomic
+
+PLAN = "plan"
+PLAN_KEY = "vivitcache_plan"
+
+
+@dataclass
+class Plan:
+    """Every recorded part: {part_id: [video entry]}, and each planned id's part."""
+
+    parts: dict[str, list[dict]] = field(default_factory=dict)
+    part_of: dict[str, str] = field(default_factory=dict)
+    last_seq: int = -1
+
+
+def read_plan(root: Path) -> Plan:
+    plan = Plan()
+    try:
+        seqs = sorted(int(n) for n in os.listdir(root / PLAN) if n.isdigit())
+    except FileNotFoundError:
+        return plan
+    for seq in seqs:
+        record = read_group_attrs(root / PLAN / f"{seq:08d}", PLAN_KEY)
+        for part in record["parts"]:
+            plan.parts[part["part_id"]] = part["videos"]
+            for video in part["videos"]:
+                plan.part_of.setdefault(video["id"], part["part_id"])
+        plan.last_seq = seq
+    return plan
+
+
+def extend_plan(root: Path, entries: list[dict], videos_per_part: int, done: set[str]) -> tuple[Plan, int]:
+    """Plan every entry ({id, path, label, split}) that neither the plan nor `done` (ids committed outside the plan,
+    by an older vivitcache) has; returns (the plan, how many ids this call planned)."""
+    from vivitcache.store.writer import plan_parts  # the grouping rule (sorted ids, hashed part ids)
+
+    planned = 0
+    while True:
+        plan = read_plan(root)
+        new = {e["id"]: e for e in entries if e["id"] not in plan.part_of and e["id"] not in done}
+        if not new:
+            return plan, planned
+        parts = plan_parts(list(new), videos_per_part)
+        seq = plan.last_seq + 1
+        record = {"seq": seq, "made": {"host": host_name(), "pid": os.getpid(), "time": now_iso()},
+                  "parts": [{"part_id": p.part_id, "videos": [new[i] for i in p.ids]} for p in parts]}
+        if not (root / PLAN / META).exists():
+            (root / PLAN).mkdir(exist_ok=True)
+            write_json_atomic(root / PLAN / META, group_meta({}))
+        tmp = root / STAGING / f"plan-{new_token()}"
+        tmp.mkdir()
+        try:
+            write_json_atomic(tmp / META, group_meta({PLAN_KEY: record}))
+            os.rename(tmp, root / PLAN / f"{seq:08d}")
+            planned += len(new)
+        except OSError as e:
+            if not (root / PLAN / f"{seq:08d}").exists():
+                raise StoreError(f"cannot extend the part plan of {root}: {e}") from None
+            # another run took this number: read again
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
