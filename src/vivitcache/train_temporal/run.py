@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vivitcache.config import ModelConfig, from_dict
+from vivitcache.errors import ConfigError
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
@@ -113,6 +114,10 @@ def run_train(cfg: TrainConfig) -> dict:
         train_videos, val_videos = split_videos(store, splits, video_root, cfg.val_fraction, seed)
     if not train_videos:
         raise StoreError(f"{store.path}: no labelled videos to train on")
+    longest = max(v.num_frames for v in train_videos)
+    if cfg.frames > longest:  # such clips only repeat frames, while attention costs grow as frames²
+        raise ConfigError(f"--frames {cfg.frames}: more than the longest training video of {store.path} "
+                          f"({longest} frames); clips that long only repeat frames")
 
     features = _features(store.path, frame_token, cfg.in_memory, cfg.cache_mb)
     val_features = features if val_store is store else _features(val_store.path, frame_token, cfg.in_memory, cfg.cache_mb)

@@ -1,0 +1,251 @@
+"""Failure modes of runs and of CLI input (issue 12, the run-folder half): a used --out is refused, a lock keeps two
+runs apart, --resume survives a kill at any moment (also between the checkpoint swap's renames), bad options and bad
+input files are one `error:` line, Ctrl-C stops an extraction promptly, and a bug keeps its traceback.
+
+Runs use a tiny linear model on separable points (seconds); the CLI tests use a tiny token store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vivitcache.config import OptimConfig, RunConfig
+from vivitcache.errors import ConfigError
+from vivitcache.training import run_folder
+from vivitcache.training.checkpoint import CheckpointError, checkpoint_path, load_model_state
+from vivitcache.training.loop import Task, fit
+from vivitcache.training.run_folder import RunFolderError, RunLock, RunLockedError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Points(Dataset):
+    """Separable points in 4-D, 3 classes."""
+
+    def __init__(self, n=48, views=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 3
+        self.x = torch.randn(n, 4, generator=g) + 4 * nn.functional.one_hot(self.y, 4).float()
+        self.views = views
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.x[i] if self.views is None else self.x[i].expand(self.views, -1)), self.y[i]
+
+
+def task() -> Task:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.GELU(), nn.Linear(8, 3))
+    return Task(model=model, forward=lambda m, x: m(x), train_set=Points(), val_set=Points(12, views=2, seed=1),
+                num_classes=3, config={"run": {"resume": False}, "what": "points"}, title="points")
+
+
+OPTIM = OptimConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0.5)
+
+
+def run(out, **kw) -> RunConfig:
+    return RunConfig(out=str(out), checkpoint_every=2, log_every=1, **kw)
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = load_model_state(a), load_model_state(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def metrics(folder) -> list[dict]:
+    drop = ("clips_per_s", "frames_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in open(Path(folder) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted run: the reference every resumed run must equal bit for bit."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    fit(task(), OPTIM, run(out))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ --out
+def test_used_out_is_refused_and_overwrite_removes_only_run_files(tmp_path, straight):
+    unrelated = tmp_path / "unrelated"
+    (unrelated / "checkpoint").mkdir(parents=True)
+    (unrelated / "checkpoint" / "mine.bin").write_bytes(b"precious")
+    (unrelated / "notes.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match="not empty|does not write"):
+            fit(task(), OPTIM, run(unrelated, overwrite=overwrite))
+    assert (unrelated / "checkpoint" / "mine.bin").read_bytes() == b"precious"
+    assert sorted(p.name for p in unrelated.iterdir()) == ["checkpoint", "notes.txt"]  # no lock left behind
+
+    used = tmp_path / "used"
+    fit(task(), OptimConfig(epochs=1, batch_size=8), run(used))
+    before = (used / "summary.json").read_text()
+    with pytest.raises(RunFolderError, match="--resume continues its run, --overwrite"):
+        fit(task(), OPTIM, run(used))
+    assert (used / "summary.json").read_text() == before
+    fit(task(), OPTIM, run(used, overwrite=True))  # replaces the run: same as a run into a new folder
+    assert same_weights(used, straight) and metrics(used) == metrics(straight)
+
+    with pytest.raises(ConfigError, match="--overwrite and --resume"):
+        run(used, overwrite=True, resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ lock
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_live_lock_refuses_a_second_run_and_a_dead_one_is_taken_over(tmp_path, straight):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock.acquire(out):  # a live run (this process) writes into out
+        with pytest.raises(RunLockedError, match=f"in use by another run \\(host {socket.gethostname()}, pid "
+                                                 f"{os.getpid()}"):
+            fit(task(), OPTIM, run(out))
+        assert not (out / "metrics.jsonl").exists()
+    assert not (out / ".lock").exists()
+
+    # kill -9 leaves its lock: same host, dead pid → taken over (it counts as a started run for --resume)
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "start": None}))
+    fit(task(), OPTIM, run(out, resume=True))
+    assert same_weights(out, straight) and not (out / ".lock").exists()
+
+    # another host: live unless not refreshed for STALE_AFTER_S
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".lock").write_text(json.dumps({"host": "node-17", "pid": 1, "since": "earlier"}))
+    with pytest.raises(RunLockedError, match="host node-17, pid 1"):
+        fit(task(), OPTIM, run(other, resume="auto"))
+    old = time.time() - run_folder.STALE_AFTER_S - 60
+    os.utime(other / ".lock", (old, old))
+    fit(task(), OPTIM, run(other, resume="auto"))
+    assert same_weights(other, straight)
+
+
+def test_a_reused_pid_does_not_keep_a_dead_lock_alive(tmp_path):
+    """In containers a requeued job often gets the pid of the dead one: the process start time tells them apart."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": "1"}))
+    with RunLock.acquire(out) as lock:
+        assert lock.took_over["start"] == "1"
+
+
+# ------------------------------------------------------------------------------------------------ --resume
+def test_resume_before_the_first_checkpoint_starts_over_and_resume_auto(tmp_path, straight, capsys):
+    killed_early = tmp_path / "killed_early"  # what a run killed before its first checkpoint leaves
+    killed_early.mkdir()
+    (killed_early / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    fit(task(), OPTIM, run(killed_early, resume=True))
+    assert "no checkpoint yet" in capsys.readouterr().err
+    assert same_weights(killed_early, straight) and metrics(killed_early) == metrics(straight)
+
+    with pytest.raises(CheckpointError, match="no checkpoint and no run in"):  # a mistyped --out
+        fit(task(), OPTIM, run(tmp_path / "typo", resume=True))
+    fresh = tmp_path / "fresh"
+    fit(task(), OPTIM, run(fresh, resume="auto"))  # nothing to continue: starts
+    assert same_weights(fresh, straight)
+    fit(task(), OPTIM, run(fresh, resume="auto"))  # finished run: continues (nothing left to do), same weights
+    assert same_weights(fresh, straight) and metrics(fresh) == metrics(straight)
+
+
+KILL_BETWEEN_RENAMES = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    from test_failure_modes import OPTIM, run, task
+    from vivitcache.training.loop import fit
+
+    rename, swaps = os.rename, []
+    def dying_rename(src, dst):
+        if os.path.basename(str(dst)).startswith(".checkpoint.old"):
+            swaps.append(dst)
+        elif len(swaps) == 2 and os.path.basename(str(src)).startswith(".checkpoint.tmp"):
+            os._exit(9)  # killed between the two renames of the second swap: no checkpoint/ on disk
+        rename(src, dst)
+    os.rename = dying_rename
+    fit(task(), OPTIM, run(sys.argv[1]))
+""")
+
+
+def test_kill_between_the_checkpoint_renames_still_resumes_bit_exactly(tmp_path, straight):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(out), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert "checkpoint" not in names and any(n.startswith(".checkpoint.old") for n in names)
+    assert any(n.startswith(".checkpoint.tmp") for n in names)
+    assert checkpoint_path(out).name.startswith(".checkpoint.old")  # readers (eval, --init) find it
+
+    fit(task(), OPTIM, run(out, resume=True))
+    assert same_weights(out, straight) and metrics(out) == metrics(straight)
+    assert not [n for n in os.listdir(out) if n.startswith((".checkpoint", ".lock"))]
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_one_and_partial_temps_are_cleaned(tmp_path, straight,
+                                                                                   monkeypatch):
+    import vivitcache.training.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    real_save, calls = checkpoint.save_file, []
+
+    def disk_full(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:  # the second checkpoint's first file: half written, then ENOSPC
+            Path(path).write_bytes(b"\0" * 100)
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="cannot write a checkpoint \\(No space left on device\\); the previous"):
+        fit(task(), OPTIM, run(out))
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    assert sorted(os.listdir(out)) == ["checkpoint", "metrics.jsonl"]  # no temp folder, no lock
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+
+    partial = out / ".checkpoint.tmp999999"  # as a kill while writing leaves it
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 10)
+    fit(task(), OPTIM, run(out, resume=True))
+    assert not partial.exists()
+    assert same_weights(out, straight) and metrics(out) == metrics(straight)
+
+
+# ------------------------------------------------------------------------------------------------ options
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, "--batch-size 0: must be at least 1"),
+    ("accum_steps", 0, "--accum-steps 0: must be at least 1"),
+    ("label_smoothing", 2.0, "--label-smoothing 2.0: must be in \\[0, 1\\)"),
+    ("epochs", -1, "--epochs -1: must be at least 1"),
+    ("lr", float("nan"), "--lr nan: must be a positive number"),
+])
+def test_option_ranges_are_named_config_errors(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        OptimConfig(**{field: value})
+
+
+def test_epochs_zero_and_an_indivisible_batch_are_refused_before_the_run_folder(tmp_path):
+    with pytest.raises(ConfigError, match="--epochs 0: must be at least 1"):
+        fit(task(), OptimConfig(epochs=0), run(tmp_path / "zero"))
+    with pytest.raises(ConfigError, match="--batch-size 9: must divide by processes × --accum-steps = 2"):
+        fit(task(), OptimConfig(batch_size=9, accum_steps=2), run(tmp_path / "odd"))
+    with pytest.raises(ConfigError, match="more than the 48 training videos"):
+        fit(task(), OptimConfig(batch_size=64), run(tmp_path / "big"))
+    assert not any(tmp_path.iterdir())  # nothing written
