@@ -81,7 +81,7 @@ def bench_decode(args, data: Path) -> dict:
 
 def bench_model(args, frames: int) -> dict:
     """Frames/s of the spatial model alone on random preprocessed batches (inference mode, fp32 on CPU)."""
-    from vivitcache.models.spatial import create_spatial, frame_tokens
+    from vivitcache.models import create_spatial, frame_tokens
 
     before = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)

@@ -23,7 +23,7 @@ from vivitcache.data.transforms import Preprocess
 from vivitcache.extract import ExtractConfig, ExtractConfigError, ExtractFailures, run_extract
 from vivitcache.extract import pipeline
 from vivitcache.hashing import state_dict_sha256
-from vivitcache.models.spatial import create_spatial, frame_tokens
+from vivitcache.models import create_spatial, frame_tokens
 from vivitcache.store import FingerprintMismatchError, TokenStore, verify_store
 
 TINY = dict(model="vit-ti", img_size=32, patch_size=8, spatial_depth=2)

@@ -8,6 +8,7 @@ from vivitcache.config import ModelConfig
 from vivitcache.hashing import state_dict_sha256
 from vivitcache.models import (
     SpatialModelError,
+    TokenKindError,
     build_adapter,
     build_vivit,
     create_spatial,
@@ -22,10 +23,10 @@ TINY = dict(img_size=32, patch_size=8, spatial_depth=2, temporal_depth=2, num_cl
 
 
 def test_aliases_resolve_and_unknown_is_named_error():
-    assert resolve_model_name("vit-g") == "vit_giant_patch14_224"
-    assert resolve_model_name("vit_small_patch16_224") == "vit_small_patch16_224"
-    with pytest.raises(SpatialModelError, match="unknown spatial model 'resnet50'"):
-        resolve_model_name("resnet50")
+    assert resolve_model_name("vit-g") == "vit_giant_patch14_clip_224.laion2b"
+    assert resolve_model_name("vit_small_patch16_224") == "vit_small_patch16_224.augreg_in21k_ft_in1k"
+    with pytest.raises(SpatialModelError, match="unknown spatial model 'vit_nonexistent_patch99'"):
+        resolve_model_name("vit_nonexistent_patch99")
 
 
 def test_vit_g_alias_is_1408_wide():
@@ -54,11 +55,11 @@ def test_frame_features_from_all_equals_from_cls_mean():
     stored = torch.stack([tokens[:, 0], tokens[:, 1:].mean(1)], 1)
     torch.testing.assert_close(frame_features(tokens, "all", "cls+mean"), frame_features(stored, "cls+mean", "cls+mean"))
     assert frame_features(tokens, "all", "cls").shape == (4, 8)
-    with pytest.raises(SpatialModelError):
+    with pytest.raises(TokenKindError):
         frame_features(tokens[:, :1], "cls", "cls+mean")
 
 
-def test_vivit_forward_and_forward_tokens_agree():
+def test_vivit_forward_on_pixels_and_on_frame_features_agree():
     torch.manual_seed(0)
     model = build_vivit(ModelConfig(**TINY)).eval()
     video = torch.randn(2, 8, 3, 32, 32)  # [B, T, C, H, W]
@@ -66,7 +67,8 @@ def test_vivit_forward_and_forward_tokens_agree():
     assert logits.shape == (2, 5)
     feats = model.frame_features(video)  # [B, T, D]
     assert feats.shape == (2, 8, 192)
-    torch.testing.assert_close(model.forward_tokens(feats), logits)
+    torch.testing.assert_close(model(feats), logits)
+    torch.testing.assert_close(model.forward_head(model.forward_features(video)), logits)
 
 
 def test_cls_mean_frame_token_doubles_feature_width():
@@ -113,13 +115,13 @@ def test_resize_frames_keeps_function_at_equal_length_and_runs_longer():
     torch.manual_seed(0)
     model = build_vivit(ModelConfig(**TINY), with_spatial=False, spatial_dim=192).eval()
     feats = torch.randn(2, 8, 192)
-    before = model.forward_tokens(feats)
+    before = model(feats)
     model.resize_frames(8)
-    torch.testing.assert_close(model.forward_tokens(feats), before)
+    torch.testing.assert_close(model(feats), before)
     model.resize_frames(128)
-    assert model.forward_tokens(torch.randn(2, 128, 192)).shape == (2, 5)
+    assert model(torch.randn(2, 128, 192)).shape == (2, 5)
     with pytest.raises(ValueError, match="built for 128 frames got 8"):
-        model.forward_tokens(feats)
+        model(feats)
 
 
 def test_local_weights_load_and_hash(tmp_path):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from vivitcache.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.sampling import view_indices
-from vivitcache.models.spatial import frame_features
+from vivitcache.models import frame_features
 from vivitcache.models.vivit import ViViT
 from vivitcache.runs import load_stage1
 from vivitcache.store import FingerprintMismatchError, StoreLayout, StoreWriter, TokenStore, plan_parts

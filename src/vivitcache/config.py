@@ -37,7 +37,7 @@ class ModelConfig:
     """The ViViT factorised encoder: spatial ViT → adapter → temporal transformer → head."""
 
     spatial: str = "vit-ti"
-    """Spatial ViT: an alias (vit-ti, vit-s, vit-b, vit-l, vit-h, vit-g) or any timm ViT name."""
+    """Spatial model: an alias (vit-ti … vit-g) or a timm ViT-family name, tag included (`vit_base_patch16_clip_224.openai`)."""
     img_size: int | None = None
     """Input size override for the spatial ViT (None: the model's default, e.g. 224)."""
     patch_size: int | None = None
@@ -45,9 +45,11 @@ class ModelConfig:
     spatial_depth: int | None = None
     """Number of spatial blocks override (None: the model's default). Tiny demos and tests use 2-4."""
     weights: str | None = None
-    """Local spatial weights (safetensors or a timm/torch .pth); None: random init under the seed."""
-    frame_token: str = "cls"
-    """Per-frame feature handed to the temporal stage: `cls`, or `cls+mean` (CLS concatenated with mean patch token)."""
+    """Local spatial weights: a file (safetensors, .pth, .bin) or a model folder; None: `pretrained` or random init."""
+    pretrained: bool = False
+    """Load the tag's weights from the local Hugging Face cache (offline); exclusive with `weights`."""
+    frame_token: str = "pooled"
+    """Per-frame feature handed to the temporal stage: `pooled` (the model's own embedding), `cls`, or either + mean patch token."""
     adapter: str = "mlp"
     """Adapter between spatial and temporal: `mlp` (residual, zero-init = identity at start), `linear`, or `none`."""
     adapter_ratio: float = 0.5

@@ -19,8 +19,8 @@ from vivitcache.config import ModelConfig, from_dict
 from vivitcache.data.decode import read_frames, frame_times, sample_times
 from vivitcache.data.sampling import view_indices
 from vivitcache.data.transforms import Preprocess
-from vivitcache.extract.source import SpatialSpec
-from vivitcache.models.spatial import frame_features, frame_tokens, stored_kind_for
+from vivitcache.models.spatial import SpatialSpec
+from vivitcache.models.tokens import frame_features, frame_tokens, token_info
 from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
 from vivitcache.store.dtypes import decode_tokens, encode_tokens
 from vivitcache.train_temporal.init import build_token_model
@@ -89,10 +89,10 @@ def _features_on_the_fly(video: str, config: dict, spec: SpatialSpec, views: int
     unique, inverse = np.unique(idx, return_inverse=True)
     pixels = read_frames(video, unique, fps, stride, preprocess.resize_short, preprocess.interpolation)  # [U, h, w, 3]
     spatial = spec.build()
-    kind = stored_kind_for(config["model"]["frame_token"])
+    kind = layout["tokens"]  # the store's own kind, so the rule below is the one the trainer applied
     tokens = frame_tokens(spatial, preprocess(pixels), kind)  # [U, K, D]
     tokens = torch.from_numpy(decode_tokens(encode_tokens(tokens.float().numpy(), layout["dtype"]), layout["dtype"]))
-    feats = frame_features(tokens.float(), kind, config["model"]["frame_token"], fp["num_prefix_tokens"])  # [U, Din]
+    feats = frame_features(tokens.float(), kind, config["model"]["frame_token"], *token_info(fp))  # [U, Din]
     return feats[torch.from_numpy(inverse.reshape(idx.shape))]  # [V, T, Din]
 
 
@@ -100,9 +100,7 @@ def _features_from_store(store: TokenStore, vid: str, config: dict, views: int) 
     """Frame features of the views from cached tokens: [V, T, Din]."""
     idx = view_indices(store.num_frames(vid), config["frames"], views)  # [V, T]
     tokens = torch.from_numpy(store.clip(vid, idx.reshape(-1)).astype(np.float32))  # [V·T, K, D]
-    feats = frame_features(
-        tokens, store.layout.tokens, config["model"]["frame_token"], store.fingerprint.get("num_prefix_tokens", 1)
-    )  # [V·T, Din]
+    feats = frame_features(tokens, store.layout.tokens, config["model"]["frame_token"], *token_info(store.fingerprint))  # [V·T, Din]
     return feats.view(*idx.shape, -1)  # [V, T, Din]
 
 

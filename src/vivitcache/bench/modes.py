@@ -195,10 +195,6 @@ class FrozenSpatialViViT(ViViT):
             return super().frame_features(video)  # [B, T, Din]
 
 
-def _forward_pixels(model, video):  # video: [B, T, C, H, W]
-    return model(video)  # [B, classes]
-
-
 def _build_from_stage1(model_cls: type[ViViT], stage1: Stage1Run) -> ViViT:
     """The stage-1 run's whole ViViT (spatial included) as `model_cls`, with its weights."""
     m: ModelConfig = dataclasses.replace(stage1.model)
@@ -231,7 +227,7 @@ def _pixel_mode(inputs: ModeInputs, mode: str) -> dict:
     counter = SpatialFrameCounter()
     task = Task(
         model=model,
-        forward=counter.counted(_forward_pixels),
+        forward=counter.counted(call_model),
         train_set=train_set,
         val_set=val_set,
         num_classes=len(dataset.classes),

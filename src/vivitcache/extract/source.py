@@ -1,8 +1,9 @@
 """Where the spatial ViT, its preprocessing and the frame sampling come from, and the store fingerprint they make.
 
-Three sources, in this order: a stage-1 run (`--checkpoint`: weights, preprocessing and sampling of the run), an
-image-model file (`--weights`), or a random init under `--seed` (tests, demos). `SpatialSpec` is the picklable
-recipe every Dask worker rebuilds the model from; `weights_sha256` is checked after every build, so a worker can
+Sources, in this order: a stage-1 run (`--checkpoint`: weights, preprocessing and sampling of the run), image-model
+weights (`--weights FILE|DIR`, or `--pretrained` from the Hugging Face cache), or a random init under `--seed` (tests,
+demos). `models.SpatialSpec` is the picklable recipe every Dask worker rebuilds the model from (the same one predict
+and bench use); `weights_sha256` is checked after every build, so a worker can
 never extract with other weights than the fingerprint names.
 """
 
@@ -10,67 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from vivitcache.data.transforms import Preprocess
 from vivitcache.extract.config import ExtractConfig, ExtractConfigError
 from vivitcache.hashing import state_dict_sha256
-from vivitcache.models.spatial import SpatialModelError, create_spatial, resolve_model_name, tokens_per_frame
+from vivitcache.models.spatial import SpatialModelError, SpatialSpec, resolve_model_name
+from vivitcache.models.tokens import check_token_kind, has_class_token, tokens_per_frame
 from vivitcache.store import StoreLayout
 from vivitcache.store.layout import SCHEMA
-
-
-@dataclass(frozen=True)
-class SpatialSpec:
-    """A picklable recipe for the frozen spatial ViT (sent to Dask workers, which build it once each)."""
-
-    name: str
-    """timm model name (aliases resolved)."""
-    img_size: int | None
-    """Input size override, None for the model's default."""
-    patch_size: int | None
-    """Patch size override, None for the model's default."""
-    depth: int | None
-    """Number of blocks override, None for the model's default."""
-    weights: str | None
-    """Image-model weights file, or None."""
-    checkpoint: str | None
-    """Stage-1 run folder whose `spatial` part holds the weights, or None."""
-    seed: int
-    """Seed of the random init (used when there is neither weights nor checkpoint)."""
-    weights_sha256: str | None = None
-    """Expected `state_dict_sha256` of the built model; None until known (the first build sets it)."""
-
-    def build(self) -> nn.Module:
-        """The spatial ViT in eval mode without gradients; SpatialModelError if its weights hash is not the expected."""
-        if self.checkpoint is not None:
-            from vivitcache.runs import load_stage1
-
-            state = load_stage1(self.checkpoint).part("spatial")
-            # Built on the meta device (no random init: minutes for vit-g), then the checkpoint's tensors are
-            # assigned; strict, so every parameter and buffer is real afterwards.
-            with torch.device("meta"):
-                model = create_spatial(self.name, self.img_size, self.patch_size, self.depth)
-            try:
-                model.load_state_dict(state, strict=True, assign=True)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[0]
-                raise SpatialModelError(f"{self.checkpoint}: spatial part does not fit {self.name} ({first})") from e
-        else:
-            # Random init under our own seed, without disturbing the caller's torch RNG (then `weights`, if any).
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                model = create_spatial(self.name, self.img_size, self.patch_size, self.depth, weights=self.weights)
-        model.eval().requires_grad_(False)
-        if self.weights_sha256 is not None:
-            got = state_dict_sha256(model)
-            if got != self.weights_sha256:
-                raise SpatialModelError(
-                    f"spatial model {self.name} built with weights sha256 {got[:16]}…, expected "
-                    f"{self.weights_sha256[:16]}… (weights file or checkpoint changed during extraction?)"
-                )
-        return model
 
 
 @dataclass
@@ -114,6 +63,8 @@ def build_fingerprint(
         "depth": len(spatial.blocks),
         "embed_dim": int(spatial.embed_dim),
         "num_prefix_tokens": int(spatial.num_prefix_tokens),
+        "class_token": has_class_token(spatial),
+        "global_pool": str(getattr(spatial, "global_pool", "")),
         "weights_sha256": weights_sha256,
         "preprocess": preprocess.to_dict(),
         "sampling": {"fps": None if fps is None else float(fps), "stride": None if stride is None else int(stride)},
@@ -147,10 +98,11 @@ def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
             fps, stride = run.fps, run.stride
     spec = SpatialSpec(
         name=resolve_model_name(model_name), img_size=img_size, patch_size=patch_size, depth=depth,
-        weights=str(cfg.weights) if cfg.weights else None, checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None,
-        seed=cfg.seed,
+        weights=str(cfg.weights) if cfg.weights else None, pretrained=cfg.pretrained,
+        checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
     )
     model = spec.build()
+    check_token_kind(model, cfg.tokens)
     sha = state_dict_sha256(model)
     if run is not None and sha != run.spatial_sha256:
         raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")

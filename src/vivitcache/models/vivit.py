@@ -1,19 +1,24 @@
-"""The ViViT factorised encoder (scenic's `ViViTFactorisedEncoder`, tubelet depth 1) as one module.
+"""The ViViT factorised encoder (scenic's `ViViTFactorisedEncoder`, tubelet depth 1) as one module, shaped like timm's.
 
-    video [B, T, C, H, W] ─ spatial ViT per frame ─► frame features [B, T, Din] ─ adapter ─ temporal ─ head ─► logits
+    video [B, T, C, H, W] ─ spatial per frame ─► frame features [B, T, Din] ─ adapter ─ temporal ─► clip [B, D] ─ head
 
-`forward` runs the whole model on pixels (stage 1, predict); `forward_tokens` starts from frame features, so stage 2
-trains on cached tokens with exactly the same adapter/temporal/head modules. The final LayerNorm of the head lives
-at the end of the temporal transformer (as timm's `forward_features`), the head itself is dropout + linear.
+`forward_features` takes either pixels [B, T, C, H, W] (stage 1, predict on the fly) or frame features [B, T, Din]
+(stage 2 on cached tokens, built without its spatial model) and returns the clip feature; `forward_head` gives the
+logits. One `forward` for both inputs, because DistributedDataParallel synchronises gradients through `forward` only.
+The final LayerNorm lives at the end of the temporal transformer (as timm's `forward_features`), the head itself is
+dropout + linear.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 
 from vivitcache.config import ModelConfig
 from vivitcache.models.adapter import build_adapter
-from vivitcache.models.spatial import create_spatial, frame_feature_dim, frame_features, frame_tokens, stored_kind_for
+from vivitcache.models.spatial import create_spatial
+from vivitcache.models.tokens import frame_feature_dim, frame_features, frame_tokens
 from vivitcache.models.temporal import TemporalTransformer
 
 PARTS = ("spatial", "adapter", "temporal", "head")
@@ -36,29 +41,35 @@ class ViViT(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.drop_rate), nn.Linear(dim, cfg.num_classes))
 
     def frame_features(self, video):  # video: [B, T, C, H, W]
+        """The per-frame features the temporal stage sees, through the one token rule (`models.tokens`)."""
         B, T = video.shape[:2]
-        kind = stored_kind_for(self.cfg.frame_token)
+        kind = self.cfg.frame_token  # stored kind = frame token: the features are taken as they are
         tokens = frame_tokens(self.spatial, video.flatten(0, 1), kind)  # [B·T, K, D]
-        feats = frame_features(tokens, kind, self.cfg.frame_token)  # [B·T, Din]
-        return feats.view(B, T, -1)  # [B, T, Din]
+        return frame_features(tokens, kind, kind).view(B, T, -1)  # [B, T, Din]
 
-    def forward(self, video):  # video: [B, T, C, H, W]
-        return self.forward_tokens(self.frame_features(video))  # [B, classes]
+    def forward_features(self, x):  # x: pixels [B, T, C, H, W] or frame features [B, T, Din]
+        if x.ndim == 5:
+            assert self.spatial is not None, "a ViViT built without its spatial model takes frame features [B, T, Din]"
+            x = self.frame_features(x)  # [B, T, Din]
+        return self.temporal(self.adapter(x))  # [B, D]
 
-    def forward_tokens(self, feats):  # feats: [B, T, Din]
-        x = self.adapter(feats)  # [B, T, Din]
-        return self.head(self.temporal(x))  # [B, classes]
+    def forward_head(self, x, pre_logits: bool = False):  # x: [B, D]
+        return x if pre_logits else self.head(x)  # [B, D] or [B, classes]
+
+    def forward(self, x):  # x: [B, T, C, H, W] or [B, T, Din]
+        return self.forward_head(self.forward_features(x))  # [B, classes]
 
     def resize_frames(self, num_frames: int) -> None:
-        """Set T, interpolating the temporal position embeddings."""
+        """Set T, interpolating the temporal position embeddings (the config is replaced, never mutated: callers
+        may share it)."""
         self.temporal.resize_frames(num_frames)
-        self.cfg.num_frames = num_frames
+        self.cfg = dataclasses.replace(self.cfg, num_frames=num_frames)
 
 
 def build_vivit(cfg: ModelConfig, with_spatial: bool = True, spatial_dim: int | None = None) -> ViViT:
     """Build a ViViT from its config; without the spatial ViT (stage 2 on tokens) `spatial_dim` must be given."""
     if with_spatial:
-        spatial = create_spatial(cfg.spatial, cfg.img_size, cfg.patch_size, cfg.spatial_depth, cfg.weights)
+        spatial = create_spatial(cfg.spatial, cfg.img_size, cfg.patch_size, cfg.spatial_depth, cfg.weights, cfg.pretrained)
         return ViViT(cfg, spatial, spatial.embed_dim)
     if spatial_dim is None:
         raise ValueError("spatial_dim is needed to build a ViViT without its spatial ViT")

@@ -9,12 +9,8 @@ from vivitcache.data.clips import VideoClipDataset
 from vivitcache.data.transforms import Preprocess
 from vivitcache.hashing import state_dict_sha256
 from vivitcache.models.vivit import build_vivit
-from vivitcache.training.loop import Task, fit
+from vivitcache.training.loop import Task, call_model, fit
 from vivitcache.training.runtime import seed_everything
-
-
-def _forward_pixels(model, video):  # video: [B, T, C, H, W]
-    return model(video)  # [B, classes]
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -43,7 +39,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     }
     task = Task(
         model=model,
-        forward=_forward_pixels,
+        forward=call_model,
         train_set=train_set,
         val_set=val_set,
         num_classes=len(dataset.classes),

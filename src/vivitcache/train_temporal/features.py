@@ -1,7 +1,7 @@
 """Frame features from a token store, read the way zarr stores them: whole chunks, cached, or all in memory.
 
-The temporal stage sees one feature per frame (`models.spatial.frame_features`: the CLS token, or CLS and the
-mean patch token). Two readers give the same values for `clip(video_id, frame_indices)`:
+The temporal stage sees one feature per frame (`models.tokens.frame_features`: the pooled embedding or class token,
+alone or with the mean patch token). Two readers give the same values for `clip(video_id, frame_indices)`:
 
 - `StreamedFeatures` reads whole chunks (`store.tokens_array(part)` sliced on chunk boundaries), turns each into
   frame features once and keeps them in an LRU cache bounded in bytes. It opens the store lazily in the process that
@@ -27,18 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vivitcache.models.spatial import frame_feature_dim, frame_features
+from vivitcache.models.tokens import frame_feature_dim, frame_features, needs_arithmetic, token_info
 from vivitcache.store import StoreError, TokenStore
-
-
-def store_num_prefix_tokens(store: TokenStore) -> int:
-    """Prefix (CLS/register) tokens before the patch tokens of an `all` store; 1 when the fingerprint does not say."""
-    fp = store.fingerprint
-    for source in (fp, fp.get("tokens") if isinstance(fp.get("tokens"), dict) else {}, store.provenance):
-        value = source.get("num_prefix_tokens") if isinstance(source, dict) else None
-        if isinstance(value, int) and value >= 1:
-            return value
-    return 1
 
 
 class FeatureRule:
@@ -47,17 +37,18 @@ class FeatureRule:
     def __init__(self, store: TokenStore, frame_token: str):
         self.stored_kind = store.layout.tokens
         self.frame_token = frame_token
-        self.num_prefix_tokens = store_num_prefix_tokens(store)
+        self.num_prefix_tokens, self.class_token = token_info(store.fingerprint)
         self.dim = frame_feature_dim(store.layout.dim, frame_token)
-        # the stored values themselves (no arithmetic): CLS from any store, CLS+mean from a cls+mean store
-        passthrough = frame_token == "cls" or self.stored_kind == frame_token
-        self.dtype = np.float16 if store.layout.dtype == "fp16" and passthrough else np.float32
-        frame_features(torch.zeros(1, store.layout.tokens_per_frame, 1), self.stored_kind, frame_token)  # fail early
+        # the stored values themselves unless a mean over an `all` store's patches is computed (in float32)
+        arithmetic = needs_arithmetic(self.stored_kind, frame_token)
+        self.dtype = np.float16 if store.layout.dtype == "fp16" and not arithmetic else np.float32
+        probe = torch.zeros(1, store.layout.tokens_per_frame, 1)
+        frame_features(probe, self.stored_kind, frame_token, self.num_prefix_tokens, self.class_token)  # fail early
 
     def __call__(self, decoded: np.ndarray) -> np.ndarray:
-        """Decoded tokens [n, K, D] → frame features [n, Din] in `self.dtype` (models.spatial.frame_features)."""
+        """Decoded tokens [n, K, D] → frame features [n, Din] in `self.dtype` (models.tokens.frame_features)."""
         tokens = torch.from_numpy(np.ascontiguousarray(decoded, dtype=self.dtype))  # [n, K, D]
-        feats = frame_features(tokens, self.stored_kind, self.frame_token, self.num_prefix_tokens)  # [n, Din]
+        feats = frame_features(tokens, self.stored_kind, self.frame_token, self.num_prefix_tokens, self.class_token)  # [n, Din]
         return np.ascontiguousarray(feats.numpy())
 
 

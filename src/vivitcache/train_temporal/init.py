@@ -14,7 +14,8 @@ import dataclasses
 
 from vivitcache.config import ModelConfig
 from vivitcache.models.spatial import SpatialModelError, resolve_model_name
-from vivitcache.models.vivit import ViViT
+from vivitcache.models.tokens import default_frame_token, token_info
+from vivitcache.models.vivit import ViViT, build_vivit
 from vivitcache.runs import Stage1Run, load_stage1
 from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
@@ -24,20 +25,10 @@ class InitError(ValueError):
     """A stage-1 run that cannot initialise the stage-2 model asked for (other classes, other token width)."""
 
 
-class TokenViViT(ViViT):
-    """The ViViT of stage 2: no spatial ViT, and `forward` takes frame features [B, T, Din].
-
-    Same modules and state-dict keys as `build_vivit(cfg, with_spatial=False, spatial_dim=D)`; only `forward`
-    differs, because DistributedDataParallel synchronises gradients through `forward` alone.
-    """
-
-    def forward(self, feats):  # feats: [B, T, Din]
-        return self.forward_tokens(feats)  # [B, classes]
-
-
-def build_token_model(cfg: ModelConfig, spatial_dim: int) -> TokenViViT:
-    """A stage-2 model for tokens of width `spatial_dim` (random init under torch's current seed)."""
-    return TokenViViT(cfg, spatial=None, spatial_dim=spatial_dim)
+def build_token_model(cfg: ModelConfig, spatial_dim: int) -> ViViT:
+    """A stage-2 model (no spatial model; it takes frame features [B, T, Din]) for tokens of width `spatial_dim`,
+    random init under torch's current seed."""
+    return build_vivit(cfg, with_spatial=False, spatial_dim=spatial_dim)
 
 
 def _model_name(name) -> str | None:
@@ -71,7 +62,7 @@ def check_stores_agree(store: TokenStore, other: TokenStore) -> None:
         raise FingerprintMismatchError(diff, f"stores {store.path} and {other.path} differ", "first has", "second has")
 
 
-def _load_part(model: TokenViViT, part: str, stage1: Stage1Run) -> None:
+def _load_part(model: ViViT, part: str, stage1: Stage1Run) -> None:
     try:
         getattr(model, part).load_state_dict(stage1.part(part))
     except RuntimeError as e:
@@ -79,7 +70,7 @@ def _load_part(model: TokenViViT, part: str, stage1: Stage1Run) -> None:
         raise InitError(f"{stage1.path}: its {part} does not fit the stage-2 model ({first})") from None
 
 
-def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[TokenViViT, dict]:
+def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[ViViT, dict]:
     """The stage-2 model for `cfg` on `store`, and what it was made from: {init, init_parts, spatial_sha256}.
 
     Call under a fixed seed: parts not taken from the stage-1 run are initialised at random.
@@ -87,9 +78,11 @@ def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[TokenViViT,
     classes, dim = store.classes, store.layout.dim
     adapter = "none" if cfg.no_adapter else None
     if cfg.init is None:
+        # the frame feature the store holds (pooled, cls, …; cls+mean from `all`), unless one is asked for
+        frame_token = cfg.frame_token or default_frame_token(store.layout.tokens, token_info(store.fingerprint)[1])
         model_cfg = dataclasses.replace(
             cfg.model, spatial=store.fingerprint.get("model", cfg.model.spatial), num_frames=cfg.frames,
-            num_classes=len(classes), adapter=adapter or cfg.model.adapter,
+            num_classes=len(classes), adapter=adapter or cfg.model.adapter, frame_token=frame_token,
         )
         model = build_token_model(model_cfg, dim)
         made = {"init": None, "init_parts": [], "spatial_sha256": store.fingerprint.get("weights_sha256")}

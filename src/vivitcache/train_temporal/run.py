@@ -19,15 +19,11 @@ from vivitcache.errors import ConfigError
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
-from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
+from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import CheckpointError, checkpoint_path, load_config, load_model_state, write_json
-from vivitcache.training.loop import Task, evaluate, fit
+from vivitcache.training.loop import Task, call_model, evaluate, fit
 from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything
-
-
-def forward_features(model, feats):  # feats: [B, T, Din]
-    return model(feats)  # [B, classes]
 
 
 def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[VideoEntry]:
@@ -91,9 +87,10 @@ def split_videos(store: TokenStore, splits: str | None, video_root: str | None, 
 
 
 def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float, ids=None):
+    """The batch reader: everything in memory, or streamed from the store (`train_temporal/batches.py`)."""
     if in_memory:
-        return InMemoryFeatures(store_path, frame_token, ids)
-    return StreamedFeatures(store_path, frame_token, int(cache_mb * 2**20))
+        return MemoryBatches(store_path, frame_token, ids)
+    return StoreBatches(store_path, frame_token, int(cache_mb * 2**20))
 
 
 def run_train(cfg: TrainConfig) -> dict:
@@ -121,12 +118,14 @@ def run_train(cfg: TrainConfig) -> dict:
 
     features = _features(store.path, frame_token, cfg.in_memory, cfg.cache_mb)
     val_features = features if val_store is store else _features(val_store.path, frame_token, cfg.in_memory, cfg.cache_mb)
+    micro = max(1, cfg.optim.batch_size // (int(os.environ.get("WORLD_SIZE", "1")) * cfg.optim.accum_steps))
     train_set = TokenClipDataset(
-        train_videos, features, cfg.frames, train=True, seed=cfg.run.seed, augment=cfg.augment, read_ahead=cfg.read_ahead
+        train_videos, features, cfg.frames, train=True, seed=cfg.run.seed, augment=cfg.augment, read_ahead=cfg.read_ahead,
+        read=cfg.read, batch=micro, streams=cfg.read_streams, shuffle_buffer=cfg.shuffle_buffer,
     )
     val_set = (
         TokenClipDataset(val_videos, val_features, cfg.frames, train=False, views=cfg.run.eval_views,
-                         read_ahead=cfg.read_ahead)
+                         read_ahead=cfg.read_ahead, batch=micro)
         if val_videos else None
     )
     config = {
@@ -150,7 +149,7 @@ def run_train(cfg: TrainConfig) -> dict:
     }
     task = Task(
         model=model,
-        forward=forward_features,
+        forward=call_model,
         train_set=train_set,
         val_set=val_set,
         num_classes=len(store.classes),
@@ -164,6 +163,7 @@ def run_train(cfg: TrainConfig) -> dict:
             "init": made["init"],
             "split_from": "val_store" if cfg.val_store else (config["splits"] or f"hashed split, seed {seed}"),
             "in_memory": cfg.in_memory,
+            "read": cfg.read,
         },
     )
     try:
@@ -283,7 +283,7 @@ def run_eval(
     dataset = TokenClipDataset(videos, features, T, train=False, views=views, read_ahead=32 if workers == 0 else 0)
     dev = resolve_device(device)
     model.to(dev)
-    result = evaluate(model, forward_features, dataset, len(config["classes"]), dev, batch_size,
+    result = evaluate(model, call_model, dataset, len(config["classes"]), dev, batch_size,
                       autocast_dtype("auto", dev), None, workers)
     dataset.stop_read_ahead()
     out_dir = Path(out) if out is not None else ckpt.parent
