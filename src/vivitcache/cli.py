@@ -24,7 +24,9 @@ app = typer.Typer(
 
 
 class Tokens(str, Enum):
+    pooled = "pooled"
     cls = "cls"
+    pooled_mean = "pooled+mean"
     cls_mean = "cls+mean"
     all = "all"
 
@@ -35,7 +37,9 @@ class Dtype(str, Enum):
 
 
 class FrameToken(str, Enum):
+    pooled = "pooled"
     cls = "cls"
+    pooled_mean = "pooled+mean"
     cls_mean = "cls+mean"
 
 
@@ -124,11 +128,12 @@ def _print_json(data) -> None:
 DataOpt = Annotated[str, typer.Option("--data", help="Class-per-folder dir, CSV path,label[,split], Kinetics CSV, or SSv2 JSON.")]
 VideoRootOpt = Annotated[Optional[str], typer.Option(help="Video folder for Kinetics CSV / SSv2 JSON annotations.")]
 LabelsOpt = Annotated[Optional[str], typer.Option(help="SSv2 labels JSON (class name → index).")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Spatial ViT: vit-ti|vit-s|vit-b|vit-l|vit-h|vit-g or a timm ViT name.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Spatial model: vit-ti|vit-s|vit-b|vit-l|vit-h|vit-g or a timm ViT-family name with its tag, e.g. vit_base_patch16_clip_224.openai.")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option(help="Spatial input size override (default: the model's).")]
 PatchOpt = Annotated[Optional[int], typer.Option(help="Patch size override (random-init models).")]
 DepthOpt = Annotated[Optional[int], typer.Option(help="Spatial depth override (tiny random-init models).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Local spatial weights: safetensors or timm/torch .pth.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Spatial weights: a file (safetensors, .pth, .bin; open_clip and DINOv2 checkpoints too) or a model folder (a Hugging Face snapshot).")]
+PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Load the model tag's weights from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), offline.")]
 FpsOpt = Annotated[Optional[float], typer.Option(help="Sample source frames at this rate (timestamp based, VFR safe).")]
 StrideOpt = Annotated[Optional[int], typer.Option(help="Keep every K-th source frame.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for init, sampling and shuffling.")]
@@ -196,7 +201,9 @@ def synth(
 
 @app.command(
     epilog="Example: vivitcache pretrain --data data/synth/labels.csv --model vit-ti --img-size 32 --patch-size 8 "
-    "--spatial-depth 2 --frames 8 --epochs 10 --out runs/stage1"
+    "--spatial-depth 2 --frames 8 --epochs 10 --out runs/stage1   |   HF_HUB_OFFLINE=1 vivitcache pretrain --data "
+    "k400.csv --video-root /data/k400 --model vit_base_patch16_clip_224.openai --pretrained --spatial-lr-scale 0.1 "
+    "--out runs/stage1"
 )
 @user_errors
 def pretrain(
@@ -207,8 +214,9 @@ def pretrain(
     patch_size: PatchOpt = None,
     spatial_depth: DepthOpt = None,
     weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = False,
     frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = 8,
-    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: cls or cls+mean.")] = FrameToken.cls,
+    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken.pooled,
     adapter: Annotated[Adapter, typer.Option(help="Adapter between spatial and temporal.")] = Adapter.mlp,
     temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = 4,
     temporal_dim: Annotated[Optional[int], typer.Option(help="Temporal width (default: frame feature width).")] = None,
@@ -242,7 +250,8 @@ def pretrain(
     cfg = PretrainConfig(
         model=ModelConfig(
             spatial=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-            weights=str(weights) if weights else None, frame_token=frame_token.value, adapter=adapter.value,
+            weights=str(weights) if weights else None, pretrained=pretrained, frame_token=frame_token.value,
+            adapter=adapter.value,
             temporal_depth=temporal_depth, temporal_dim=temporal_dim, num_frames=frames,
         ),
         data=DataConfig(data=data, video_root=video_root, labels=labels, fps=fps, stride=stride),
@@ -298,7 +307,8 @@ def _print_run_summary(out: Path, summary: dict) -> None:
 @app.command(
     epilog="Example: vivitcache extract --data data/synth/labels.csv --checkpoint runs/stage1 "
     "--store runs/tokens.zarr --workers 2   |   vivitcache extract --data k400.csv --video-root /data/k400 "
-    "--model vit-g --weights vit_g.safetensors --store /shared/k400_vitg.zarr --scheduler tcp://head:8786"
+    "--model vit_giant_patch14_dinov2.lvd142m --weights ~/models/dinov2_vitg14 --store /shared/k400_dinov2g.zarr "
+    "--scheduler tcp://head:8786   |   vivitcache extract --data k400.csv --model vit-b --pretrained --store k400.zarr"
 )
 @user_errors
 def extract(
@@ -306,6 +316,7 @@ def extract(
     store: Annotated[Path, typer.Option(help="Output token store (.zarr); an existing one with the same fingerprint resumes.")],
     model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default: the checkpoint's).")] = None,
     weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Stage-1 run: its spatial ViT, preprocessing and sampling.")] = None,
     img_size: ImgSizeOpt = None,
     patch_size: PatchOpt = None,
@@ -314,7 +325,7 @@ def extract(
     labels: LabelsOpt = None,
     fps: FpsOpt = None,
     stride: StrideOpt = None,
-    tokens: Annotated[Tokens, typer.Option(help="Tokens stored per frame.")] = Tokens.cls,
+    tokens: Annotated[Tokens, typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token.")] = Tokens.pooled,
     dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
     batch_size: Annotated[int, typer.Option(help="Frames per model forward (frames of many videos share a batch).")] = 64,
     workers: Annotated[int, typer.Option(help="Dask LocalCluster worker processes (0: in this process).")] = 1,
@@ -330,7 +341,7 @@ def extract(
 
     cfg = ExtractConfig(
         data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
-        spatial_depth=spatial_depth, weights=str(weights) if weights else None,
+        spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
         stride=stride, tokens=tokens.value, dtype=dtype.value, batch_size=batch_size, workers=workers,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
@@ -356,6 +367,7 @@ def train(
     init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
+    frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
     epochs: EpochsOpt = 20,
     batch_size: BatchOpt = 16,
     lr: LrOpt = 1e-3,
@@ -387,7 +399,8 @@ def train(
     resume = _resume(resume, resume_mode)
     cfg = TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
-        no_adapter=no_adapter, freeze_temporal=freeze_temporal, val_store=str(val_store) if val_store else None,
+        no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
+        val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
         **optim_and_run(locals()),

@@ -27,7 +27,9 @@ class ExtractConfig:
     spatial_depth: int | None = None
     """Number of spatial blocks override, for tiny test models (None: the checkpoint's or the model's default)."""
     weights: str | None = None
-    """Local image-model weights (safetensors or timm/torch .pth) for the spatial ViT; exclusive with `checkpoint`."""
+    """Image-model weights for the spatial model: a file (safetensors, .pth, .bin) or a model folder; exclusive with `checkpoint`."""
+    pretrained: bool = False
+    """Load the model tag's weights from the local Hugging Face cache (offline); exclusive with `weights`, `checkpoint`."""
     checkpoint: str | None = None
     """A stage-1 run folder: spatial ViT weights, preprocessing and frame sampling come from it."""
     video_root: str | None = None
@@ -38,8 +40,8 @@ class ExtractConfig:
     """Keep source frames at this rate (timestamp based, VFR safe); None = the checkpoint's sampling or every frame."""
     stride: int | None = None
     """Keep every K-th source frame (exclusive with `fps`); None = the checkpoint's sampling or every frame."""
-    tokens: str = "cls"
-    """Tokens stored per frame: `cls`, `cls+mean` (CLS and mean of the patch tokens) or `all` (CLS + every patch)."""
+    tokens: str = "pooled"
+    """Tokens stored per frame: `pooled` (the model's own image embedding), `cls`, either + mean patch token, or `all`."""
     dtype: str = "fp16"
     """Stored dtype: `fp16`, or `bf16` (for models whose tokens overflow fp16)."""
     batch_size: int | None = None
@@ -96,6 +98,8 @@ class ExtractConfig:
             bad("no --store given")
         if self.weights and self.checkpoint:
             bad("--weights and --checkpoint are exclusive (a checkpoint holds its own spatial weights)")
+        if self.pretrained and (self.weights or self.checkpoint):
+            bad("--pretrained is exclusive with --weights and --checkpoint (each names the weights)")
         if self.model is None and not self.checkpoint:
             bad("--model is required without --checkpoint")
         if self.fps is not None and self.stride is not None:

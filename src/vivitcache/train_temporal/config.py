@@ -61,6 +61,8 @@ class TrainConfig:
     """Ablation: keep the temporal transformer fixed; only adapter and head train."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model settings for `--init none` (with a stage-1 run its architecture is used); drop rates always apply."""
+    frame_token: str | None = None
+    """Per-frame feature for `--init none`: None takes what the store holds (`pooled`, `cls`, …; `cls+mean` from `all`)."""
     val_store: str | None = None
     """Validation tokens from another store (same fingerprint and classes); then all of `store` trains."""
     splits: str | None = None
