@@ -40,7 +40,7 @@ from vivitcache.data.annotations import VideoRecord
 from vivitcache.data.decode import VideoDecodeError
 from vivitcache.data.decoders import get_decoder
 from vivitcache.data.transforms import Preprocess
-from vivitcache.models.spatial import frame_tokens
+from vivitcache.models.tokens import frame_tokens
 from vivitcache.store import PartWriter, StoreError
 from vivitcache.training.runtime import autocast, autocast_dtype
 
