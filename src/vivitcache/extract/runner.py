@@ -1,7 +1,9 @@
 """`run_extract`: plan the parts still to do, fan them out (Dask or in-process), show progress, summarise.
 
-Work unit = one part (`store.plan_parts` over the videos not yet committed nor in the ledger). One Dask task per
-part; the task's `PartWriter` owns its whole part, so no two writers ever touch a shard. Each Dask worker builds the
+Work unit = one part of the store's recorded plan (`extract/work.py`: the plan never depends on history, so runs
+with other annotations or `--videos-per-part` never commit a video twice). One Dask task per part; the task claims
+the part (`store/claims.py`, skipped while another live writer holds it) and its `PartWriter` owns the whole part,
+so no two writers ever touch a shard. Each Dask worker builds the
 spatial model once (cached per process, keyed by its recipe, which includes the weights sha256) and reuses it for
 every part it runs. Resume is the store's commit protocol: committed parts are skipped, staging folders of dead
 writers are removed, everything else is redone from scratch.
@@ -26,9 +28,10 @@ from vivitcache.extract.config import ExtractConfig
 from vivitcache.extract.pipeline import DeviceEncoder, PartSettings, Report, extract_videos
 from vivitcache.extract.throughput import compile_spatial, probe_batch_size
 from vivitcache.extract.source import SpatialSpec, resolve_source
+from vivitcache.extract.work import disk_errors, plan_work, storage_layout
 from vivitcache.progress import make_progress
 from vivitcache.provenance import provenance
-from vivitcache.store import StoreWriter, TokenStore, plan_parts
+from vivitcache.store import StoreWriter, TokenStore
 
 PROGRESS_TOPIC = "vivitcache-extract-progress"
 """Dask event topic on which workers report progress to the client."""
@@ -62,6 +65,8 @@ class PartJob:
     """Dask workers per host address, to split a host's cores among workers started by someone else."""
     compile: bool = False
     """torch.compile the spatial model (once per worker process)."""
+    claim_timeout_s: float = 120.0
+    """A claim on a part whose heartbeat is older than this is taken over (its writer is presumed dead)."""
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -95,15 +100,24 @@ def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None
     if s.torch_threads is not None and torch.get_num_threads() != s.torch_threads:
         torch.set_num_threads(s.torch_threads)
     writer = job.store.part(job.part_id)
+    skipped = {"part_id": job.part_id, "committed": False, "already_committed": True, "claimed_elsewhere": False,
+               "frames": 0, "bytes": 0, "videos": 0, "failures": 0}
     if writer.already_committed:
-        return {"part_id": job.part_id, "committed": False, "already_committed": True, "frames": 0, "bytes": 0,
-                "videos": 0, "failures": 0}
-    start = time.perf_counter()
-    model, batch_size = cached_model(job.spec, s, job.compile, model)
-    s = replace(s, batch_size=batch_size, pad_batches=job.compile)
-    with writer:
-        extract_videos(model, job.records, writer, s, report)
-    return {**writer.result, "seconds": time.perf_counter() - start}
+        return skipped
+    claim = job.store.claim(job.part_id, timeout_s=job.claim_timeout_s)
+    if not claim.acquire():  # a live writer is on it: do not do its work twice
+        return {**skipped, "already_committed": False, "claimed_elsewhere": True}
+    try:
+        if writer.already_committed:  # committed between our first look and our claim
+            return skipped
+        start = time.perf_counter()
+        model, batch_size = cached_model(job.spec, s, job.compile, model)
+        s = replace(s, batch_size=batch_size, pad_batches=job.compile)
+        with disk_errors(job.store.path), writer:
+            extract_videos(model, job.records, writer, s, report)
+    finally:
+        claim.release()
+    return {**writer.result, "claimed_elsewhere": False, "seconds": time.perf_counter() - start}
 
 
 _MALLOC_TUNED = False
@@ -266,16 +280,16 @@ def run_extract(cfg: ExtractConfig) -> dict:
     placement = devices.resolve_placement(cfg)  # before anything is loaded: a bad --gpus is an error line
     # Absolute: ids are paths relative to the annotations, and must not depend on the working directory.
     dataset = load_annotations(os.path.abspath(cfg.data), cfg.video_root, cfg.labels)
-    source, model = resolve_source(cfg)
+    source, model = resolve_source(replace(cfg, shard_frames=cfg.shard_frames or cfg.chunk_frames_for_layout()))
+    source = replace(source, layout=storage_layout(cfg, source.layout))  # shards sized by bytes
     store = StoreWriter.create_or_open(
         cfg.store, source.fingerprint, source.layout, dataset.classes,
         provenance={**provenance(), "extract_config": cfg.to_dict()},
     )
-    store.cleanup_stale_staging()
-    already = store.committed_ids()  # committed videos and ledger entries
-    todo = [r for r in dataset.records if r.id not in already]
-    records = {r.id: r for r in todo}
-    parts = plan_parts(list(records), cfg.videos_per_part)
+    with disk_errors(store.path):
+        store.cleanup_stale_staging()
+        work = plan_work(store, dataset.records, cfg)  # the store's part plan, changed labels, damaged parts
+    parts = work.parts
 
     in_process = cfg.workers == 0 and not cfg.scheduler
     settings = PartSettings(
@@ -288,9 +302,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
         decoder=cfg.decoder,
     )
     slots = placement.slots(len(parts), cfg.decode_threads, cfg.torch_threads)
-    jobs = [PartJob(store, p.part_id, [records[i] for i in p.ids], source.spec, settings, compile=cfg.compile)
-            for p in parts]
-    with ExtractProgress(cfg.progress and bool(jobs), len(todo)) as progress:
+    jobs = [PartJob(store, part_id, records, source.spec, settings, compile=cfg.compile,
+                    claim_timeout_s=cfg.claim_timeout_s) for part_id, records in parts]
+    with ExtractProgress(cfg.progress and bool(jobs), work.videos) as progress:
         if not jobs:
             results = []
         elif in_process:
@@ -301,7 +315,8 @@ def run_extract(cfg: ExtractConfig) -> dict:
         committed = [r for r in results if r["committed"]]
         progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
                         sum(r["failures"] for r in committed))
-    store.consolidate()
+    with disk_errors(store.path):
+        store.consolidate()  # incremental; writes nothing when the index is fresh (a finished store may be read-only)
 
     seconds = time.perf_counter() - start
     part_sizes = {j.part_id: j.records for j in jobs}
@@ -310,8 +325,10 @@ def run_extract(cfg: ExtractConfig) -> dict:
         "store": str(store.path),
         "videos": len(dataset.records),
         "done": sum(r["videos"] for r in results if r["committed"]),
-        "skipped": len(dataset.records) - len(todo) + sum(len(part_sizes[r["part_id"]]) for r in results
-                                                          if r["already_committed"]),
+        "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
+        "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
+        "labels_updated": work.labels_updated,
+        "repaired_parts": work.repaired,
         "failed": sum(r["failures"] for r in results if r["committed"]),
         "frames": frames,
         "bytes": sum(r["bytes"] for r in results if r["committed"]),

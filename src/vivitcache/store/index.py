@@ -507,6 +507,26 @@ class IndexView:
                 out[vid] = {"id": vid, "source": seg.fail_source[i], "error": seg.fail_error[i], "part_id": pid}
         return [out[v] for v in sorted(out) if self.find(v) is None]
 
+    def labels(self) -> dict[str, int]:
+        """{id: label} of every committed video (label records applied)."""
+        if self._simple:
+            out = dict(zip(self.segments[0].id.tolist(), self.segments[0].label.tolist())) if self.segments else {}
+        else:
+            out = {vid: int(seg.label[row]) for vid, seg, row in self._winners()}
+        out.update((k, int(v)) for k, v in self.label_overrides.items() if k in out)
+        return out
+
+    def part_videos(self, part_id: str) -> list[tuple[str, str, int]]:
+        """(id, source, label) of a part's videos and ledger entries (label -1), from the index alone."""
+        where = self._part_row.get(part_id)
+        if where is None:
+            return []
+        seg, p = where
+        rows = np.flatnonzero(np.asarray(seg.part) == p)
+        out = [(seg.id[r], seg.source[r], int(seg.label[r])) for r in rows]
+        fails = np.flatnonzero(np.asarray(seg.fail_part) == p)
+        return out + [(seg.fail_id[r], seg.fail_source[r], -1) for r in fails]
+
     def part_sums(self) -> dict[str, int]:
         """Totals over the committed parts: frames, videos, failures, disk_bytes, files."""
         keys = ("frames", "videos", "failures", "disk_bytes", "files")

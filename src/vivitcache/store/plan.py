@@ -63,16 +63,34 @@ def extend_plan(root: Path, entries: list[dict], videos_per_part: int, done: set
     by an older vivitcache) has; returns (the plan, how many ids this call planned)."""
     from vivitcache.store.writer import plan_parts  # the grouping rule (sorted ids, hashed part ids)
 
+    def cut(plan: Plan) -> dict[str, list[dict]]:
+        new = {e["id"]: e for e in entries if e["id"] not in plan.part_of and e["id"] not in done}
+        return {p.part_id: [new[i] for i in p.ids] for p in plan_parts(list(new), videos_per_part)}
+
+    return _publish(root, cut)
+
+
+def record_parts(root: Path, parts: dict[str, list[dict]]) -> Plan:
+    """Record parts exactly as given ({part_id: entries}; ids the plan already has are left out)."""
+
+    def keep(plan: Plan) -> dict[str, list[dict]]:
+        out = {pid: [e for e in videos if e["id"] not in plan.part_of] for pid, videos in parts.items()}
+        return {pid: videos for pid, videos in out.items() if videos}
+
+    return _publish(root, keep)[0]
+
+
+def _publish(root: Path, cut) -> tuple[Plan, int]:
+    """Publish `cut(plan)` as the next plan record, re-reading and re-cutting after losing a race."""
     planned = 0
     while True:
         plan = read_plan(root)
-        new = {e["id"]: e for e in entries if e["id"] not in plan.part_of and e["id"] not in done}
-        if not new:
+        parts = cut(plan)
+        if not parts:
             return plan, planned
-        parts = plan_parts(list(new), videos_per_part)
         seq = plan.last_seq + 1
         record = {"seq": seq, "made": {"host": host_name(), "pid": os.getpid(), "time": now_iso()},
-                  "parts": [{"part_id": p.part_id, "videos": [new[i] for i in p.ids]} for p in parts]}
+                  "parts": [{"part_id": pid, "videos": videos} for pid, videos in parts.items()]}
         if not (root / PLAN / META).exists():
             (root / PLAN).mkdir(exist_ok=True)
             write_json_atomic(root / PLAN / META, group_meta({}))
@@ -81,7 +99,7 @@ def extend_plan(root: Path, entries: list[dict], videos_per_part: int, done: set
         try:
             write_json_atomic(tmp / META, group_meta({PLAN_KEY: record}))
             os.rename(tmp, root / PLAN / f"{seq:08d}")
-            planned += len(new)
+            planned += sum(len(v) for v in parts.values())
         except OSError as e:
             if not (root / PLAN / f"{seq:08d}").exists():
                 raise StoreError(f"cannot extend the part plan of {root}: {e}") from None

@@ -59,6 +59,9 @@ from vivitcache.store.layout import (
     write_json_atomic,
 )
 
+DAMAGED = "damaged"
+"""Where `move_aside` keeps damaged parts."""
+
 DEFAULT_STALE_AGE_S = 24 * 3600.0
 """A staging folder untouched this long is presumed abandoned even if its writer runs on another host."""
 
@@ -240,6 +243,19 @@ class StoreWriter:
                 if max_age_s is not None and now - tmp.stat().st_mtime > max_age_s:
                     tmp.unlink(missing_ok=True)
         return removed
+
+    def move_aside(self, part_id: str) -> Path:
+        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it.
+
+        Kept for inspection, never read again; delete `damaged/` when done with it."""
+        check_part_id(part_id)
+        folder = self.path / DAMAGED
+        if not (folder / META).exists():
+            folder.mkdir(exist_ok=True)
+            write_json_atomic(folder / META, group_meta({}))
+        target = folder / f"{part_id}.{time.strftime('%Y%m%dT%H%M%S')}.{new_token()[:8]}"
+        os.rename(self.path / PARTS / part_id, target)
+        return target
 
     def part(self, part_id: str) -> PartWriter:
         """A writer for one part; use it as a context manager (commits on clean exit, discards on exception)."""
