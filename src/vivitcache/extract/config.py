@@ -71,14 +71,19 @@ class ExtractConfig:
     """Decoded, preprocessed frames each decode thread may hold ahead of the model (bounds memory)."""
     torch_threads: int | None = None
     """torch intra-op threads per worker (None: in-process torch's default; on Dask, a host's cores / its workers)."""
-    shard_frames: int = 256
-    """Frames per shard file of the token arrays (a writer always writes whole shards)."""
+    shard_frames: int | None = None
+    """Frames per shard file of the token arrays; None: an existing store's, else as many whole chunks as fit 32 MiB
+    (few large files; a writer always writes whole shards)."""
     chunk_frames: int | None = None
     """Frames per inner chunk (the unit a reader decodes); None: 16 for `all` tokens, 64 for `cls`/`cls+mean`."""
     compression: str = "none"
     """Token compression in the store: `none` or `zstd` (level 1)."""
     strict: bool = False
     """Raise `ExtractFailures` after finishing when any video could not be extracted (default: ledger and go on)."""
+    repair: bool = False
+    """Read every committed chunk back first (like `verify`), move damaged parts aside and re-extract their videos."""
+    claim_timeout_s: float = 120.0
+    """A part claimed by a writer whose heartbeat is older than this is taken over (the writer is presumed dead)."""
     progress: bool = True
     """Show the rich progress bar (videos, frames, frames/s, ETA)."""
 
@@ -114,6 +119,8 @@ class ExtractConfig:
             bad(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.compression not in COMPRESSIONS:
             bad(f"compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
+        if not self.claim_timeout_s > 0:
+            bad(f"claim_timeout_s must be > 0, got {self.claim_timeout_s}")
         for name in ("batch_size", "videos_per_part", "decode_threads", "prefetch_frames", "shard_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -133,6 +140,6 @@ class ExtractConfig:
         if self.chunk_frames is not None:
             return self.chunk_frames
         chunk = 16 if self.tokens == "all" else 64
-        while self.shard_frames % chunk:  # must divide the shard length
+        while self.shard_frames and self.shard_frames % chunk:  # must divide the shard length
             chunk //= 2
         return max(chunk, 1)
