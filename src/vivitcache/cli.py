@@ -36,6 +36,11 @@ class Dtype(str, Enum):
     bf16 = "bf16"
 
 
+class Decoder(str, Enum):
+    pyav = "pyav"
+    torchcodec = "torchcodec"
+
+
 class FrameToken(str, Enum):
     pooled = "pooled"
     cls = "cls"
@@ -122,6 +127,15 @@ def _resume(flag: bool, mode: str | None) -> bool | str:
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _batch_size(value: str) -> int | None:
+    """`--batch-size`: a positive number, or `auto` (None)."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--batch-size {value!r}: give a number >= 1 or auto")
+    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -327,8 +341,12 @@ def extract(
     stride: StrideOpt = None,
     tokens: Annotated[Tokens, typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token.")] = Tokens.pooled,
     dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
-    batch_size: Annotated[int, typer.Option(help="Frames per model forward (frames of many videos share a batch).")] = 64,
-    workers: Annotated[int, typer.Option(help="Dask LocalCluster worker processes (0: in this process).")] = 1,
+    batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use, e.g. 0,2,3 (default: all visible); one pinned worker per GPU.")] = None,
+    decode_threads: Annotated[Optional[int], typer.Option(help="Decode threads per worker (default: on a GPU its cores but one, on a CPU 2).")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the spatial model in each worker.")] = False,
+    decoder: Annotated[Decoder, typer.Option(help="Video decoder: pyav, or torchcodec (extra; needs FFmpeg shared libs).")] = Decoder.pyav,
     scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
     videos_per_part: Annotated[int, typer.Option(help="Videos per part (unit of work, writing and resuming).")] = 32,
     compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
@@ -343,7 +361,8 @@ def extract(
         data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
         spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value, dtype=dtype.value, batch_size=batch_size, workers=workers,
+        stride=stride, tokens=tokens.value, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
+        gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
         strict=strict,
     )
