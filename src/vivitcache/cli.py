@@ -89,8 +89,13 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from vivitcache.store import StoreDamageError
+
         try:
             return fn(*args, **kwargs)
+        except StoreDamageError as e:  # damage, not bad input: exit 1, like `verify`
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except _user_errors() as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -353,6 +358,7 @@ def extract(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
 ):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
     from vivitcache.extract import ExtractConfig, run_extract
@@ -364,13 +370,20 @@ def extract(
         stride=stride, tokens=tokens.value, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict,
+        strict=strict, repair=repair,
     )
     summary = run_extract(cfg)
     console.print(
         f"done {summary['done']}, skipped {summary['skipped']}, failed {summary['failed']}, "
         f"{summary['frames']} frames at {summary['frames_per_s']:.0f} frames/s → {store}"
     )
+    if summary.get("repaired_parts"):
+        console.print(f"repaired {len(summary['repaired_parts'])} damaged part(s) (moved aside to {store}/damaged/)")
+    if summary.get("labels_updated"):
+        console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
+    if summary.get("claimed_elsewhere"):
+        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run; "
+                      "re-run later to pick up any it leaves")
 
 
 @app.command(
@@ -505,23 +518,38 @@ def info(
         ("parts", data["parts"]),
         ("size on disk", f"{data['bytes_on_disk'] / 2**20:.1f} MiB"),
         ("bytes per frame", data["bytes_per_frame"]),
+        ("files per million frames", data.get("files_per_million_frames")),
+        ("index", data.get("index")),
     ]:
         table.add_row(key, str(value))
     console.print(table)
 
 
-@app.command(epilog="Example: vivitcache verify runs/tokens.zarr")
+@app.command(epilog="Example: vivitcache verify runs/tokens.zarr   |   vivitcache verify runs/tokens.zarr --quick")
 @user_errors
-def verify(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")]):
-    """Check every committed video is complete and readable; exit status 1 on any problem."""
+def verify(
+    store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")],
+    quick: Annotated[bool, typer.Option("--quick", help="Metadata only: commit records, index, every file present with its size.")] = False,
+):
+    """Check every committed video is complete and readable (chunks in parallel); exit status 1 on any problem."""
     from vivitcache.store import verify_store
 
-    problems = verify_store(store)
+    problems = verify_store(store, quick=quick)
     for p in problems:
         console.print(f"[red]problem:[/] {p}", highlight=False)
     if problems:
         raise typer.Exit(1)
     console.print(f"{store}: OK")
+
+
+@app.command(name="index", epilog="Example: vivitcache index runs/tokens.zarr")
+@user_errors
+def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")]):
+    """Rebuild the store's columnar index from the parts' commit records (stores made before it, or a damaged one)."""
+    from vivitcache.store import StoreWriter
+
+    result = StoreWriter.open(store).consolidate(force=True)
+    console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
 
 
 @app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick")
