@@ -289,7 +289,7 @@ def test_checkpoint_gives_model_preprocessing_and_sampling(tmp_path, make_video)
     assert store.fingerprint["weights_sha256"] == load_stage1(tmp_path / "run").spatial_sha256
     assert store.fingerprint["sampling"] == {"fps": None, "stride": 2}
     assert store.fingerprint["preprocess"] == preprocess.to_dict()
-    assert store.fingerprint["model"] == "vit_tiny_patch16_224" and store.fingerprint["patch_size"] == 8
+    assert store.fingerprint["model"] == "vit_tiny_patch16_224.augreg_in21k_ft_in1k" and store.fingerprint["patch_size"] == 8
     want, times = direct_tokens(spatial, str(video), preprocess, "cls+mean", stride=2)
     assert len(times) == 5
     np.testing.assert_allclose(store.video("v").astype(np.float32), want, atol=1e-2, rtol=1e-3)
