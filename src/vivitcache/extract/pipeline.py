@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from vivitcache.data.annotations import VideoRecord
-from vivitcache.data.decode import VideoDecodeError
+from vivitcache.data.decode import VideoDecodeError, check_video_file
 from vivitcache.data.decoders import get_decoder
 from vivitcache.data.transforms import Preprocess
 from vivitcache.models.tokens import frame_tokens
@@ -94,11 +94,12 @@ def _source_rate(path: str) -> float | None:
     Only informational (the store keeps every frame's time); a bad file is reported by `iter_frames` instead.
     """
     try:
+        check_video_file(path)  # never hand FFmpeg a FIFO: opening one blocks forever
         with av.open(path) as container:
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             return float(rate) if rate else None
-    except (av.error.FFmpegError, OSError, IndexError, ValueError, UnicodeDecodeError):
+    except (VideoDecodeError, av.error.FFmpegError, OSError, IndexError, ValueError, UnicodeDecodeError):
         return None
 
 
