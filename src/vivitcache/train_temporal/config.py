@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vivitcache.config import ModelConfig, OptimConfig, RunConfig, from_dict
+from vivitcache.errors import ConfigError
 
 INIT_PARTS = ("adapter", "temporal", "head")
 """The parts of a stage-1 run that stage 2 can start from (the spatial ViT never runs in stage 2)."""
 
 DROPOUT_MODES = ("zero", "neighbour")
+READ_MODES = ("random", "sequential")
 
 
 @dataclass
@@ -81,6 +83,16 @@ class TrainConfig:
     """Streaming: bound of the LRU cache of decoded chunks (frame features), in MiB per process."""
     read_ahead: int = 32
     """Streaming without DataLoader workers: a background thread warms the cache this many clips ahead (0: off)."""
+    read: str = "random"
+    """Training order and I/O: `random` (clips in a seeded random order, chunks through the cache) or `sequential`
+    (parts in a seeded order, each read whole, clips drawn from shuffle buffers across parts; for cluster
+    filesystems). See `train_temporal/sequential.py`."""
+    shuffle_buffer: int = 512
+    """`--read sequential`: videos waiting in the shuffle buffers of one rank (all its streams); memory per rank is
+    about this many clips [T, Din] plus one part's per stream."""
+    read_streams: int = 4
+    """`--read sequential`: pieces each rank's share is cut into, each with its own buffer; DataLoader workers split
+    them, so --workers must divide it. The order depends on it and on the number of ranks, not on --workers."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Token-space augmentation of training clips."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,6 +111,15 @@ class TrainConfig:
             raise ValueError(f"frames={self.frames} must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.read not in READ_MODES:
+            raise ConfigError(f"--read {self.read}: use one of {', '.join(READ_MODES)}")
+        for name in ("shuffle_buffer", "read_streams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.read == "sequential" and not self.in_memory and self.run.workers > 0 and \
+                self.read_streams % self.run.workers:
+            raise ConfigError(f"--workers {self.run.workers}: must divide --read-streams {self.read_streams} with "
+                              "--read sequential (each worker reads its own streams' parts)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

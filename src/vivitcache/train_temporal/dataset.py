@@ -1,13 +1,22 @@
 """`TokenClipDataset`: stage-2 clips of frame features from cached tokens, for `training.loop.fit`.
 
-Items: training `(features [T, Din] float32, label)`, evaluation `(features [V, T, Din] float32, label)`.
+Batches: the DataLoader hands the dataset a batch's indices at once (`__getitems__`), which returns the collated
+batch, training `(features [B, T, Din], labels [B])`, evaluation `(features [B, V, T, Din], labels [B])`, gathered
+in one vectorised pass (`batches.py`); features keep the reader's dtype (float16 for stored CLS tokens of an fp16
+store) and are cast on the device. `dataset[i]` is the per-clip reference path (`features.py` readers, float32).
+
 A training clip depends only on (seed, epoch, index), so DataLoader workers, DDP ranks and a resumed run all draw
-the same clip for the same sample.
+the same clip for the same sample, whichever reader reads it.
+
+Sample order: `read="random"` leaves it to `fit`'s `ResumableSampler` (a seeded permutation); `read="sequential"`
+gives the sampler the order of `sequential.plan_epoch` (parts in a seeded order, shuffle buffers across parts),
+and a streamed reader then reads each part whole (`sequential.SequentialClips`). In memory, both orders read the
+same array.
 
 Background prefetch: with DataLoader workers (`--workers N`, spawn context) each worker reads its own batches
 ahead (the DataLoader's prefetch). Without workers, a read-ahead thread walks the epoch's sample order (the same
-`ResumableSampler` order `fit` uses) and reads the chunks of the next clips into the cache while the model trains.
-It only warms the cache: values never depend on it.
+order `fit` uses) and reads the chunks of the next clips into the cache while the model trains (random reads
+only). It only warms the cache: values never depend on it.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vivitcache.train_temporal.clips import clip_rng, drop_tokens, eval_indices, train_indices
-from vivitcache.train_temporal.config import AugmentConfig
+from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
+from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
+from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
 from vivitcache.training.sampler import ResumableSampler
 
 
@@ -37,11 +47,17 @@ class VideoEntry:
     """Class index."""
 
 
-class ReadAhead:
-    """A daemon thread that calls `warm(i)` for the samples of `order`, at most `window` ahead of the consumer."""
+def collate_batch(batch):
+    """The DataLoader's collate function for `TokenClipDataset`: `__getitems__` already returns the batch."""
+    return batch
 
-    def __init__(self, order: list[int], warm, window: int):
-        self.order, self.warm, self.window = order, warm, window
+
+class ReadAhead:
+    """A daemon thread that calls `warm(indices)` for the samples of `order`, at most `window` ahead of the consumer,
+    `block` samples per call."""
+
+    def __init__(self, order: list[int], warm, window: int, block: int = 1):
+        self.order, self.warm, self.window, self.block = order, warm, window, block
         self.position = {index: k for k, index in enumerate(order)}
         self.consumed = -1  # position in `order` of the latest sample handed out
         self.stopped = False
@@ -57,13 +73,14 @@ class ReadAhead:
                 if self.stopped:
                     return
                 k = max(k, self.consumed + 1)  # never warm what was already read
+                stop = min(k + self.block, self.consumed + self.window + 1, len(self.order))
             if k >= len(self.order):
                 return
             try:
-                self.warm(self.order[k])
+                self.warm(self.order[k:stop])
             except Exception:  # noqa: BLE001 — the reading path raises the same error with its context
                 return
-            k += 1
+            k = stop
 
     def consumed_sample(self, index: int) -> None:
         with self.cond:
@@ -80,6 +97,8 @@ class ReadAhead:
 class TokenClipDataset(Dataset):
     """Clips of T frame features per video: random segments (train) or fixed views (eval)."""
 
+    collate_fn = staticmethod(collate_batch)
+
     def __init__(
         self,
         videos: list[VideoEntry],
@@ -90,17 +109,34 @@ class TokenClipDataset(Dataset):
         views: int = 1,
         augment: AugmentConfig | None = None,
         read_ahead: int = 0,
+        read: str = "random",
+        batch: int = 1,
+        streams: int = 4,
+        shuffle_buffer: int = 512,
+        world: int | None = None,
     ):
+        if read not in READ_MODES:
+            raise ValueError(f"read={read!r}: use one of {', '.join(READ_MODES)}")
+        if read == "sequential" and train and not hasattr(features, "table"):
+            raise ValueError("read='sequential' needs a batch reader (batches.StoreBatches or MemoryBatches)")
         self.videos = list(videos)
-        self.features = features  # StreamedFeatures or InMemoryFeatures
+        self.features = features  # batches.StoreBatches / MemoryBatches, or a per-clip reference reader
         self.frames, self.train, self.seed, self.views = frames, train, seed, views
         self.augment = augment or AugmentConfig()
         self.read_ahead = read_ahead
+        self.read = read if train else "random"  # evaluation reads its fixed views in index order
+        self.batch, self.streams, self.shuffle_buffer = batch, streams, shuffle_buffer
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world  # DDP ranks (torchrun's)
+        self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)  # [N]
+        self.labels = torch.tensor([v.label for v in self.videos], dtype=torch.int64)  # [N]
+        self.table = features.table([v.id for v in self.videos]) if hasattr(features, "table") else None
         self.epoch = 0
         self._ahead: ReadAhead | None = None
+        self._plan: tuple[tuple[int, int], EpochPlan] | None = None
+        self._sequential: SequentialClips | None = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_ahead": None}
+        return {**self.__dict__, "_ahead": None, "_sequential": None}
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -108,47 +144,104 @@ class TokenClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Training clips of epoch `epoch` (fit calls this before each epoch)."""
         self.epoch = epoch
+        self._sequential = None
         self.stop_read_ahead()
 
-    def indices(self, index: int) -> tuple[np.ndarray, np.random.Generator | None]:
-        """Frame indices of sample `index`: train [T] with the clip's generator, eval [V, T] and None."""
-        video = self.videos[index]
+    # ---- which frames -------------------------------------------------------------------------------------------
+    def clip_indices(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame indices of samples `rows` [B]: train ([B, T], zeroed mask [B, T] or None), eval ([B, V, T], None)."""
         if self.train:
-            rng = clip_rng(self.seed, self.epoch, index)
-            return train_indices(video.num_frames, self.frames, rng, self.augment), rng
-        return eval_indices(video.num_frames, self.frames, self.views), None
+            clips = train_clips(self.num_frames[rows], self.frames, clip_keys(self.seed, self.epoch, rows),
+                                self.augment)
+            return clips.indices, clips.zeroed
+        return eval_indices(self.num_frames[rows], self.frames, self.views), None
 
+    def indices(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame indices of one sample: train ([T], zeroed mask [T] or None), eval ([V, T], None)."""
+        idx, zeroed = self.clip_indices(np.array([index], dtype=np.int64))
+        return idx[0], None if zeroed is None else zeroed[0]
+
+    def _gather(self, rows: np.ndarray, gather) -> np.ndarray:
+        """Features of samples `rows` [B] through `gather(rows, indices [B, n])`: [B, T, Din] or [B, V, T, Din]."""
+        idx, zeroed = self.clip_indices(rows)
+        x = gather(rows, idx.reshape(len(rows), -1))  # [B, T or V·T, Din]
+        if zeroed is not None:
+            x[zeroed] = 0
+        return x.reshape(idx.shape + x.shape[-1:])
+
+    # ---- batches (the training and evaluation path) -------------------------------------------------------------
+    def __getitems__(self, indices: list[int]):
+        """The batch of samples `indices`: (features [B, T, Din] or [B, V, T, Din] in the reader's dtype, labels [B])."""
+        rows = np.asarray(indices, dtype=np.int64)  # [B]
+        self._follow(indices[-1])
+        if self.read == "sequential" and hasattr(self.features, "cache_bytes"):  # streamed: whole parts
+            x = self._sequential_clips().take(rows)
+        else:
+            x = self._gather(rows, lambda r, i: self.features.gather(self.table, r, i))
+        return torch.from_numpy(x), self.labels[torch.from_numpy(rows)]
+
+    def _sequential_clips(self) -> SequentialClips:
+        if self._sequential is None:
+            table = self.table
+            make = lambda rows, feats: self._gather(rows, lambda r, i: feats[table.offset[r][:, None] + i])  # noqa: E731
+            self._sequential = SequentialClips(self.plan(self.epoch, self.world), table.part, self.features.part, make)
+        return self._sequential
+
+    def plan(self, epoch: int, world: int) -> EpochPlan:
+        """The sequential order of epoch `epoch` over `world` ranks (cached for the latest epoch)."""
+        key = (epoch, world)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_epoch(self.table.part, self.table.offset, self.seed, epoch, world, self.streams,
+                                          self.batch, self.shuffle_buffer, drop_last=self.train))
+        return self._plan[1]
+
+    def epoch_order(self, epoch: int, rank: int, world: int) -> list[int] | None:
+        """The samples of rank `rank` in epoch `epoch` in the order `fit`'s sampler must visit them; None: the
+        sampler's own seeded permutation (`read="random"`)."""
+        if self.read != "sequential":
+            return None
+        return self.plan(epoch, world).rank_order(rank)
+
+    # ---- one sample: the per-clip reference -------------------------------------------------------------------
     def __getitem__(self, index: int):
+        """Sample `index` through the reader's per-clip path: (features [T, Din] or [V, T, Din] float32, label)."""
         self._follow(index)
         video = self.videos[index]
-        idx, rng = self.indices(index)
-        feats = self.features.clip(video.id, idx.reshape(-1))  # [T or V·T, Din] float32 numpy
-        if self.train:
-            if self.augment.token_dropout > 0:
-                feats = drop_tokens(feats, rng, self.augment.token_dropout, self.augment.token_dropout_mode)
-            return torch.from_numpy(feats), video.label  # [T, Din]
-        return torch.from_numpy(feats).view(self.views, self.frames, -1), video.label  # [V, T, Din]
+        rows = np.array([index], dtype=np.int64)
+        if hasattr(self.features, "clip"):  # StreamedFeatures / InMemoryFeatures
+            x = self._gather(rows, lambda r, i: self.features.clip(video.id, i[0])[None])
+        else:
+            x = self._gather(rows, lambda r, i: self.features.gather(self.table, r, i))
+        return torch.from_numpy(x[0].astype(np.float32)), video.label
 
-    # ---- read-ahead (main process, no DataLoader workers) ---------------------------------------------------------
+    # ---- read-ahead (main process, no DataLoader workers, random reads) ------------------------------------------
     def _order(self) -> list[int]:
         """The order `fit`'s sampler visits this rank's samples in (the read-ahead follows it)."""
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        sampler = ResumableSampler(len(self), self.seed, shuffle=self.train, rank=rank, world=world,
-                                   drop_last=self.train)
+        rank = int(os.environ.get("RANK", "0"))
+        sampler = ResumableSampler(len(self), self.seed, shuffle=self.train, rank=rank, world=self.world,
+                                   drop_last=self.train, order=self.epoch_order)
         sampler.set_epoch(self.epoch)
         return list(sampler)
 
-    def _warm(self, index: int) -> None:
-        idx, _ = self.indices(index)
-        self.features.warm(self.videos[index].id, idx.reshape(-1))
+    def _warm(self, indices: list[int]) -> None:
+        rows = np.asarray(indices, dtype=np.int64)
+        idx, _ = self.clip_indices(rows)
+        idx = idx.reshape(len(rows), -1)
+        if self.table is not None:
+            self.features.warm(self.table, rows, idx)
+        else:
+            for r, i in zip(indices, idx):
+                self.features.warm(self.videos[r].id, i)
 
     def _follow(self, index: int) -> None:
-        if self.read_ahead <= 0 or get_worker_info() is not None or not hasattr(self.features, "cache"):
+        if (self.read_ahead <= 0 or get_worker_info() is not None or not hasattr(self.features, "warm")
+                or self.read == "sequential"):
             return
         if self._ahead is not None and self._ahead.position.get(index, -1) < self._ahead.consumed:
             self.stop_read_ahead()  # a new pass over the data (evaluation after evaluation): start over
         if self._ahead is None:
-            self._ahead = ReadAhead(self._order(), self._warm, self.read_ahead)
+            block = 1 if self.table is None else max(1, self.batch)
+            self._ahead = ReadAhead(self._order(), self._warm, self.read_ahead, block)
         self._ahead.consumed_sample(index)
 
     def stop_read_ahead(self) -> None:

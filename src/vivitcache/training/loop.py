@@ -99,8 +99,15 @@ def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float)
     return factor
 
 
-def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: int) -> DataLoader:
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch to the device; half-precision inputs (fp16 frame features) cross as they are, cast there."""
+    x = x.to(device, non_blocking=True)
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: int, pin: bool = False) -> DataLoader:
     # spawn, not fork: zarr v3 and torch threads can deadlock in forked workers.
+    # A dataset with a `collate_fn` reads whole batches itself (`__getitems__`, e.g. stage 2); pinned for a GPU.
     # Own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would make a resumed
     # run's dropout stream differ from an uninterrupted one. Datasets seed their sampling from (seed, epoch, index).
     generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.epoch)
@@ -115,6 +122,8 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         persistent_workers=False,
         drop_last=sampler.drop_last,
         generator=generator,
+        collate_fn=getattr(dataset, "collate_fn", None),
+        pin_memory=pin,
     )
 
 
@@ -136,10 +145,10 @@ def evaluate(
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # [n, top1, top5, loss]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [true, predicted]
-    for x, y in _loader(dataset, batch_size, sampler, workers):
+    for x, y in _loader(dataset, batch_size, sampler, workers, pin=device.type == "cuda"):
         B, V = x.shape[:2]
         with autocast(device, dtype):
-            logits = forward(model, x.to(device).flatten(0, 1))  # [B·V, C]
+            logits = forward(model, to_device(x, device).flatten(0, 1))  # [B·V, C]
         probs = logits.float().softmax(-1).view(B, V, -1).mean(1).cpu()  # [B, C]
         t1, t5 = topk_correct(probs, y)
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
@@ -184,7 +193,8 @@ def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
     if optim.batch_size % per_step:
         raise ConfigError(f"--batch-size {optim.batch_size}: must divide by processes × --accum-steps = {per_step}")
     micro = optim.batch_size // per_step
-    sampler = ResumableSampler(len(task.train_set), run.seed, shuffle=True, rank=dist.rank, world=dist.world)
+    sampler = ResumableSampler(len(task.train_set), run.seed, shuffle=True, rank=dist.rank, world=dist.world,
+                               order=getattr(task.train_set, "epoch_order", None))
     steps_per_epoch = len(sampler) // micro // optim.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {optim.batch_size}: more than the {len(task.train_set)} training videos")
@@ -272,8 +282,8 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
             if hasattr(task.train_set, "set_epoch"):
                 task.train_set.set_epoch(epoch)
             tick, seen = time.perf_counter(), 0
-            for i, (x, y) in enumerate(_loader(task.train_set, micro, sampler, run.workers)):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for i, (x, y) in enumerate(_loader(task.train_set, micro, sampler, run.workers, device.type == "cuda")):
+                x, y = to_device(x, device), y.to(device, non_blocking=True)
                 with autocast(device, dtype):
                     logits = task.forward(train_model, x)  # [b, C]
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=optim.label_smoothing)
