@@ -212,3 +212,39 @@ def test_bad_backbone_input_is_one_error_line_and_writes_no_store(videos, tmp_pa
         assert result.returncode == 2, (what, result.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (what, lines)
         assert not store.exists(), what
+
+
+def test_stage1_on_a_pretrained_backbone_and_extract_from_it_keep_its_preprocessing(hf_cache, videos, tmp_path):
+    from vivitcache.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, RunConfig
+    from vivitcache.pretrain import run_pretrain
+    from vivitcache.runs import load_stage1
+
+    name, overrides, _ = FAMILIES[2]  # SigLIP: no class token, attention pooling, mean/std 0.5
+    fake_hub(hf_cache, name, hub_checkpoint(name, **overrides))
+    cfg = PretrainConfig(
+        model=ModelConfig(spatial=name, pretrained=True, img_size=overrides["img_size"], patch_size=overrides["patch_size"],
+                          spatial_depth=overrides["depth"], temporal_depth=1, num_frames=4),
+        data=DataConfig(data=str(videos)),
+        optim=OptimConfig(epochs=1, batch_size=2, spatial_lr_scale=0.1),
+        run=RunConfig(out=str(tmp_path / "stage1"), device="cpu"),
+    )
+    run_pretrain(cfg)
+    stage1 = load_stage1(tmp_path / "stage1")
+    from vivitcache.hashing import state_dict_sha256
+    from vivitcache.training.checkpoint import load_config
+
+    hub = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"], pretrained=True)
+    assert load_config(tmp_path / "stage1")["config"]["initial_spatial_sha256"] == state_dict_sha256(hub)
+    want = Preprocess.from_timm(create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"]))
+    assert stage1.preprocess == want.to_dict() and tuple(want.mean) == (0.5, 0.5, 0.5)
+    run_extract(ExtractConfig(data=str(videos), store=str(tmp_path / "s.zarr"), checkpoint=str(tmp_path / "stage1"),
+                              workers=0, progress=False))
+    store = TokenStore.open(tmp_path / "s.zarr")
+    assert store.fingerprint["preprocess"] == stage1.preprocess and store.fingerprint["model"] == name
+    assert store.fingerprint["weights_sha256"] == stage1.spatial_sha256 and store.layout.tokens == "pooled"
+    # the fine-tuned spatial model's own embedding, on frames preprocessed as the run was
+    spatial = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"])
+    spatial.load_state_dict(stage1.part("spatial"))
+    vid = store.ids()[0]
+    np.testing.assert_allclose(store.video(vid).astype(np.float32)[:, 0], reference_tokens(spatial.eval(), store, vid),
+                               rtol=1e-2, atol=2e-2)
