@@ -60,6 +60,11 @@ class Precision(str, Enum):
     fp32 = "fp32"
 
 
+class ReadMode(str, Enum):
+    random = "random"
+    sequential = "sequential"
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one line, exit status 2, no traceback."""
     from vivitcache.data.annotations import AnnotationError
@@ -413,6 +418,9 @@ def train(
     token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = 0.0,
     in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
     cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = 512.0,
+    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache) or sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems).")] = ReadMode.random,
+    shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = 512,
+    read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = 4,
     val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,
     splits: Annotated[Optional[str], typer.Option(help="Annotations whose train/val split to use.")] = None,
     video_root: VideoRootOpt = None,
@@ -434,6 +442,7 @@ def train(
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
         val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
+        read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
         **optim_and_run(locals()),
     )
