@@ -49,7 +49,7 @@ def store_info(path) -> dict:
     layout = store.layout
     sums = store.part_sums()  # sizes come from the commit records (measured at commit): no walk over the files
     frames, disk = store.total_frames, sums["disk_bytes"]
-    files = sums["files"] + 3 * len(store.part_ids())  # + each part's three zarr.json (not in `files`)
+    files = sums["files"] + len(store.part_ids())  # + each part's own record (not in its `files`)
     return {
         "path": str(store.path),
         "videos": len(store),
