@@ -71,8 +71,9 @@ def make_store(path, sha, model="vit-ti", per_class=6, frames=(10, 40), seed=0, 
 def make_stage1(run, classes=CLASSES, frames=8, seed=1):
     """A stage-1 run folder (adapter/temporal/head for width D, a stand-in spatial part) as pretrain writes it."""
     torch.manual_seed(seed)
+    # frame token `cls` on a `cls` store: the runs and stores of earlier vivitcache versions, which must keep working
     model_cfg = ModelConfig(spatial="vit-ti", temporal_depth=1, temporal_heads=2, num_frames=frames,
-                            num_classes=len(classes))
+                            num_classes=len(classes), frame_token="cls")
     model = ViViT(model_cfg, None, D)
     with torch.no_grad():  # a trained adapter is not the identity, trained position embeddings are not tiny
         for p in model.adapter.parameters():
@@ -115,7 +116,7 @@ def test_init_at_stage1_length_gives_stage1_logits_exactly(world):
     feats = torch.randn(3, 8, D)
     model.eval(), world["stage1_model"].eval()
     with torch.no_grad():
-        assert torch.equal(model(feats), world["stage1_model"].forward_tokens(feats))
+        assert torch.equal(model(feats), world["stage1_model"](feats))
     assert made["init_parts"] == ["adapter", "temporal", "head"] and made["init_frames"] == 8
 
 
@@ -134,7 +135,7 @@ def test_interpolated_model_keeps_knots_and_function(world, frames, tol):
     up = F.interpolate(smooth.transpose(1, 2), size=frames, mode="linear", align_corners=True).transpose(1, 2)
     model.eval(), world["stage1_model"].eval()
     with torch.no_grad():
-        ref = world["stage1_model"].forward_tokens(smooth)  # [8, C]
+        ref = world["stage1_model"](smooth)  # [8, C]
         got = model(up)  # [8, C]
     scale = ref.abs().max()
     assert (got - ref).abs().max() / scale < tol
