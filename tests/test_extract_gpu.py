@@ -216,7 +216,13 @@ def test_pinned_staging_and_side_stream_when_a_gpu_is_present(monkeypatch):
 
     copies = []
     real_to = torch.Tensor.to
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **kw: copies.append(kw) or real_to(self, "cpu"))
+    def to(self, *args, **kw):  # the host → device copy is recorded and stays on the CPU; casts run as usual
+        if args and isinstance(args[0], (str, torch.device)):
+            copies.append(kw)
+            return real_to(self, "cpu")
+        return real_to(self, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: type("S", (), {"wait_stream": lambda *a: None})())
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)

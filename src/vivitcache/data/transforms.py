@@ -127,8 +127,9 @@ class Preprocess:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
 
         def normalize(x: torch.Tensor) -> torch.Tensor:
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, S, S]
-            return x.sub_(mean).div_(std).contiguous()
+            # NHWC → NCHW during the uint8 → float cast (one pass; a channels-last float then .contiguous() is 2x)
+            x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)  # [T, 3, S, S]
+            return x.div_(255.0).sub_(mean).div_(std)
 
         return normalize
 
