@@ -249,3 +249,126 @@ def test_epochs_zero_and_an_indivisible_batch_are_refused_before_the_run_folder(
     with pytest.raises(ConfigError, match="more than the 48 training videos"):
         fit(task(), OptimConfig(batch_size=64), run(tmp_path / "big"))
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ------------------------------------------------------------------------------------------------ input files
+def test_an_unquoted_comma_is_refused_not_misparsed(tmp_path):
+    from vivitcache.data.annotations import AnnotationError, load_annotations
+
+    header = tmp_path / "header.csv"
+    header.write_text("path,label\nv/ok.mp4,cls\nv/comma,name.mp4,cls\n")
+    with pytest.raises(AnnotationError, match="line 3: 3 cells under a header of 2 columns \\(path,label\\): quote"):
+        load_annotations(header)
+    bare = tmp_path / "bare.csv"  # no header: the third cell could be a split, but the label is a file name
+    bare.write_text("v/ok.mp4,cls\nv/comma,name.mp4,cls\n")
+    with pytest.raises(AnnotationError, match="line 2: label 'name.mp4' looks like a file name"):
+        load_annotations(bare)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('path,label\nv/ok.mp4,cls\n"v/comma,name.mp4",cls\n')
+    assert [r.id for r in load_annotations(quoted).records] == ["v/ok", "v/comma,name"]
+
+
+def test_symlink_loop_fifo_and_broken_link_say_what_they_are(tmp_path):
+    from vivitcache.data.decode import VideoDecodeError, iter_frames, probe_video
+    from vivitcache.extract.pipeline import _source_rate
+
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    os.symlink("gone.mp4", tmp_path / "broken.mp4")
+    os.mkfifo(tmp_path / "x.mp4")
+    causes = {"loop.mp4": "symlink loop", "broken.mp4": "broken symlink (to 'gone.mp4', which does not exist)",
+              "x.mp4": "a FIFO (named pipe), not a file (a video must be a regular file)"}
+    for name, cause in causes.items():
+        for read in (probe_video, lambda p: list(iter_frames(p))):
+            with pytest.raises(VideoDecodeError) as err:
+                read(tmp_path / name)
+            assert err.value.cause == cause
+        assert _source_rate(str(tmp_path / name)) is None  # returns: never opens the FIFO
+
+
+def test_extract_ledgers_a_fifo_and_a_symlink_loop_and_finishes(tmp_path, make_video):
+    import threading
+
+    from vivitcache.extract import ExtractConfig, run_extract
+    from vivitcache.store import TokenStore
+
+    data = tmp_path / "data"
+    make_video(data / "good.mp4", frames=4)
+    os.mkfifo(data / "x.mp4")
+    os.symlink("loop.mp4", data / "loop.mp4")
+    (data / "labels.csv").write_text("path,label\ngood.mp4,a\nx.mp4,a\nloop.mp4,b\n")
+    cfg = ExtractConfig(data=str(data / "labels.csv"), store=str(tmp_path / "s.zarr"), model="vit-ti", img_size=32,
+                        patch_size=8, spatial_depth=1, workers=0, progress=False)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(run_extract(cfg)), daemon=True)  # a hang must not hang us
+    worker.start()
+    worker.join(120)
+    assert done, "extract hangs on a FIFO"
+    failures = {f["id"]: f["error"] for f in TokenStore.open(tmp_path / "s.zarr").failures()}
+    assert "a FIFO (named pipe), not a file" in failures["x"]
+    assert "symlink loop" in failures["loop"]
+    assert done[0]["done"] == 1
+
+
+def encode_oriented(path: Path, rotation: int | None, size=(48, 32), frames=3) -> Path:
+    """A video with an asymmetric picture (blue ramp left → right, white top-left corner), and a display matrix of
+    `rotation` degrees (counter-clockwise, PyAV's and ffprobe's sign) unless None. The coded frames do not depend
+    on `rotation`: the matrix is container metadata."""
+    import av
+
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "10", "threads": "1"}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            image = np.zeros((height, width, 3), dtype=np.uint8)
+            image[..., 2] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+            image[: height // 4, : width // 4] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def coded_frames(path: Path) -> list[np.ndarray]:
+    """The frames as coded (PyAV ignores the display matrix): uint8 [H, W, 3] each."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_a_rotated_video_is_decoded_as_players_show_it(tmp_path):
+    import shutil as sh
+
+    from vivitcache.data.decode import iter_frames, probe_video
+
+    rotated_path = encode_oriented(tmp_path / "rotated.mp4", -90)
+    frames = list(iter_frames(rotated_path))
+    assert probe_video(rotated_path).rotation == -90 and {f.rotation for f in frames} == {-90}
+    assert frames[0].image.shape == (48, 32, 3)
+    for f, coded in zip(frames, coded_frames(rotated_path), strict=True):  # -90°: turned clockwise
+        np.testing.assert_array_equal(f.image, np.rot90(coded, -1))
+    assert frames[0].image[:4, -4:].min() > 200 and frames[0].image[:4, :4].max() < 100
+
+    resized = next(iter_frames(rotated_path, resize_short=16))  # the short side is the displayed width
+    assert resized.image.shape == (24, 16, 3)
+
+    if sh.which("ffmpeg"):  # and FFmpeg's own player pipeline (autorotate) agrees
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(rotated_path), "-frames:v", "1", "-f", "rawvideo",
+                              "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        ffmpeg_frame = np.frombuffer(raw, dtype=np.uint8).reshape(48, 32, 3)
+        assert np.abs(ffmpeg_frame.astype(int) - frames[0].image.astype(int)).max() <= 4  # conversions differ a bit
+
+
+@pytest.mark.parametrize("rotation", [90, 180])
+def test_other_rotations_follow_ffmpeg(tmp_path, rotation):
+    from vivitcache.data.decode import iter_frames
+
+    path = encode_oriented(tmp_path / "turned.mp4", rotation)
+    turned = next(iter_frames(path))
+    assert turned.rotation == (rotation + 180) % 360 - 180  # as FFmpeg reports it, in [-180, 180)
+    np.testing.assert_array_equal(turned.image, np.rot90(coded_frames(path)[0], rotation // 90))

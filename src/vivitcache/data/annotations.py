@@ -33,12 +33,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from vivitcache.errors import UserError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 _SPLIT_ALIASES = {"validation": "val", "validate": "val", "valid": "val", "training": "train", "testing": "test"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """Malformed annotations; message `"<file>, line <n>: <cause>"` (or `"<file>: <cause>"` without a line)."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, cause: str):
@@ -203,6 +205,8 @@ def _csv_rows(path: Path, video_root: Path | None) -> list[_Row]:
     for line, cells in body:
         if positional and not 2 <= len(cells) <= 3:
             raise AnnotationError(path, line, f"expected path,label[,split], got {len(cells)} column(s)")
+        if not positional:
+            _check_no_extra_cells(path, line, header, cells)
         if len(cells) <= max(columns["path"], columns["label"]):
             raise AnnotationError(path, line, "missing column: expected path,label[,split]")
         video, label = cells[columns["path"]], cells[columns["label"]]
@@ -210,12 +214,22 @@ def _csv_rows(path: Path, video_root: Path | None) -> list[_Row]:
             raise AnnotationError(path, line, "empty path")
         if not label:
             raise AnnotationError(path, line, "empty label")
+        if label.lower().endswith(VIDEO_EXTENSIONS):  # `v/a,b.mp4,cls` unquoted: path `v/a`, label `b.mp4`
+            raise AnnotationError(path, line, f"label {label!r} looks like a file name: quote a path that holds a "
+                                  'comma ("v/a,b.mp4")')
         split = None
         if "split" in columns and columns["split"] < len(cells) and cells[columns["split"]]:
             split = _normalise_split(cells[columns["split"]])
         file = Path(video) if Path(video).is_absolute() else base / video
         out.append(_Row(line, _relative_id(file, base), _absolute(file), label, split))
     return out
+
+
+def _check_no_extra_cells(path: Path, line: int, header: list[str], cells: list[str]) -> None:
+    """A row with more cells than its header has columns: an unquoted comma split a path or a label."""
+    if len(cells) > len(header) and any(cells[len(header):]):
+        raise AnnotationError(path, line, f"{len(cells)} cells under a header of {len(header)} columns "
+                              f"({','.join(header)}): quote a path or label that holds a comma (\"v/a,b.mp4\")")
 
 
 def _kinetics_rows(path: Path, header: list[str], body: list, video_root: Path) -> list[_Row]:
@@ -226,6 +240,7 @@ def _kinetics_rows(path: Path, header: list[str], body: list, video_root: Path) 
     for line, cells in body:
         if len(cells) < len(header):
             raise AnnotationError(path, line, f"missing column: expected {','.join(header)}")
+        _check_no_extra_cells(path, line, header, cells)
         label, youtube_id = cells[col["label"]], cells[col["youtube_id"]]
         if not label or not youtube_id:
             raise AnnotationError(path, line, "empty label or youtube_id")

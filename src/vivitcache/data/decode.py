@@ -10,15 +10,23 @@ frame rate video. Which source frames are kept is one rule (`_KeepRule`) used by
   the last frame pick nothing;
 - neither: every frame.
 
-Every failure to read a video (missing, empty, not a video, audio only, truncated, corrupt) raises one exception,
-`VideoDecodeError`, whose message is `"<path>: <cause>"`.
+Frames come out as displayed, not as coded: a display matrix (phones record portrait video as landscape plus a
+−90° matrix) is applied as FFmpeg's players apply it (`ffmpeg`/`ffplay` autorotate: transpose for ±90°, flips for
+180°), and each frame records the rotation (`Frame.rotation`, degrees counter-clockwise as ffprobe reports it).
+
+Every failure to read a video (missing, a broken link or symlink loop, not a regular file, empty, not a video, audio
+only, truncated, corrupt) raises one exception, `VideoDecodeError`, whose message is `"<path>: <cause>"`. Files
+that are not regular files (a FIFO, a device, a directory) are refused before FFmpeg opens them: opening a FIFO
+blocks until something writes into it, i.e. forever.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
-from collections.abc import Collection, Iterator, Sequence
+import stat
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +34,14 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vivitcache.errors import UserError
+
 # Times closer than this are equal: float rounding of pts × time_base must not push a frame past its target.
 # Far below any real time base resolution (1/90000 s).
 _TIME_EPS = 1e-6
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(UserError):
     """A video that cannot be read; message `"<path>: <cause>"`."""
 
     def __init__(self, path: str | os.PathLike, cause: str):
@@ -59,6 +69,9 @@ class VideoInfo:
     """Duration of the video stream in seconds."""
     num_frames: int
     """Number of frames, counted from the demuxed packets that carry a timestamp."""
+    rotation: int = 0
+    """Display matrix rotation in degrees counter-clockwise (ffprobe's `rotation`); width and height are as coded,
+    frames come out rotated (for ±90° their width and height swap)."""
 
 
 @dataclass
@@ -72,20 +85,16 @@ class Frame:
     time: float
     """Presentation time in seconds (pts × time_base)."""
     image: np.ndarray
-    """RGB pixels, uint8 [H, W, 3]."""
+    """RGB pixels, uint8 [H, W, 3], as displayed (the display matrix applied)."""
+    rotation: int = 0
+    """Display matrix rotation that was applied, degrees counter-clockwise (ffprobe's `rotation`; 0: none)."""
 
 
 # ------------------------------------------------------------------------------------------------ opening
 @contextmanager
 def _open_video(path: str | os.PathLike):
     """Open `path` and yield (container, video stream); every failure becomes a VideoDecodeError."""
-    p = Path(path)
-    if not p.exists():
-        raise VideoDecodeError(path, "file not found")
-    if not p.is_file():
-        raise VideoDecodeError(path, "not a file")
-    if p.stat().st_size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
+    p = Path(check_video_file(path))
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -97,6 +106,32 @@ def _open_video(path: str | os.PathLike):
         yield container, container.streams.video[0]
     finally:
         container.close()
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def check_video_file(path: str | os.PathLike) -> str:
+    """`path` if it is a non-empty regular file (through symlinks), else VideoDecodeError saying what it is.
+
+    Never opens the file: call it before anything hands the path to FFmpeg, which blocks forever on a FIFO.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise VideoDecodeError(path, f"broken symlink (to {os.readlink(path)!r}, which does not exist)") from None
+        raise VideoDecodeError(path, "file not found") from None
+    except OSError as e:
+        cause = "symlink loop" if e.errno == errno.ELOOP else f"cannot stat ({_reason(e)})"
+        raise VideoDecodeError(path, cause) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise VideoDecodeError(path, f"{kind}, not a file (a video must be a regular file)")
+    if st.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    return str(path)
 
 
 def _reason(e: BaseException) -> str:
@@ -148,7 +183,8 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Size, average fps, duration and frame count of a video, from demuxing only (no decode)."""
+    """Size (as coded), average fps, duration, frame count and rotation of a video: from demuxing, plus one decoded
+    frame for the display matrix (PyAV shows it on frames only)."""
     with _open_video(path) as (container, stream):
         times = _demux_times(path, container, stream)
         ctx = stream.codec_context
@@ -164,7 +200,18 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = float(times[-1] - times[0]) + 1.0 / fps
-        return VideoInfo(str(path), ctx.width, ctx.height, float(fps), duration, len(times))
+        return VideoInfo(str(path), ctx.width, ctx.height, float(fps), duration, len(times),
+                         _first_frame_rotation(container, stream))
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """Display matrix rotation of the first frame (0 when none or when nothing decodes: `iter_frames` says why)."""
+    try:
+        container.seek(0)
+        frame = next(container.decode(stream), None)
+    except _AV_ERRORS:
+        return 0
+    return _orientation(frame)[0] if frame is not None else 0
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -226,6 +273,32 @@ def _resized_size(width: int, height: int, resize_short: int | None) -> tuple[in
     return max(1, int(resize_short * width / height)), resize_short
 
 
+def _orientation(frame) -> tuple[int, Callable[[np.ndarray], np.ndarray] | None]:
+    """(rotation in degrees counter-clockwise, image [H, W, 3] as coded → as displayed, or None) from a frame's
+    display matrix, by the rule of FFmpeg's players (fftools `ffmpeg_filter.c`, autorotate): θ = −rotation;
+    θ 90: transpose `clock` (`cclock_flip` when matrix[3] > 0), 270: `cclock` (`clock_flip` when matrix[3] < 0),
+    180: hflip if matrix[0] < 0 and vflip if matrix[4] < 0, 0: vflip if matrix[4] < 0. Other angles (which FFmpeg
+    rotates with black corners) are left as coded: no camera writes them.
+    """
+    matrix = next((np.frombuffer(bytes(sd), dtype=np.int32) for sd in frame.side_data
+                   if sd.type.name == "DISPLAYMATRIX"), None)  # [9] 16.16 / 2.30 fixed point
+    if matrix is None:
+        return 0, None
+    rotation = int(round(frame.rotation))
+    theta = -rotation % 360
+    if abs(theta - 90) < 1:
+        op = (lambda im: im.transpose(1, 0, 2)) if matrix[3] > 0 else (lambda im: np.rot90(im, -1))
+    elif abs(theta - 270) < 1:
+        op = (lambda im: np.rot90(im, -1)[::-1]) if matrix[3] < 0 else (lambda im: np.rot90(im, 1))
+    elif abs(theta - 180) < 1:
+        op = lambda im: im[:: -1 if matrix[4] < 0 else 1, :: -1 if matrix[0] < 0 else 1]  # noqa: E731
+    elif theta < 1 or theta > 359:
+        op = (lambda im: im[::-1]) if matrix[4] < 0 else None
+    else:
+        op = None
+    return rotation, (lambda im: np.ascontiguousarray(op(im))) if op is not None else None
+
+
 def _swscale_interpolation(name: str) -> str:
     """timm/torchvision filter name → PyAV's swscale name (bicubic → BICUBIC, nearest → POINT)."""
     swscale = {"nearest": "POINT"}.get(name.lower(), name.upper())
@@ -258,6 +331,7 @@ def iter_frames(
         fallback_fps = _average_fps(stream) or 25.0
         source_index, kept = 0, 0
         packets, last_packet_pts, last_frame_pts = 0, None, None
+        rotation, orient = 0, None  # the display matrix, read from the first decoded frame (it is the stream's)
         demuxed = container.demux(stream)  # ends with an empty packet that flushes the decoder
         while True:
             try:
@@ -272,6 +346,8 @@ def iter_frames(
             except _AV_ERRORS as e:
                 raise VideoDecodeError(path, f"decoding failed after {source_index} frames ({_reason(e)})") from e
             for frame in decoded:
+                if source_index == 0:
+                    rotation, orient = _orientation(frame)
                 last_frame_pts = frame.pts
                 time = float(frame.time) if frame.pts is not None else source_index / fallback_fps
                 if rule(source_index, time):
@@ -282,10 +358,13 @@ def iter_frames(
                     if resize_short is None:
                         image = frame.to_ndarray(format="rgb24")  # [H, W, 3]
                     else:
+                        # resized as coded, then oriented: the short side is the same side either way
                         image = frame.to_ndarray(
                             format="rgb24", width=width, height=height, interpolation=swscale_interpolation
                         )  # [h, w, 3]
-                    yield Frame(kept, source_index, time, image)
+                    if orient is not None:
+                        image = orient(image)  # [w, h, 3] for ±90°
+                    yield Frame(kept, source_index, time, image, rotation)
                     kept += 1
                 source_index += 1
         if source_index == 0:
