@@ -426,16 +426,17 @@ def test_resume_after_kill_9_is_bitwise_identical(world, tmp_path):
 
 
 def test_ddp_two_cpu_processes_match_one(world, tmp_path):
-    """torchrun --nproc-per-node 2 (gloo) on batch 8 = 2 × 4 matches one process on batch 8 (no dropout, no
-    augmentation), up to fp32 summation order: logits of the two final models agree to 1e-5 relative (measured
-    9e-7). The attention key bias is left out of the parameter check: its gradient is pure rounding noise, which
-    Adam normalises into lr-sized steps, yet it cannot change any output."""
-    def cfg(name):
+    """torchrun --nproc-per-node 2 (gloo) on batch 8 = 2 processes × 2 accumulation steps × 2 clips matches one
+    process on batch 8 (no dropout, no augmentation), up to fp32 summation order: logits of the two final models
+    agree to 1e-5 relative (measured 9e-7). So gradients left unsynchronised on the first micro-step (`no_sync`) are
+    all-reduced with the second. The attention key bias is left out of the parameter check: its gradient is pure
+    rounding noise, which Adam normalises into lr-sized steps, yet it cannot change any output."""
+    def cfg(name, accum_steps=1):
         return _cfg(world, tmp_path / name, frames=16, epochs=2,
-                    optim=OptimConfig(epochs=2, batch_size=8, lr=3e-3, warmup_epochs=0.5),
+                    optim=OptimConfig(epochs=2, batch_size=8, lr=3e-3, warmup_epochs=0.5, accum_steps=accum_steps),
                     run=RunConfig(out=str(tmp_path / name), eval_views=2))
 
-    script, cfg_path = _script(tmp_path, cfg("ddp"))
+    script, cfg_path = _script(tmp_path, cfg("ddp", accum_steps=2))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), str(cfg_path)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -218,6 +219,7 @@ def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
     finally:
         if lock is not None:
             lock.release()
+        dist.close()  # the process group ends with the run (torchrun's processes then exit cleanly)
 
 
 def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out: Path, resume: bool, micro: int,
@@ -284,12 +286,16 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
             tick, seen = time.perf_counter(), 0
             for i, (x, y) in enumerate(_loader(task.train_set, micro, sampler, run.workers, device.type == "cuda")):
                 x, y = to_device(x, device), y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    logits = task.forward(train_model, x)  # [b, C]
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=optim.label_smoothing)
-                (loss / optim.accum_steps).backward()
+                last_micro = (i + 1) % optim.accum_steps == 0
+                # gradients are all-reduced on the last micro-step of an optimiser step only (nanoGPT's
+                # require_backward_grad_sync, through DDP's own no_sync)
+                with (train_model.no_sync() if dist.world > 1 and not last_micro else nullcontext()):
+                    with autocast(device, dtype):
+                        logits = task.forward(train_model, x)  # [b, C]
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=optim.label_smoothing)
+                    (loss / optim.accum_steps).backward()
                 seen += len(y) * dist.world
-                if (i + 1) % optim.accum_steps:
+                if not last_micro:
                     continue
                 if optim.grad_clip > 0:
                     nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], optim.grad_clip)
@@ -299,16 +305,14 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
                 step += 1
                 step_in_epoch += 1
                 rate = seen / max(1e-9, time.perf_counter() - tick)
-                acc = topk_correct(logits.detach().float(), y, ks=(1,))[0] / len(y)
-                progress.update(
-                    bar,
-                    advance=1,
-                    description=f"{task.title} epoch {epoch + 1}/{optim.epochs}",
-                    info=f"loss {loss.item():.3f} acc {acc:.2f} {rate:.1f} clips/s",
-                )
+                progress.update(bar, advance=1, description=f"{task.title} epoch {epoch + 1}/{optim.epochs}")
                 if step % run.log_every == 0 or step_in_epoch == steps_per_epoch:
+                    # the only device syncs of a step (`.item()`), and only on logging steps
+                    loss_value = loss.item()
+                    acc = topk_correct(logits.detach().float(), y, ks=(1,))[0] / len(y)
+                    progress.update(bar, info=f"loss {loss_value:.3f} acc {acc:.2f} {rate:.1f} clips/s")
                     log.log(
-                        kind="train", step=step, epoch=epoch, loss=loss.item(), acc=acc,
+                        kind="train", step=step, epoch=epoch, loss=loss_value, acc=acc,
                         lr=scheduler.get_last_lr()[0], clips_per_s=rate,
                         frames_per_s=rate * task.frames_per_sample,
                     )
