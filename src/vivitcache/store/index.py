@@ -67,13 +67,19 @@ STRINGS = ("id", "source", "part_id", "digest", "fail_id", "fail_source", "fail_
 
 
 # ------------------------------------------------------------------------------------------------ commit records
-def part_names(root: Path) -> list[str]:
-    """Folder names under `parts/` that can be part ids, sorted."""
+def part_listing(root: Path) -> dict[str, int]:
+    """{part folder name: its inode} under `parts/`. One readdir: the inode comes with each entry (no stat), and
+    tells a part re-published under the same id (by `extract --repair`) from the one the index has seen."""
     try:
-        names = os.listdir(root / PARTS)
+        with os.scandir(root / PARTS) as it:
+            return {e.name: e.inode() for e in it if PART_ID_PATTERN.match(e.name)}
     except FileNotFoundError:
         raise StoreError(f"{root}: no {PARTS}/ folder (not a vivitcache store?)") from None
-    return sorted(n for n in names if PART_ID_PATTERN.match(n))
+
+
+def part_names(root: Path) -> list[str]:
+    """Folder names under `parts/` that can be part ids, sorted."""
+    return sorted(part_listing(root))
 
 
 def read_commit(root: Path, part_id: str) -> dict:
@@ -173,8 +179,9 @@ def publish_labels(root: Path, labels: dict[str, int], staging: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ segments
-def build_columns(commits: dict[str, dict], labels: dict[str, int]) -> tuple[dict, dict]:
-    """Columns of one segment from commit records ({name: array or list of str}, summary attrs)."""
+def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]) -> tuple[dict, dict]:
+    """Columns of one segment from commit records ({name: array or list of str}, summary attrs); `inodes`: each
+    part folder's inode when its record was read."""
     part_ids = sorted(commits)
     rows = []  # (id, part row, offset, num_frames, label, fps, source)
     fails = []
@@ -205,6 +212,7 @@ def build_columns(commits: dict[str, dict], labels: dict[str, int]) -> tuple[dic
         "failures": np.array([len(commits[p]["failures"]) for p in part_ids], dtype=np.int64),
         "disk_bytes": np.array([int(commits[p].get("disk_bytes", 0)) for p in part_ids], dtype=np.int64),
         "files": np.array([len(commits[p].get("files", {})) for p in part_ids], dtype=np.int64),
+        "inode": np.array([inodes.get(p, 0) for p in part_ids], dtype=np.uint64),
         "digest": [commit_digest(commits[p]) for p in part_ids],
         "fail_id": [f[0] for f in fails],
         "fail_source": [f[1] for f in fails],
@@ -228,9 +236,12 @@ class Segment:
             setattr(self, key, value)
         self.part_names: list[str] = self.part_id.tolist()
 
+    dead: frozenset[str] = frozenset()
+    """Parts of this segment no longer in `parts/` as indexed (removed, or replaced under the same id)."""
+
     @classmethod
-    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int]) -> Segment:
-        cols, attrs = build_columns(commits, labels)
+    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]) -> Segment:
+        cols, attrs = build_columns(commits, labels, inodes)
         return cls(cols, attrs)
 
     @classmethod
@@ -264,7 +275,7 @@ class Segment:
 
 
 _COLUMN_NAMES = ("id", "part", "offset", "num_frames", "label", "fps", "source", "id_hash", "hash_row", "part_id",
-                 "frames", "videos", "failures", "disk_bytes", "files", "digest", "fail_id", "fail_source",
+                 "frames", "videos", "failures", "disk_bytes", "files", "inode", "digest", "fail_id", "fail_source",
                  "fail_error", "fail_part")
 
 
@@ -281,15 +292,15 @@ def write_segment(root: Path, cols: dict, attrs: dict) -> str:
     return name
 
 
-def merge_segments(segments: list[Segment], gone: set[str], extra: dict[str, dict], labels: dict[str, int]):
-    """Columns of one segment holding every part of `segments` but `gone`, plus the commit records `extra`."""
+def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]):
+    """Columns of one segment holding every live part of `segments`, plus the commit records `extra`."""
     commits: dict[str, dict] = {}
     # Rebuild pseudo commit records from the columns (no commit file is read again): only the indexed fields.
     for seg in segments:
         cols = seg.columns()
         per_part: dict[int, dict] = {}
         for p, pid in enumerate(cols["part_id"]):
-            if pid in gone or pid in commits:
+            if pid in seg.dead or pid in commits:
                 continue
             per_part[p] = {"part_id": pid, "videos": [], "failures": [], "frames": int(cols["frames"][p]),
                            "disk_bytes": int(cols["disk_bytes"][p]), "_files": int(cols["files"][p]),
@@ -309,7 +320,7 @@ def merge_segments(segments: list[Segment], gone: set[str], extra: dict[str, dic
             rec["videos"].sort(key=lambda v: v["offset"])
             commits[rec["part_id"]] = rec
     commits.update(extra)
-    cols, attrs = build_columns(commits, labels)
+    cols, attrs = build_columns(commits, labels, inodes)
     for p, pid in enumerate(cols["part_id"]):  # keep what the pseudo records cannot recompute
         rec = commits[pid]
         if "_digest" in rec:
@@ -358,10 +369,10 @@ def update_index(root: Path, force: bool = False) -> dict:
     labels_seq, labels = read_label_records(root)
     merge = force or view.gone or len(mapped) >= MAX_SEGMENTS or view.label_overrides or not mapped
     if merge:
-        cols, attrs = merge_segments(mapped, view.gone, new, labels)
+        cols, attrs = merge_segments(mapped, new, labels, view.inodes)
         names = [write_segment(root, cols, attrs)]
     else:
-        cols, attrs = build_columns(new, labels)
+        cols, attrs = build_columns(new, labels, view.inodes)
         names = [s.name for s in mapped] + [write_segment(root, cols, attrs)]
     write_json_atomic(root / INDEX / META, group_meta({INDEX_KEY: {
         "format": FORMAT, "segments": names, "labels_seq": labels_seq, "time": now_iso()}}))
@@ -384,7 +395,7 @@ class IndexView:
 
     def __init__(self, root: Path, strict: bool = True):
         self.root = root
-        listing = set(part_names(root))
+        self.inodes = listing = part_listing(root)
         manifest = read_manifest(root)
         self.segments: list[Segment] = []
         if manifest is not None:
@@ -395,11 +406,14 @@ class IndexView:
                     manifest = None  # a damaged index is ignored (and rebuilt by the next update), never trusted
                     self.segments = []
                     break
-        indexed = {p for s in self.segments for p in s.part_names}
-        self.gone = indexed - listing  # removed since indexing (e.g. moved aside by `extract --repair`)
+        for seg in self.segments:  # removed since indexing, or replaced under the same id (`extract --repair`)
+            seg.dead = frozenset(p for p, ino in zip(seg.part_names, np.asarray(seg.inode).tolist())
+                                 if listing.get(p) != ino)
+        self.gone = set().union(*(seg.dead for seg in self.segments))
+        indexed = {p for s in self.segments for p in s.part_names if p not in s.dead}
         labels_seq = manifest.get("labels_seq", -1) if manifest is not None else -1
         last_seq, self.label_overrides = read_label_records(root, after=labels_seq)
-        commits, problems = read_commits(root, sorted(listing - indexed))
+        commits, problems = read_commits(root, sorted(set(listing) - indexed))
         if problems and strict:
             first = next(iter(problems.values()))
             raise StoreDamageError(f"{first} (run `vivitcache verify {root}`; `vivitcache extract --repair` "
@@ -408,13 +422,13 @@ class IndexView:
         self.damaged_parts = set(problems)
         self.unindexed_commits = commits
         if commits:
-            self.segments.append(Segment.from_commits(commits, self.label_overrides))
+            self.segments.append(Segment.from_commits(commits, self.label_overrides, listing))
         self.fresh = manifest is not None and not commits and not self.gone and not problems and \
             last_seq == labels_seq
         self._part_row = {}
         for seg in self.segments:
             for p, pid in enumerate(seg.part_names):
-                if pid not in self.gone:
+                if pid not in seg.dead:
                     self._part_row.setdefault(pid, (seg, p))
         self._simple = len(self.segments) <= 1 and not self.gone and \
             all(s.attrs.get("duplicates", 0) == 0 for s in self.segments)
@@ -429,7 +443,7 @@ class IndexView:
         for seg in self.segments:
             for row in seg.rows_of(video_id):
                 pid = seg.part_names[int(seg.part[row])]
-                if pid in self.gone:
+                if pid in seg.dead:
                     continue
                 if best is None or pid < best[0]:
                     best = (pid, seg, row)
@@ -453,7 +467,7 @@ class IndexView:
             parts = seg.part.tolist()
             for row, vid in enumerate(ids):
                 pid = seg.part_names[parts[row]]
-                if pid in self.gone:
+                if pid in seg.dead:
                     continue
                 if vid not in best or pid < best[vid][0]:
                     best[vid] = (pid, seg, row)
@@ -487,7 +501,7 @@ class IndexView:
             parts = seg.part.tolist()
             for row, vid in enumerate(seg.id.tolist()):
                 pid = seg.part_names[parts[row]]
-                if pid not in self.gone:
+                if pid not in seg.dead:
                     owners.setdefault(vid, []).append(pid)
         out = []
         for vid, pids in sorted(owners.items()):
@@ -502,7 +516,7 @@ class IndexView:
             for i in range(len(seg.fail_id)):
                 pid = seg.part_names[int(seg.fail_part[i])]
                 vid = seg.fail_id[i]
-                if pid in self.gone or (vid in out and out[vid]["part_id"] <= pid):
+                if pid in seg.dead or (vid in out and out[vid]["part_id"] <= pid):
                     continue
                 out[vid] = {"id": vid, "source": seg.fail_source[i], "error": seg.fail_error[i], "part_id": pid}
         return [out[v] for v in sorted(out) if self.find(v) is None]
