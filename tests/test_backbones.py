@@ -177,7 +177,7 @@ def test_unknown_name_suggests_close_matches():
         resolve_model_name("vit_smal_patch16_224")
     with pytest.raises(SpatialModelError, match="unknown spatial model 'vit_small_patch16_224.nosuchtag'"):
         resolve_model_name("vit_small_patch16_224.nosuchtag")
-    with pytest.raises(SpatialModelError, match="not a plain ViT"):
+    with pytest.raises(SpatialModelError, match="resnet50.*not a plain ViT"):
         resolve_model_name("resnet50")
 
 

@@ -42,7 +42,7 @@ from vivitcache.models.vivit import ViViT
 from vivitcache.runs import Stage1Run, load_stage1
 from vivitcache.train_temporal import TrainConfig, run_train
 from vivitcache.training.checkpoint import load_model_state
-from vivitcache.training.loop import Task, fit
+from vivitcache.training.loop import Task, call_model, fit
 from vivitcache.training.metrics import MetricsLog
 from vivitcache.training.runtime import _rss_bytes, seed_everything
 

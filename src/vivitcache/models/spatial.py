@@ -89,7 +89,7 @@ def resolve_model_name(name: str) -> str:
         raise SpatialModelError(f"unknown spatial model {name!r}: {hint} (aliases: {', '.join(SPATIAL_ALIASES)})")
     if family not in FAMILIES:
         raise SpatialModelError(
-            f"spatial model {name!r} is a timm {family} model, not a plain ViT: use one of the families "
+            f"unknown spatial model {name!r}: it is a timm {family} model, not a plain ViT; use the families "
             f"{', '.join(FAMILIES)} (a patch grid with forward_features / forward_head)"
         )
     if not tag:

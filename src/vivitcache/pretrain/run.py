@@ -3,6 +3,8 @@ short clips of decoded pixels. Its checkpoint is the init of stage 2 and the spa
 
 from __future__ import annotations
 
+import dataclasses
+
 from vivitcache.config import PretrainConfig
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.clips import VideoClipDataset
@@ -16,7 +18,8 @@ from vivitcache.training.runtime import seed_everything
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Train stage 1 into `cfg.run.out`; returns summary.json's content."""
     dataset = load_annotations(cfg.data.data, cfg.data.video_root, cfg.data.labels, seed=cfg.run.seed)
-    cfg.model.num_classes = len(dataset.classes)
+    # a copy with the classes filled in: the caller's config is never mutated
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(dataset.classes)))
     seed_everything(cfg.run.seed)
     model = build_vivit(cfg.model)
     preprocess = Preprocess.from_timm(model.spatial, cfg.model.img_size)
