@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from vivitcache.config import ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.sampling import view_indices
 from vivitcache.store import StoreLayout, StoreWriter, TokenStore, plan_parts
+from vivitcache.store.layout import StoreDamageError
 from vivitcache.train_temporal import TrainConfig
-from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
+from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches, codec_pipeline, tokens_array
 from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch
@@ -133,6 +134,27 @@ def test_batch_readers_keep_float32_rule_of_bf16_all_stores(tmp_path):
         x, _ = TokenClipDataset(videos, reader, 8, train=True, seed=1).__getitems__([5, 0, 2])
         assert x.dtype == torch.float32 and x.shape == (3, 8, 2 * D)
         assert torch.equal(x, torch.stack([ref[i][0] for i in (5, 0, 2)]))
+
+
+def test_zarrs_pipeline_reads_the_same_values_and_still_refuses_damage(tmp_path, monkeypatch):
+    path = make_store(tmp_path / "z.zarr", videos=10)
+    assert codec_pipeline() == "zarrs.ZarrsCodecPipeline"  # installed with vivitcache
+    fast = StoreBatches(path, "cls")
+    parts = [fast.part(0), fast.part(1)]  # arrays keep the pipeline they were opened with
+    monkeypatch.setenv("VIVITCACHE_ZARRS", "0")
+    assert codec_pipeline() is None
+    plain = StoreBatches(path, "cls")
+    assert np.array_equal(parts[0], plain.part(0)) and np.array_equal(parts[1], plain.part(1))
+    pipeline = lambda r: type(tokens_array(r.store, r.store.part_ids()[0])._async_array.codec_pipeline).__name__  # noqa: E731
+    assert (pipeline(fast), pipeline(plain)) == ("ZarrsCodecPipeline", "BatchedCodecPipeline")
+    monkeypatch.delenv("VIVITCACHE_ZARRS")
+    shard = next(f for f in sorted((path / "parts" / fast.store.part_ids()[0] / "tokens").rglob("*")) if f.is_file()
+                 and f.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # one flipped bit pattern inside a chunk: its crc32c no longer matches
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreDamageError, match="checksum"):
+        StoreBatches(path, "cls").part(0)
 
 
 def test_features_cross_to_the_device_as_fp16_and_are_cast_there(store):

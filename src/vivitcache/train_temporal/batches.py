@@ -13,11 +13,18 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
   then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
   in one request each.
 
+Token arrays are opened through `zarrs`' codec pipeline (Rust; reads the same store format) when it is installed:
+measured on our shards it reads whole parts 16x faster than zarr's default pipeline (5.6 vs 0.35 GB/s, page cache
+warm) and runs of chunks 3.7x faster (0.44 vs 1.6 ms for five 64-frame chunks); `VIVITCACHE_ZARRS=0` turns it off.
+
 The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) are the reference these must equal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
 from vivitcache.store import StoreError, TokenStore
 from vivitcache.train_temporal.features import FeatureRule
@@ -64,10 +72,27 @@ def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> N
         raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b, 0])})")
 
 
+_OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a time sets and restores it
+
+
+def codec_pipeline() -> str | None:
+    """The codec pipeline readers open token arrays with: zarrs' when installed (and not VIVITCACHE_ZARRS=0)."""
+    if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
+        return None
+    return "zarrs.ZarrsCodecPipeline"
+
+
+def tokens_array(store: TokenStore, part_id: str):
+    """`store.tokens_array(part_id)`, opened under `codec_pipeline()` (an array keeps the pipeline it was opened
+    with; the store caches it, so every reader of this `TokenStore` must open its arrays here)."""
+    pipeline = codec_pipeline()
+    with _OPEN_LOCK, (zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext()):
+        return store.tokens_array(part_id)
+
+
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
-    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. zarr reads each shard file in one request."""
-    arr = store.tokens_array(part_id)
-    return rule(store.decode(arr[:]))  # [F_part, Din]
+    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. Each shard file is read in one request."""
+    return rule(store.decode(tokens_array(store, part_id)[:]))  # [F_part, Din]
 
 
 class MemoryBatches:
@@ -196,7 +221,7 @@ class StoreBatches:
         runs = np.split(np.arange(len(keys)), np.flatnonzero(np.diff(keys) != 1) + 1)
         for run in runs:
             part, first = divmod(int(keys[run[0]]), 1 << 32)
-            arr = self._store.tokens_array(self._store.part_ids()[part])
+            arr = tokens_array(self._store, self._store.part_ids()[part])
             start, stop = first * cf, min((first + len(run)) * cf, arr.shape[0])
             feats = self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
             for k, j in enumerate(run):

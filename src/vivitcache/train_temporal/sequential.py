@@ -13,7 +13,7 @@ The epoch's order (`plan_epoch`, pure index math on (seed, epoch)):
    read the same part, except the (at most one) part at each cut, which both neighbours read.
 
 Reading (`SequentialClips`, one per process and epoch): a part is read whole (one request per shard file) the first
-time one of its videos is asked for, and the clips of all of its videos still to come in the same piece are
+time one of its videos is asked for (or just before, by a read-ahead thread), and the clips of all of its videos still to come in the same piece are
 gathered from it at once (one vectorised gather per part) into a slab of clip slots; a batch is one gather from
 the slab. Clips depend only on (seed, epoch, index), so a resumed epoch (the sampler skips the samples already
 seen) re-reads the parts it needs and gives exactly the same batches.
@@ -27,6 +27,7 @@ needed; clips are gathered straight from decoded parts.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -109,9 +110,14 @@ class SequentialClips:
     """One process's reading of one sequential epoch: whole parts in, clips out of a slab of clip slots.
 
     `read_part(number)` gives a part's frame features [F_part, Din]; `make_clips(rows, feats)` gathers the training
-    clips of dataset rows `rows` from it: [n, T, Din]. Memory: the slab holds the clips read but not yet handed out,
-    at most about the shuffle buffers' videos of this process plus one part's (it grows when more are needed).
+    clips of dataset rows `rows` from it: [n, T, Din]. While a part is used, a background thread reads the next part
+    its piece will need (zarr's reads release the GIL), so reading overlaps the training step. Memory: the slab holds
+    the clips read but not yet handed out, at most about the shuffle buffers' videos of this process plus one part's
+    (it grows when more are needed), plus at most `AHEAD` parts read ahead.
     """
+
+    AHEAD = 2
+    """Parts read ahead at most (one per piece being read)."""
 
     def __init__(self, plan: EpochPlan, part: np.ndarray, read_part: Callable[[int], np.ndarray],
                  make_clips: Callable[[np.ndarray, np.ndarray], np.ndarray]):
@@ -122,6 +128,12 @@ class SequentialClips:
         self.free = np.zeros(0, dtype=np.int64)  # free slots (a stack)
         by_part = np.argsort(part, kind="stable")
         self._members = np.split(by_part, np.searchsorted(part[by_part], np.arange(1, int(part.max()) + 1)))
+        self._next: dict[tuple[int, int], int] = {}  # (piece, part) → the next part that piece needs
+        for i, rows in enumerate(plan.pieces):
+            needed = list(dict.fromkeys(part[rows].tolist()))  # parts in first-needed order
+            self._next.update({(i, a): b for a, b in zip(needed, needed[1:])})
+        self._ahead: dict[int, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -144,7 +156,14 @@ class SequentialClips:
             first = position[wanted][piece[wanted] == s].min()
             pending |= (piece[members] == s) & (position[members] >= first)
         rows = members[pending & (self.slot_of[members] < 0)]
-        clips = self.make_clips(rows, self.read_part(number))  # [n, T, Din]
+        ahead = self._ahead.pop(number, None)
+        feats = ahead.result() if ahead is not None else self.read_part(number)  # [F_part, Din]
+        for s in np.unique(piece[wanted]).tolist():
+            following = self._next.get((s, number))
+            if following is not None and following not in self._ahead and len(self._ahead) < self.AHEAD:
+                self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="vivitcache-part-ahead")
+                self._ahead[following] = self._pool.submit(self.read_part, following)
+        clips = self.make_clips(rows, feats)  # [n, T, Din]
         self.parts_read += 1
         slots = self._alloc(len(rows), clips)
         self.slab[slots] = clips

@@ -1,0 +1,291 @@
+"""Stage-2 loader throughput, no model: clips/s of the training DataLoader per reader, against this machine's limits.
+
+    python benchmarks/bench_loader.py --out benchmarks/results/loader.json            # full (~15 min on 2 cores)
+    python benchmarks/bench_loader.py --quick --out /tmp/loader_quick.json            # small (~1 min)
+
+Stores of `--videos` videos × `--frames` frames of fp16 `cls` tokens (D = 768 and 1408), written with the store API
+in the layout `extract` makes (64-frame chunks, shards of ~32 MiB). For each clip length T, store and number of
+DataLoader workers (0 = the main process), an epoch goes through `training.loop._loader` (fit's own DataLoader:
+sampler, batch collation, spawned workers) exactly as training reads it:
+
+- `memory`: `MemoryBatches` (read once, not timed here; `load_s` says how long);
+- `random_cold`: `--read random` from a fresh `StoreBatches`, the store's pages dropped from the page cache
+  (`posix_fadvise(DONTNEED)` after `fsync`);
+- `random_warm`: the next epoch, same reader (with workers, `fit` starts new ones each epoch: their chunk caches
+  start empty and only the page cache is warm);
+- `sequential_cold`: `--read sequential` from a fresh reader, page cache dropped.
+
+Reference points in the same run: `raw_gather` (the clips' rows gathered from one in-RAM fp16 array with numpy,
+indices precomputed: the limit of any in-memory loader here) and `file_read` (the shard files read whole with
+os.read: cold after dropping the page cache, and warm). Ratios are against those. `reference_per_clip` times the
+per-clip path the batch readers replaced (`dataset[i]` + stacking, float32), at T=128 D=768 in one process.
+`codec` compares zarr's default codec pipeline with `zarrs` (Rust) reading every shard whole and random chunks.
+
+clips/s of a case is clips / seconds from the first batch to the end of an epoch (worker start-up, paid once per
+epoch by `fit`, is reported apart as `start_s`). Warm cases and the raw gather run whole epochs (passes) for at
+least `--min-seconds` and report the best one (`median_clips_per_s` too): the machine is shared, and the best pass
+is the one least disturbed. Cold cases are one epoch each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vivitcache.provenance import provenance
+from vivitcache.store import StoreLayout, StoreWriter, TokenStore, plan_parts
+from vivitcache.store.writer import shard_frames_for
+from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
+from vivitcache.train_temporal.clips import clip_keys, train_clips
+from vivitcache.train_temporal.config import AugmentConfig
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
+from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
+from vivitcache.training.loop import _loader
+from vivitcache.training.sampler import ResumableSampler
+
+
+# ---------------------------------------------------------------------------------------------------- store + cache
+def make_store(path: Path, videos: int, frames: int, dim: int, per_part: int = 32) -> Path:
+    """A store as `extract` lays it out for fp16 `cls` tokens; reused when it is already there."""
+    if (path / "zarr.json").is_file():
+        return path
+    chunk = 64
+    layout = StoreLayout("cls", 1, dim, "fp16", shard_frames=shard_frames_for(dim * 2, chunk), chunk_frames=chunk)
+    writer = StoreWriter.create_or_open(path, {"model": "bench", "weights_sha256": "bench"}, layout, ["a", "b"], {})
+    rng = np.random.default_rng(0)
+    ids = [f"v{i:06d}" for i in range(videos)]
+    for part in plan_parts(ids, per_part):
+        with writer.part(part.part_id) as pw:
+            for vid in part.ids:
+                pw.begin_video(vid, int(vid[1:]) % 2, f"{vid}.mp4", 25.0)
+                pw.append(rng.standard_normal((frames, 1, dim), dtype=np.float32), np.arange(frames) / 25.0)
+                pw.end_video()
+    return path
+
+
+def store_files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()]
+
+
+def drop_page_cache(path: Path) -> None:
+    """Evict the store's files from the page cache (clean pages only: fsync first)."""
+    for f in store_files(path):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def file_read_bandwidth(path: Path) -> dict:
+    """MB/s reading every shard file whole (cold, then warm)."""
+    shards = [f for f in store_files(path) if f.parent.name == "0" and "/tokens/c/" in str(f)]
+    total = sum(f.stat().st_size for f in shards)
+    out = {"shard_files": len(shards), "bytes": total}
+    for kind in ("cold", "warm"):
+        if kind == "cold":
+            drop_page_cache(path)
+        t = time.perf_counter()
+        for f in shards:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(8 << 20):
+                    pass
+        out[f"{kind}_mb_per_s"] = total / 1e6 / (time.perf_counter() - t)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- cases
+def entries(store: TokenStore) -> list[VideoEntry]:
+    return [VideoEntry(v, store.num_frames(v), store.label(v)) for v in store.ids()]
+
+
+def run_epochs(ds: TokenClipDataset, batch: int, workers: int, epochs: int | None, min_seconds: float,
+               first_epoch: int = 0) -> dict:
+    """Iterate fit's DataLoader over whole epochs: at least `min_seconds`, or exactly `epochs`."""
+    clips, seconds, start, epoch, rates = 0, 0.0, 0.0, first_epoch, []
+    while (epochs is None and seconds < min_seconds) or (epochs is not None and epoch - first_epoch < epochs):
+        sampler = ResumableSampler(len(ds), 0, shuffle=True, order=ds.epoch_order)
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        t0 = time.perf_counter()
+        it = iter(_loader(ds, batch, sampler, workers))
+        x, _ = next(it)
+        t1 = time.perf_counter()
+        n = len(x)
+        for x, _ in it:
+            n += len(x)
+        t2 = time.perf_counter()
+        start += t1 - t0
+        clips += n - batch  # clips after the first batch, over the time after it
+        seconds += t2 - t1
+        rates.append((n - batch) / max(t2 - t1, 1e-9))
+        epoch += 1
+    return {"clips_per_s": max(rates), "median_clips_per_s": float(np.median(rates)), "seconds": seconds,
+            "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch}
+
+
+def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int, min_seconds: float) -> float:
+    """clips/s of `features[rows]` alone (video i's frames start at row `base[i]`): the rows of whole batches
+    precomputed with the clip rule, in random order."""
+    n = len(table.frames)
+    order = np.random.default_rng(0).permutation(n)
+    rows = []
+    for i in range(0, n - batch + 1, batch):
+        b = order[i : i + batch]
+        idx = train_clips(table.frames[b], T, clip_keys(0, 0, b), AugmentConfig()).indices  # [B, T]
+        rows.append(base[b][:, None] + idx)
+    rates, t = [], time.perf_counter()
+    while time.perf_counter() - t < min_seconds:  # passes over the epoch's batches: the best pass counts
+        t1 = time.perf_counter()
+        for r in rows:
+            features[r]  # [B, T, D]
+        rates.append(sum(map(len, rows)) / (time.perf_counter() - t1))
+    return max(rates)
+
+
+def per_clip_reference(ds: TokenClipDataset, batch: int, min_seconds: float) -> float:
+    """clips/s of the per-clip path (`dataset[i]`, float32, stacked per batch), in one process."""
+    order = np.random.default_rng(0).permutation(len(ds)).tolist()
+    clips, t = 0, time.perf_counter()
+    while time.perf_counter() - t < min_seconds:
+        for i in range(0, len(order) - batch + 1, batch):
+            torch.stack([ds[j][0] for j in order[i : i + batch]])
+            clips += batch
+    return clips / (time.perf_counter() - t)
+
+
+def codec_pipelines(path: Path, store: TokenStore, min_seconds: float) -> dict:
+    """zarr's default codec pipeline vs zarrs': every part read whole (warm), and random single-chunk reads."""
+    import zarr
+
+    out = {}
+    pipelines = {"zarr": "zarr.core.codec_pipeline.BatchedCodecPipeline", "zarrs": "zarrs.ZarrsCodecPipeline"}
+    try:
+        import zarrs  # noqa: F401
+    except ImportError:
+        pipelines.pop("zarrs")
+    parts = store.part_ids()
+    for name, pipeline in pipelines.items():
+        with zarr.config.set({"codec_pipeline.path": pipeline}):
+            arrays = [zarr.open_array(str(path / "parts" / p / "tokens"), mode="r") for p in parts]
+            nbytes = sum(a.nbytes for a in arrays)
+            t, n = time.perf_counter(), 0
+            while time.perf_counter() - t < min_seconds:
+                for a in arrays:
+                    a[:]
+                n += 1
+            whole = nbytes * n / 1e6 / (time.perf_counter() - t)
+            rng = np.random.default_rng(0)
+            cf = arrays[0].chunks[0]
+            t, reads = time.perf_counter(), 0
+            while time.perf_counter() - t < min_seconds:
+                a = arrays[int(rng.integers(len(arrays)))]
+                c = int(rng.integers(a.shape[0] // cf))
+                a[c * cf : (c + 1) * cf]
+                reads += 1
+            out[name] = {"whole_parts_mb_per_s": whole, "chunk_reads_per_s": reads / (time.perf_counter() - t)}
+    return out
+
+
+def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], batch: int, min_seconds: float,
+                reference: bool) -> dict:
+    store = TokenStore.open(path)
+    videos = entries(store)
+    result: dict = {"dim": dim, "videos": len(videos), "frames_per_video": videos[0].num_frames,
+                    "store_bytes": sum(f.stat().st_size for f in store_files(path)),
+                    "layout": store.layout.to_dict(), "file_read": file_read_bandwidth(path)}
+    t = time.perf_counter()
+    memory = MemoryBatches(path, "cls")
+    result["memory_load_s"] = time.perf_counter() - t
+    cache = 2 * result["store_bytes"]
+    result["codec"] = codec_pipelines(path, store, min_seconds / 2)
+    cases = []
+    for T in Ts:
+        table = memory.table([v.id for v in videos])
+        base = memory.base[table.part] + table.offset  # [N] first row of each video in the one array
+        limit = raw_gather(memory.features.numpy(), base, table, T, batch, min_seconds)
+        for workers in workers_list:
+            row = {"T": T, "workers": workers, "raw_gather_clips_per_s": limit}
+            ds = TokenClipDataset(videos, memory, T, train=True, batch=batch)
+            row["memory"] = run_epochs(ds, batch, workers, None, min_seconds)
+            drop_page_cache(path)
+            ds = TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch, read_ahead=32)
+            row["random_cold"] = run_epochs(ds, batch, workers, 1, 0)
+            row["random_warm"] = run_epochs(ds, batch, workers, None, min_seconds, first_epoch=1)
+            ds.stop_read_ahead()
+            drop_page_cache(path)
+            ds = TokenClipDataset(videos, StoreBatches(path, "cls"), T, train=True, batch=batch, read="sequential",
+                                  streams=4, shuffle_buffer=512)
+            row["sequential_cold"] = run_epochs(ds, batch, workers, 1, 0)
+            bandwidth = result["file_read"]["cold_mb_per_s"] * 1e6
+            seq = row["sequential_cold"]
+            row["ratios"] = {
+                "memory_vs_raw_gather": row["memory"]["clips_per_s"] / limit,
+                "random_warm_vs_raw_gather": row["random_warm"]["clips_per_s"] / limit,
+                # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files
+                "sequential_cold_vs_file_read": result["store_bytes"] / (seq["seconds"] + seq["start_s"]) / bandwidth,
+            }
+            cases.append(row)
+            print(json.dumps({k: (v["clips_per_s"] if isinstance(v, dict) and "clips_per_s" in v else v)
+                              for k, v in row.items() if k != "ratios"} | row["ratios"]), flush=True)
+    if reference:
+        T = 128 if 128 in Ts else Ts[-1]
+        result["reference_per_clip"] = {
+            "T": T,
+            "memory_clips_per_s": per_clip_reference(
+                TokenClipDataset(videos, InMemoryFeatures(path, "cls"), T, train=True), batch, min_seconds),
+            "streamed_warm_clips_per_s": per_clip_reference(
+                TokenClipDataset(videos, StreamedFeatures(path, "cls", cache), T, train=True), batch, min_seconds),
+        }
+    result["cases"] = cases
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small: 48 videos of 200 frames, D=768, T=32, no workers")
+    ap.add_argument("--out", type=Path, required=True, help="JSON results file")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the stores (default: a temp folder, removed)")
+    ap.add_argument("--videos", type=int, default=600)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--min-seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    if args.quick:
+        args.videos, args.frames, args.min_seconds, args.batch = 48, 200, 0.5, 16
+    dims, Ts, workers = ([768], [32], [0]) if args.quick else ([768, 1408], [32, 128], [0, 4])
+    torch.set_num_threads(1)  # as in a loader process; the gathers are single-threaded numpy
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    try:
+        results = {
+            "command": " ".join([Path(sys.executable).name] + sys.argv),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "provenance": provenance(),
+            "batch": args.batch,
+            "stores": [],
+        }
+        for dim in dims:
+            path = make_store(work / f"d{dim}_{args.videos}x{args.frames}.zarr", args.videos, args.frames, dim)
+            results["stores"].append(bench_store(path, dim, Ts, workers, args.batch, args.min_seconds,
+                                                 reference=dim == 768))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
