@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import bisect
 import csv
-import hashlib
 import json
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from vivitcache.errors import UserError
+from vivitcache.splits import hashed_val_ids
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
@@ -385,24 +384,8 @@ def _build(data: Path, rows: list[_Row], class_list, val_fraction: float, seed: 
     for r in rows:
         if r.class_name not in index:
             raise AnnotationError(where(r), r.line, f"unknown label {r.class_name!r} (not in the labels file)")
-    splits = _hashed_split([r for r in rows if r.split is None], val_fraction, seed)
+    val = hashed_val_ids(((r.id, r.class_name) for r in rows if r.split is None), val_fraction, seed)
     records = [
-        VideoRecord(r.id, r.path, index[r.class_name], r.split if r.split is not None else splits[r.id]) for r in rows
+        VideoRecord(r.id, r.path, index[r.class_name], r.split if r.split is not None else ("val" if r.id in val else "train")) for r in rows
     ]
     return VideoDataset(records, list(classes))
-
-
-def _hashed_split(rows: list[_Row], val_fraction: float, seed: int) -> dict[str, str]:
-    """id → train/val: per class, the round(val_fraction·n) ids with the smallest sha256(seed/id) are val.
-
-    Deterministic, independent of row order, stratified by class.
-    """
-    by_class = defaultdict(list)
-    for r in rows:
-        by_class[r.class_name].append(r.id)
-    split = {}
-    for ids in by_class.values():
-        ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}/{i}".encode()).hexdigest())
-        n_val = round(val_fraction * len(ranked))
-        split.update({i: ("val" if k < n_val else "train") for k, i in enumerate(ranked)})
-    return split

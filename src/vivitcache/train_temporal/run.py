@@ -8,7 +8,6 @@ accumulation, autocast, DDP under torchrun (only rank 0 writes), checkpoints and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from vivitcache.config import ModelConfig, from_dict
 from vivitcache.errors import ConfigError
+from vivitcache.splits import hashed_val_ids
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
@@ -33,16 +33,9 @@ def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[Vid
 
 
 def hashed_split(videos: list[VideoEntry], val_fraction: float, seed: int) -> tuple[list[VideoEntry], list[VideoEntry]]:
-    """(train, val) by the rule of `data.annotations` for annotations without a split: per class, the
-    round(val_fraction·n) ids with the smallest sha256(f"{seed}/{id}") validate. Given stage 1's seed and fraction,
-    stage 2 holds out exactly the videos stage 1 held out (store ids are the annotation ids)."""
-    by_class: dict[int, list[VideoEntry]] = {}
-    for v in videos:
-        by_class.setdefault(v.label, []).append(v)
-    val_ids = set()
-    for group in by_class.values():
-        ranked = sorted(group, key=lambda v: hashlib.sha256(f"{seed}/{v.id}".encode()).hexdigest())
-        val_ids.update(v.id for v in ranked[: round(val_fraction * len(ranked))])
+    """(train, val) by the hashed split of annotations without a split column (`vivitcache.splits`): given stage 1's
+    seed and fraction, stage 2 holds out exactly the videos stage 1 held out."""
+    val_ids = hashed_val_ids(((v.id, v.label) for v in videos), val_fraction, seed)
     return [v for v in videos if v.id not in val_ids], [v for v in videos if v.id in val_ids]
 
 
