@@ -372,3 +372,59 @@ def test_other_rotations_follow_ffmpeg(tmp_path, rotation):
     turned = next(iter_frames(path))
     assert turned.rotation == (rotation + 180) % 360 - 180  # as FFmpeg reports it, in [-180, 180)
     np.testing.assert_array_equal(turned.image, np.rot90(coded_frames(path)[0], rotation // 90))
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+CLI = "import sys; from vivitcache.cli import main; sys.argv = ['vivitcache'] + sys.argv[1:]; main()"
+
+
+def test_ctrl_c_stops_a_two_worker_extraction_promptly_and_cleanly(tmp_path, synth_dataset):
+    import signal
+
+    import psutil
+
+    from vivitcache.extract import ExtractConfig, run_extract
+    from vivitcache.store import TokenStore, verify_store
+
+    store, data = tmp_path / "s.zarr", tmp_path / "labels.csv"
+    rows = (synth_dataset / "labels.csv").read_text().splitlines()
+    data.write_text("\n".join(rows[0:1] + [f"{synth_dataset / r}" for r in rows[1:11]]) + "\n")  # 10 videos
+    tiny = ["--model", "vit-ti", "--img-size", "32", "--patch-size", "8", "--spatial-depth", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "extract", "--data", str(data),
+                             "--store", str(store), *tiny, "--workers", "2", "--videos-per-part", "1",
+                             "--batch-size", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        staging = store / "staging"
+        deadline = time.monotonic() + 120
+        def worker_writing() -> bool:  # a part staging folder `<part>.<host>.<pid>.<token>` of a worker process
+            names = [p.name.split(".") for p in staging.iterdir() if p.is_dir()] if staging.is_dir() else []
+            return any(len(n) == 4 and n[2].isdigit() and int(n[2]) != proc.pid for n in names)
+
+        while not (worker_writing() and any((store / "parts").glob("*/zarr.json"))):  # mid-run: some parts done
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no worker started a part within 120 s"
+            time.sleep(0.02)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        start = time.monotonic()
+        proc.wait(30)
+        assert time.monotonic() - start < 10
+        assert proc.returncode == 130
+        err = proc.stderr.read()
+        assert "interrupted:" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert not [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not [p.name for p in (store / "staging").iterdir() if p.is_dir()]
+
+    # nothing lost: the same extraction continues and completes
+    summary = run_extract(ExtractConfig(data=str(data), store=str(store), model="vit-ti",
+                                        img_size=32, patch_size=8, spatial_depth=1, workers=0, videos_per_part=1,
+                                        batch_size=4, progress=False))
+    assert summary["done"] + summary["skipped"] == 10 and summary["skipped"] >= 1
+    assert len(TokenStore.open(store)) == 10 and verify_store(store) == []

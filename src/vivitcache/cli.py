@@ -104,6 +104,10 @@ def user_errors(fn):
         except _user_errors() as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C: what was committed (parts, checkpoints) is kept
+            console.print("[bold red]interrupted:[/] committed parts and checkpoints are kept; the same command "
+                          "continues (train/pretrain: with --resume)", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

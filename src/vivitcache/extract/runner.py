@@ -11,8 +11,10 @@ writers are removed, everything else is redone from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -238,6 +240,7 @@ def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgr
         cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.WARNING)
         client = Client(cluster)
         client.wait_for_workers(len(slots))
+    futures: dict = {}
     try:
         def on_event(event):  # (time, msg); Dask adds a "worker" key to msg
             progress(**{k: v for k, v in event[1].items() if k in ("videos", "frames", "failed")})
@@ -260,11 +263,41 @@ def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgr
                 logging.getLogger(__name__).error("%d parts failed; first: part %s", len(errors), part_id)
             raise first
         return results
+    except KeyboardInterrupt:
+        client.cancel(list(futures))
+        if cluster is not None:
+            _kill_workers(cluster)
+        raise
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _kill_workers(cluster) -> None:
+    """Ctrl-C: end the worker processes of our LocalCluster at once (SIGKILL) rather than wait for a busy one to
+    finish its batch (the nanny gives up after seconds, then kills anyway). Nothing is lost: a part is published by
+    one rename or not at all, and `run_extract` removes the dead writers' staging folders."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # the nannies would report each kill
+    for nanny in list(cluster.workers.values()):
+        pid = getattr(getattr(getattr(nanny, "process", None), "process", None), "pid", None)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@contextlib.contextmanager
+def _staging_removed_on_interrupt(store: StoreWriter):
+    """Ctrl-C: the staging folders of this run's writers (dead by now: in-process writers discard theirs, Dask
+    workers were killed) are removed before the KeyboardInterrupt goes on; committed parts stay."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        store.cleanup_stale_staging()
+        raise
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -304,7 +337,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     slots = placement.slots(len(parts), cfg.decode_threads, cfg.torch_threads)
     jobs = [PartJob(store, part_id, records, source.spec, settings, compile=cfg.compile,
                     claim_timeout_s=cfg.claim_timeout_s) for part_id, records in parts]
-    with ExtractProgress(cfg.progress and bool(jobs), work.videos) as progress:
+    with ExtractProgress(cfg.progress and bool(jobs), work.videos) as progress, _staging_removed_on_interrupt(store):
         if not jobs:
             results = []
         elif in_process:
