@@ -37,6 +37,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from vivitcache import jsonio
+
 SCHEMA = 1
 """Version of this on-disk layout; a reader refuses a store with a newer schema."""
 
@@ -174,17 +176,8 @@ def parse_staging_name(name: str) -> dict | None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one (tmp + fsync + os.replace)."""
-    tmp = path.with_name(f".{path.name}.{new_token()}.partial")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)  # ASCII: ids may hold lone surrogates
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A store record, atomically (`jsonio.write_json_atomic`); NaN refused, ASCII (ids may hold lone surrogates)."""
+    jsonio.write_json_atomic(path, data, allow_nan=False)
 
 
 def read_json(path: Path):

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vivitcache.errors import UserError
+from vivitcache.jsonio import write_json_atomic
 
 CHECKPOINT_DIR = "checkpoint"
 FILES = ("model.safetensors", "train.safetensors", "config.json", "state.json")
@@ -47,13 +48,8 @@ def _fsync(path: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, fsync, rename): a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a run's JSON atomically (`jsonio.write_json_atomic`); values JSON does not know are written as strings."""
+    write_json_atomic(path, data, indent=2, default=str)
 
 
 def _optimizer_tensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:

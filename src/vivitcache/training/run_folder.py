@@ -47,8 +47,8 @@ class RunLockedError(RunFolderError):
 
 
 def _is_run_entry(name: str) -> bool:
-    """One of a run's own files, or a temp file it leaves when killed (`<name>.tmp<pid>`, `.checkpoint.*`)."""
-    base = name.split(".tmp", 1)[0] if ".tmp" in name and not name.startswith(".") else name
+    """One of a run's own files, or a temp file it leaves when killed (`.<name>.tmp<pid>.<token>`, `.checkpoint.*`)."""
+    base = name[1:].split(".tmp", 1)[0] if name.startswith(".") and ".tmp" in name else name
     return base in RUN_ENTRIES or name.startswith((TMP_PREFIX, OLD_PREFIX, LOCK + "."))
 
 
