@@ -8,6 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+TEMP_GLOB = ".*.tmp*"
+"""Matches the temp files `write_json_atomic` leaves when killed (for cleanup of old leftovers)."""
+
 
 def write_json_atomic(path: str | Path, data: Any, **dump_kwargs) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one: a hidden temp file beside it
