@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from vivitcache import __version__
+from vivitcache import __version__, jsonio
 from vivitcache.provenance import now_iso
 from vivitcache.store.dtypes import encode_tokens
 from vivitcache.store.fingerprint import FingerprintMismatchError, canonical_json, fingerprint_diff
@@ -239,7 +239,7 @@ class StoreWriter:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
         for folder in (self.path, self.path / INDEX):  # leftovers of atomic JSON writes
-            for tmp in folder.glob(".*.partial") if folder.is_dir() else []:
+            for tmp in folder.glob(jsonio.TEMP_GLOB) if folder.is_dir() else []:
                 if max_age_s is not None and now - tmp.stat().st_mtime > max_age_s:
                     tmp.unlink(missing_ok=True)
         return removed
