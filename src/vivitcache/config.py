@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,12 +25,26 @@ def _check(config, name: str, ok: bool, wanted: str) -> None:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass `cls` from a dict, refusing unknown keys (a typo must not be ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    """Build dataclass `cls` from a dict, nested configs included, refusing unknown keys (a typo must not be ignored)."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
-    return cls(**data)
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)  # field types as classes (the annotations are strings here)
+    return cls(**{
+        k: from_dict(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
+        for k, v in data.items()
+    })
+
+
+class Serialisable:
+    """`to_dict` / `from_dict` of a top-level config (what a run folder records and `--resume` reads back)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return from_dict(cls, d)
 
 
 @dataclass
@@ -168,7 +183,7 @@ class DataConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Serialisable):
     """Stage 1: the whole ViViT trained end to end on short clips."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -179,15 +194,3 @@ class PretrainConfig:
     """Optimiser settings."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run folder, seed, device."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
-        return cls(
-            model=from_dict(ModelConfig, d["model"]),
-            data=from_dict(DataConfig, d["data"]),
-            optim=from_dict(OptimConfig, d["optim"]),
-            run=from_dict(RunConfig, d["run"]),
-        )

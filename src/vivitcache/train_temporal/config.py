@@ -6,11 +6,9 @@ records its settings in the same shape as stage 1.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from vivitcache.config import ModelConfig, OptimConfig, RunConfig, from_dict
+from vivitcache.config import ModelConfig, OptimConfig, RunConfig, Serialisable
 from vivitcache.errors import ConfigError
 
 INIT_PARTS = ("adapter", "temporal", "head")
@@ -45,7 +43,7 @@ class AugmentConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Serialisable):
     """Stage 2: adapter + temporal transformer + head trained on a token store (`vivitcache train`)."""
 
     store: str = ""
@@ -120,12 +118,3 @@ class TrainConfig:
                 self.read_streams % self.run.workers:
             raise ConfigError(f"--workers {self.run.workers}: must divide --read-streams {self.read_streams} with "
                               "--read sequential (each worker reads its own streams' parts)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        nested = {"model": ModelConfig, "augment": AugmentConfig, "optim": OptimConfig, "run": RunConfig}
-        flat = {k: v for k, v in d.items() if k not in nested}
-        return from_dict(cls, {**flat, **{k: from_dict(c, d[k]) for k, c in nested.items() if k in d}})
