@@ -73,8 +73,8 @@ def test_index_stale_after_new_part_still_correct_and_open_reads_only_the_new_re
     writer.consolidate()
     write_part(writer, plan_parts(["v05", "v06"], 2)[0])
     read = []
-    real = index.read_commit
-    monkeypatch.setattr(index, "read_commit", lambda root, part: (read.append(part), real(root, part))[1])
+    real = index.read_commit_digest
+    monkeypatch.setattr(index, "read_commit_digest", lambda root, part: (read.append(part), real(root, part))[1])
     store = TokenStore.open(path)
     assert read == [plan_parts(["v05", "v06"], 2)[0].part_id]  # incremental at open, too
     assert store.ids() == ["v00", "v01", "v02", "v04", "v05", "v06"] and index_state(path) == "stale"
@@ -274,3 +274,20 @@ def test_every_damage_fails_the_reader_naming_the_part_and_verify_says_how_to_re
     assert problems and any(part in p for p in problems) and "--repair" in problems[-1]
     if kind != "flipped byte":  # a flipped byte keeps every size: only the checksums find it
         assert verify_store(path, quick=True) != []
+
+
+@pytest.mark.parametrize("consolidate_between", [True, False])
+def test_an_id_committed_twice_resolves_the_same_indexed_or_not(tmp_path, consolidate_between):
+    writer = StoreWriter.create_or_open(tmp_path / "s.zarr", FINGERPRINT, make_layout(), CLASSES)
+    for part_id, n in (("bbbb", 5), ("aaaa", 3)):
+        with writer.part(part_id) as pw:
+            for vid in ("same", f"only-{part_id}"):
+                pw.begin_video(vid, 0, part_id, 8)
+                pw.append(np.ones((n, 3, 8), np.float32))
+                pw.end_video()
+        if consolidate_between:
+            writer.consolidate()  # "same" is then in two segments, or in one mapped and one read at open
+    store = TokenStore.open(tmp_path / "s.zarr")
+    assert store.ids() == ["only-aaaa", "only-bbbb", "same"] and len(store) == 3
+    assert store.location("same") == ("aaaa", 0, 3) and store.total_frames == 3 + 3 + 5
+    assert store.duplicates == [("same", "aaaa", "bbbb")]

@@ -28,6 +28,7 @@ is ignored and every commit record is read; `vivitcache index STORE` writes the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -37,7 +38,6 @@ import numpy as np
 
 from vivitcache.provenance import now_iso
 from vivitcache.store.columns import StringColumn, encode_strings, map_column, map_strings, write_column, write_strings
-from vivitcache.store.fingerprint import canonical_json
 from vivitcache.store.layout import (
     COMMIT_KEY,
     INDEX,
@@ -85,13 +85,28 @@ def part_names(root: Path) -> list[str]:
 def read_commit(root: Path, part_id: str) -> dict:
     """The commit record of one part, checked for consistency; StoreDamageError if missing, malformed or edited so
     that its videos do not tile its frames (a hand-edited `num_frames` must not become an IndexError later)."""
+    return read_commit_digest(root, part_id)[0]
+
+
+def read_commit_digest(root: Path, part_id: str) -> tuple[dict, str]:
+    """(commit record, sha256 of its file): the digest is what the index remembers of the record, to tell an
+    edited record from the one it indexed."""
     where = root / PARTS / part_id / META
-    if not where.is_file():
-        raise StoreDamageError(f"part {part_id}: {where} is missing (the part record was deleted)")
     try:
-        commit = read_group_attrs(root / PARTS / part_id, COMMIT_KEY)
-    except StoreError as e:
-        raise StoreDamageError(f"part {part_id}: {e}") from None
+        raw = where.read_bytes()
+    except FileNotFoundError:
+        raise StoreDamageError(f"part {part_id}: {where} is missing (the part record was deleted)") from None
+    except OSError as e:
+        raise StoreDamageError(f"part {part_id}: {where}: cannot be read ({e})") from None
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreDamageError(f"part {part_id}: {where}: cannot be read as JSON ({e})") from None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    commit = attrs.get(COMMIT_KEY) if isinstance(attrs, dict) else None
+    if not isinstance(commit, dict):
+        raise StoreDamageError(f"part {part_id}: {where}: no {COMMIT_KEY!r} record")
+    digest = hashlib.sha256(raw).hexdigest()
     missing = [k for k in COMMIT_FIELDS if k not in commit]
     if missing:
         raise StoreDamageError(f"part {part_id}: {where}: commit record lacks {', '.join(missing)}")
@@ -115,23 +130,18 @@ def read_commit(root: Path, part_id: str) -> dict:
     for failure in commit["failures"]:
         if not isinstance(failure, dict) or any(k not in failure for k in ("id", "source", "error")):
             raise StoreDamageError(f"part {part_id}: {where}: malformed failure entry {failure!r}")
-    return commit
+    return commit, digest
 
 
-def commit_digest(commit: dict) -> str:
-    """sha256 of the canonical JSON of a commit record: what the index remembers of it."""
-    return hashlib.sha256(canonical_json(commit, "commit record").encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def read_commits(root: Path, names: list[str] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """({part_id: commit record}, {part_id: problem}) read from the parts' own records (no index)."""
-    commits, problems = {}, {}
+def read_commits(root: Path, names: list[str] | None = None) -> tuple[dict[str, dict], dict[str, str], dict]:
+    """({part_id: commit record}, {part_id: problem}, {part_id: record digest}) from the parts' own records."""
+    commits, problems, digests = {}, {}, {}
     for name in part_names(root) if names is None else names:
         try:
-            commits[name] = read_commit(root, name)
+            commits[name], digests[name] = read_commit_digest(root, name)
         except StoreError as e:
             problems[name] = str(e)
-    return commits, problems
+    return commits, problems, digests
 
 
 def id_hash(video_id: str) -> int:
@@ -179,9 +189,10 @@ def publish_labels(root: Path, labels: dict[str, int], staging: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ segments
-def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]) -> tuple[dict, dict]:
+def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int], digests: dict[str, str]
+                  ) -> tuple[dict, dict]:
     """Columns of one segment from commit records ({name: array or list of str}, summary attrs); `inodes`: each
-    part folder's inode when its record was read."""
+    part folder's inode when its record was read; `digests`: each record file's sha256."""
     part_ids = sorted(commits)
     rows = []  # (id, part row, offset, num_frames, label, fps, source)
     fails = []
@@ -213,7 +224,7 @@ def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict
         "disk_bytes": np.array([int(commits[p].get("disk_bytes", 0)) for p in part_ids], dtype=np.int64),
         "files": np.array([len(commits[p].get("files", {})) for p in part_ids], dtype=np.int64),
         "inode": np.array([inodes.get(p, 0) for p in part_ids], dtype=np.uint64),
-        "digest": [commit_digest(commits[p]) for p in part_ids],
+        "digest": [digests.get(p) or commits[p].get("_digest", "") for p in part_ids],
         "fail_id": [f[0] for f in fails],
         "fail_source": [f[1] for f in fails],
         "fail_error": [f[2] for f in fails],
@@ -240,8 +251,9 @@ class Segment:
     """Parts of this segment no longer in `parts/` as indexed (removed, or replaced under the same id)."""
 
     @classmethod
-    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]) -> Segment:
-        cols, attrs = build_columns(commits, labels, inodes)
+    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int],
+                     digests: dict[str, str]) -> Segment:
+        cols, attrs = build_columns(commits, labels, inodes, digests)
         return cls(cols, attrs)
 
     @classmethod
@@ -292,7 +304,8 @@ def write_segment(root: Path, cols: dict, attrs: dict) -> str:
     return name
 
 
-def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict[str, int], inodes: dict[str, int]):
+def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict[str, int], inodes: dict[str, int],
+                   digests: dict[str, str]):
     """Columns of one segment holding every live part of `segments`, plus the commit records `extra`."""
     commits: dict[str, dict] = {}
     # Rebuild pseudo commit records from the columns (no commit file is read again): only the indexed fields.
@@ -320,12 +333,10 @@ def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict
             rec["videos"].sort(key=lambda v: v["offset"])
             commits[rec["part_id"]] = rec
     commits.update(extra)
-    cols, attrs = build_columns(commits, labels, inodes)
+    cols, attrs = build_columns(commits, labels, inodes, digests)
     for p, pid in enumerate(cols["part_id"]):  # keep what the pseudo records cannot recompute
-        rec = commits[pid]
-        if "_digest" in rec:
-            cols["digest"][p] = rec["_digest"]
-            cols["files"][p] = rec["_files"]
+        if "_files" in commits[pid]:
+            cols["files"][p] = commits[pid]["_files"]
     return cols, attrs
 
 
@@ -369,10 +380,10 @@ def update_index(root: Path, force: bool = False) -> dict:
     labels_seq, labels = read_label_records(root)
     merge = force or view.gone or len(mapped) >= MAX_SEGMENTS or view.label_overrides or not mapped
     if merge:
-        cols, attrs = merge_segments(mapped, new, labels, view.inodes)
+        cols, attrs = merge_segments(mapped, new, labels, view.inodes, view.unindexed_digests)
         names = [write_segment(root, cols, attrs)]
     else:
-        cols, attrs = build_columns(new, labels, view.inodes)
+        cols, attrs = build_columns(new, labels, view.inodes, view.unindexed_digests)
         names = [s.name for s in mapped] + [write_segment(root, cols, attrs)]
     write_json_atomic(root / INDEX / META, group_meta({INDEX_KEY: {
         "format": FORMAT, "segments": names, "labels_seq": labels_seq, "time": now_iso()}}))
@@ -413,7 +424,7 @@ class IndexView:
         indexed = {p for s in self.segments for p in s.part_names if p not in s.dead}
         labels_seq = manifest.get("labels_seq", -1) if manifest is not None else -1
         last_seq, self.label_overrides = read_label_records(root, after=labels_seq)
-        commits, problems = read_commits(root, sorted(set(listing) - indexed))
+        commits, problems, self.unindexed_digests = read_commits(root, sorted(set(listing) - indexed))
         if problems and strict:
             first = next(iter(problems.values()))
             raise StoreDamageError(f"{first} (run `vivitcache verify {root}`; `vivitcache extract --repair` "
@@ -422,7 +433,7 @@ class IndexView:
         self.damaged_parts = set(problems)
         self.unindexed_commits = commits
         if commits:
-            self.segments.append(Segment.from_commits(commits, self.label_overrides, listing))
+            self.segments.append(Segment.from_commits(commits, self.label_overrides, listing, self.unindexed_digests))
         self.fresh = manifest is not None and not commits and not self.gone and not problems and \
             last_seq == labels_seq
         self._part_row = {}
@@ -430,9 +441,23 @@ class IndexView:
             for p, pid in enumerate(seg.part_names):
                 if pid not in seg.dead:
                     self._part_row.setdefault(pid, (seg, p))
-        self._simple = len(self.segments) <= 1 and not self.gone and \
-            all(s.attrs.get("duplicates", 0) == 0 for s in self.segments)
+        # Fast paths (counts and id lists straight from the columns) hold while no video is in two places.
+        self._simple = not self.gone and all(s.attrs.get("duplicates", 0) == 0 for s in self.segments) and \
+            not self._cross_duplicates()
         self._ids: list[str] | None = None
+
+    def _cross_duplicates(self) -> bool:
+        """Whether any id is in two segments: each smaller segment's hashes searched in every larger one
+        (vectorised, O(m log n)); equal hashes are confirmed on the ids."""
+        by_size = sorted(self.segments, key=lambda s: len(s.id_hash))
+        for i, small in enumerate(by_size):
+            for big in by_size[i + 1 :]:
+                pos = np.searchsorted(big.id_hash, small.id_hash)
+                hit = np.flatnonzero(big.id_hash[np.minimum(pos, len(big.id_hash) - 1)] == small.id_hash) \
+                    if len(big.id_hash) else []
+                if any(big.rows_of(small.id[int(small.hash_row[k])]) for k in hit):
+                    return True
+        return False
 
     # ---- lookup -------------------------------------------------------------------------------------------------
     def find(self, video_id: str) -> tuple[Segment, int] | None:
@@ -476,20 +501,21 @@ class IndexView:
     def ids(self) -> list[str]:
         """Committed video ids, sorted (by code point)."""
         if self._ids is None:
-            if self._simple:
-                self._ids = self.segments[0].id.tolist() if self.segments else []
+            if self._simple:  # sorted runs: timsort merges them in linear time
+                runs = [seg.id.tolist() for seg in self.segments]
+                self._ids = runs[0] if len(runs) == 1 else sorted(x for run in runs for x in run)
             else:
                 self._ids = [w[0] for w in self._winners()]
         return self._ids
 
     def __len__(self) -> int:
         if self._simple:
-            return int(self.segments[0].attrs["unique"]) if self.segments else 0
+            return sum(int(seg.attrs["unique"]) for seg in self.segments)
         return len(self.ids())
 
     def total_frames(self) -> int:
         if self._simple:
-            return int(np.asarray(self.segments[0].num_frames).sum()) if self.segments else 0
+            return sum(int(np.asarray(seg.num_frames).sum()) for seg in self.segments)
         return sum(int(seg.num_frames[row]) for _, seg, row in self._winners())
 
     def duplicates(self) -> list[tuple[str, str, str]]:
@@ -524,7 +550,9 @@ class IndexView:
     def labels(self) -> dict[str, int]:
         """{id: label} of every committed video (label records applied)."""
         if self._simple:
-            out = dict(zip(self.segments[0].id.tolist(), self.segments[0].label.tolist())) if self.segments else {}
+            out = {}
+            for seg in self.segments:
+                out.update(zip(seg.id.tolist(), seg.label.tolist()))
         else:
             out = {vid: int(seg.label[row]) for vid, seg, row in self._winners()}
         out.update((k, int(v)) for k, v in self.label_overrides.items() if k in out)

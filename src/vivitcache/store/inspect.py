@@ -3,15 +3,17 @@ the README table."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import zarr
 
-from vivitcache.store.index import commit_digest, index_state, open_index, part_names, read_commit
-from vivitcache.store.layout import BYTES_PER_VALUE, FRAME_TIMES, PARTS, TOKENS, StoreError, StoreLayout
+from vivitcache.store.index import index_state, open_index, part_names, read_commit_digest
+from vivitcache.store.layout import BYTES_PER_VALUE, FRAME_TIMES, META, PARTS, TOKENS, StoreError, StoreLayout, read_json
 from vivitcache.store.reader import TokenStore, check_part_files, read_root
 from vivitcache.store.writer import staging_dirs
 
@@ -85,8 +87,10 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
     frames); every file it lists exists with its recorded size (older records: every shard covering committed frames
     and the frame-times chunk exist; zarr would silently read a missing one as zeros / NaN); the arrays have the
     recorded shape; no video id is committed twice; the index agrees with the parts.
-    With `checksums`, every chunk is also read back (crc32c) and the tokens' sha256 compared with the record; parts
-    are checked in parallel threads (`workers`, default 2 per core: file reads and hashing release the GIL).
+    With `checksums`, every chunk is also read back (crc32c) and the tokens' sha256 compared with the record, in
+    `workers` processes (default: this process's cores). Processes, not threads: zarr decodes every read on one
+    event-loop thread per process, so threads do not add decode throughput. Spawned, not forked (zarr's loop thread
+    does not survive a fork).
     """
     path = Path(os.path.abspath(path))
     try:
@@ -98,13 +102,18 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
     problems: list[str] = []
     if not root["fingerprint"]:
         problems.append(f"{path}: empty fingerprint")
-    workers = workers or min(32, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda n: _check_part(path, n, layout, checksums), names))
-    commits, damaged = {}, set()
-    for name, (commit, found) in zip(names, results):
+    workers = workers or _cores()
+    check = functools.partial(_check_part, path, layout=layout, checksums=checksums)
+    if checksums and workers > 1 and len(names) > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(check, names, chunksize=max(1, len(names) // (8 * workers))))
+    else:  # metadata only: a few small reads per part; threads overlap the file system's latency
+        with ThreadPoolExecutor(max_workers=min(32, 4 * workers)) as pool:
+            results = list(pool.map(check, names))
+    commits, digests, damaged = {}, {}, set()
+    for name, (commit, digest, found) in zip(names, results):
         if commit is not None:
-            commits[name] = commit
+            commits[name], digests[name] = commit, digest
         if found:
             damaged.add(name)
             problems += found
@@ -123,7 +132,7 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
         if seg.name is None:
             continue
         for p, name in enumerate(seg.part_names):
-            if name in commits and seg.digest[p] != commit_digest(commits[name]):
+            if name in commits and name not in seg.dead and seg.digest[p] != digests[name]:
                 problems.append(f"part {name}: its commit record differs from the index (edited after indexing?)")
                 damaged.add(name)
     if damaged:
@@ -131,31 +140,43 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
     return problems, damaged
 
 
-def _check_part(root: Path, name: str, layout: StoreLayout, checksums: bool) -> tuple[dict | None, list[str]]:
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_part(root: Path, name: str, layout: StoreLayout, checksums: bool):
+    """(commit record or None, its digest, problems) of one part."""
     part = root / PARTS / name
     try:
-        commit = read_commit(root, name)
+        commit, digest = read_commit_digest(root, name)
     except StoreError as e:
-        return None, [str(e)]
+        return None, None, [str(e)]
     try:
         check_part_files(part, commit, layout)
     except StoreError as e:
-        return commit, [str(e)]
+        return commit, digest, [str(e)]
     frames = commit["frames"]
     where = f"part {name}: {part}"
+    want = {TOKENS: ([frames, layout.tokens_per_frame, layout.dim], layout.numpy_dtype), FRAME_TIMES: ([frames], None)}
+    for array, (shape, dtype) in want.items():  # the arrays' own metadata, read as JSON (cheap, no zarr objects)
+        try:
+            meta = read_json(part / array / META)
+            ok = meta.get("shape") == shape and (dtype is None or meta.get("data_type") == dtype)
+        except (StoreError, AttributeError) as e:
+            return commit, digest, [f"{where}/{array}: unreadable metadata ({e})"]
+        if not ok:
+            return commit, digest, [f"{where}/{array}: shape {meta.get('shape')} {meta.get('data_type')}, expected "
+                                    f"{shape} {dtype or ''}".rstrip()]
+    if not checksums:
+        return commit, digest, []
     try:
         tokens = zarr.open_array(store=str(part / TOKENS), mode="r")
         times = zarr.open_array(store=str(part / FRAME_TIMES), mode="r")
     except Exception as e:  # noqa: BLE001 — any zarr error means the array is unusable
-        return commit, [f"{where}: cannot open arrays ({type(e).__name__}: {e})"]
-    want = (frames, layout.tokens_per_frame, layout.dim)
-    if tokens.shape != want or str(tokens.dtype) != layout.numpy_dtype:
-        return commit, [f"{where}/{TOKENS}: shape {list(tokens.shape)} {tokens.dtype}, expected {list(want)} "
-                        f"{layout.numpy_dtype}"]
-    if times.shape != (frames,):
-        return commit, [f"{where}/{FRAME_TIMES}: shape {list(times.shape)}, expected [{frames}]"]
-    if not checksums:
-        return commit, []
+        return commit, digest, [f"{where}: cannot open arrays ({type(e).__name__}: {e})"]
     problems = []
     shard = (tokens.shards or tokens.chunks)[0]
     digests = []
@@ -164,7 +185,7 @@ def _check_part(root: Path, name: str, layout: StoreLayout, checksums: bool) -> 
             block = tokens[start : min(frames, start + shard)]
         except Exception as e:  # noqa: BLE001 — a crc32c or decode error: the shard is damaged
             key = tokens.metadata.encode_chunk_key((i, 0, 0))
-            return commit, [f"{where}/{TOKENS}/{key}: frames {start}.. unreadable ({type(e).__name__}: {e})"]
+            return commit, digest, [f"{where}/{TOKENS}/{key}: frames {start}.. unreadable ({type(e).__name__}: {e})"]
         digests.append(hashlib.sha256(block.tobytes()).digest())
     try:
         times[:]
@@ -172,4 +193,4 @@ def _check_part(root: Path, name: str, layout: StoreLayout, checksums: bool) -> 
         problems.append(f"{where}/{FRAME_TIMES}/c/0: unreadable ({type(e).__name__}: {e})")
     if hashlib.sha256(b"".join(digests)).hexdigest() != commit["tokens_sha256"]:
         problems.append(f"{where}/{TOKENS}: sha256 differs from the commit record (data changed after commit)")
-    return commit, problems
+    return commit, digest, problems

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from vivitcache.store.dtypes import decode_tokens
-from vivitcache.store.index import VIDEO_FIELDS, commit_digest, open_index, read_commit
+from vivitcache.store.index import VIDEO_FIELDS, open_index, read_commit, read_commit_digest
 from vivitcache.store.layout import (
     FRAME_TIMES,
     META,
@@ -168,9 +168,9 @@ class TokenStore:
         if where is None:
             raise StoreError(f"{self.path}: no committed part {part_id!r}")
         try:
-            commit = read_commit(self.path, part_id)
+            commit, digest = read_commit_digest(self.path, part_id)
             seg, p = where
-            if commit_digest(commit) != seg.digest[p]:
+            if digest != seg.digest[p]:
                 raise StoreDamageError(f"part {part_id}: {self.path / PARTS / part_id / META} changed after it was "
                                        "indexed (edited by hand?)")
             check_part_files(self.path / PARTS / part_id, commit, self.layout)
