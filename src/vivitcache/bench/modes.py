@@ -37,7 +37,7 @@ from vivitcache.data.annotations import load_annotations
 from vivitcache.data.clips import VideoClipDataset
 from vivitcache.data.transforms import Preprocess
 from vivitcache.hashing import state_dict_sha256
-from vivitcache.models.spatial import create_spatial
+from vivitcache.models.spatial import SpatialSpec
 from vivitcache.models.vivit import ViViT
 from vivitcache.runs import Stage1Run, load_stage1
 from vivitcache.train_temporal import TrainConfig, run_train
@@ -198,7 +198,9 @@ class FrozenSpatialViViT(ViViT):
 def _build_from_stage1(model_cls: type[ViViT], stage1: Stage1Run) -> ViViT:
     """The stage-1 run's whole ViViT (spatial included) as `model_cls`, with its weights."""
     m: ModelConfig = dataclasses.replace(stage1.model)
-    spatial = create_spatial(m.spatial, m.img_size, m.patch_size, m.spatial_depth)
+    # the one recipe every consumer of a stage-1 spatial model uses (built on meta, the run's weights assigned)
+    spec = SpatialSpec(m.spatial, m.img_size, m.patch_size, m.spatial_depth, checkpoint=str(stage1.path))
+    spatial = spec.build().requires_grad_(True)  # (a) trains it; (b) freezes it again
     model = model_cls(m, spatial, spatial.embed_dim)
     model.load_state_dict(stage1.state)
     return model
