@@ -291,3 +291,18 @@ def test_an_id_committed_twice_resolves_the_same_indexed_or_not(tmp_path, consol
     assert store.ids() == ["only-aaaa", "only-bbbb", "same"] and len(store) == 3
     assert store.location("same") == ("aaaa", 0, 3) and store.total_frames == 3 + 3 + 5
     assert store.duplicates == [("same", "aaaa", "bbbb")]
+
+
+def test_a_part_may_hold_thousands_of_videos(tmp_path):
+    layout = StoreLayout("pooled", 1, 8, "fp16", shard_frames=shard_frames_for(16, 64), chunk_frames=64)
+    writer = StoreWriter.create_or_open(tmp_path / "big.zarr", FINGERPRINT, layout, CLASSES)
+    with writer.part("big") as pw:
+        for i in range(3000):
+            pw.begin_video(f"v{i:05d}", i % 3, f"/v/{i}.mp4", 8.0)
+            pw.append(np.full((2, 1, 8), i % 7, np.float32), [0.0, 0.125])
+            pw.end_video()
+    writer.consolidate()
+    store = TokenStore.open(tmp_path / "big.zarr")
+    assert len(store) == 3000 and store.part_ids() == ["big"] and store.location("v02999") == ("big", 5998, 2)
+    assert (store.video("v01234") == 1234 % 7).all() and store.label("v01234") == 1234 % 3
+    assert store_info(tmp_path / "big.zarr")["part_files"] == 5  # record, 2 array records, 1 shard, 1 times chunk
