@@ -428,3 +428,93 @@ def test_ctrl_c_stops_a_two_worker_extraction_promptly_and_cleanly(tmp_path, syn
                                         batch_size=4, progress=False))
     assert summary["done"] + summary["skipped"] == 10 and summary["skipped"] >= 1
     assert len(TokenStore.open(store)) == 10 and verify_store(store) == []
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def tiny_store(path: Path, videos=8, frames=12) -> Path:
+    """A token store of `videos` random videos of `frames` frames, 2 classes, D=16 (no extraction needed)."""
+    from vivitcache.store import StoreLayout, StoreWriter, plan_parts
+
+    rng = np.random.default_rng(0)
+    writer = StoreWriter.create_or_open(path, {"model": "vit-ti", "weights_sha256": "0" * 64},
+                                        StoreLayout("cls", 1, 16, "fp16", shard_frames=32, chunk_frames=8),
+                                        ["a", "b"], {})
+    ids = [f"v{i:02d}" for i in range(videos)]
+    for part in plan_parts(ids, 4):
+        with writer.part(part.part_id) as pw:
+            for vid in part.ids:
+                pw.begin_video(vid, int(vid[1:]) % 2, f"{vid}.mp4", 25.0)
+                pw.append(rng.normal(size=(frames, 1, 16)).astype(np.float32), np.arange(frames) / 25.0)
+                pw.end_video()
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_store(tmp_path_factory) -> Path:
+    return tiny_store(tmp_path_factory.mktemp("cli") / "s.zarr")
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from vivitcache.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], terminal_width=400)
+
+
+TRAIN = ["train", "--frames", "4", "--epochs", "1", "--batch-size", "2", "--device", "cpu"]
+
+
+def one_error_line(result, code=2) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "--batch-size 0: must be at least 1"),
+    ("--accum-steps", "0", "--accum-steps 0: must be at least 1"),
+    ("--label-smoothing", "2", "--label-smoothing 2.0: must be in [0, 1)"),
+    ("--epochs", "0", "--epochs 0: must be at least 1"),
+    ("--epochs", "-1", "--epochs -1: must be at least 1"),
+    ("--frames", "100000", "--frames 100000: more than the longest training video"),
+])
+def test_bad_numeric_options_are_one_error_line(tmp_path, cli_store, option, value, message):
+    result = invoke(*TRAIN, "--store", cli_store, "--out", tmp_path / "run", option, value)
+    assert message in one_error_line(result)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_run_folder_lock_resume_auto_and_a_damaged_checkpoint(tmp_path, cli_store):
+    out = tmp_path / "run"
+    assert invoke(*TRAIN, "--store", cli_store, "--out", out, "--resume", "auto").exit_code == 0
+    assert "is not empty" in one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", out))
+    with RunLock.acquire(out):  # a second run into the same --out while one writes
+        assert "in use by another run" in one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", out,
+                                                                "--resume"))
+    assert invoke(*TRAIN, "--store", cli_store, "--out", out, "--overwrite").exit_code == 0
+    assert "unexpected argument 'sometimes'" in one_error_line(
+        invoke(*TRAIN, "--store", cli_store, "--out", out, "--resume", "sometimes"))
+
+    model = out / "checkpoint" / "model.safetensors"
+    model.write_bytes(b"\xff" * 8 + b"{not a header")  # a damaged checkpoint file: named, one line
+    line = one_error_line(invoke("eval", "--store", cli_store, "--checkpoint", out))
+    assert "model.safetensors: unreadable checkpoint file" in line
+
+
+def test_a_bug_keeps_its_traceback_and_bad_input_does_not(tmp_path, cli_store, monkeypatch):
+    import vivitcache.store as store
+
+    def buggy(path):
+        raise ValueError("an internal invariant broke")  # a bug, not bad input
+
+    monkeypatch.setattr(store, "store_info", buggy)
+    result = invoke("info", cli_store)
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "error:" not in result.output
+    monkeypatch.undo()
+    assert "token store" in one_error_line(invoke("info", tmp_path))
+    if not torch.cuda.is_available():
+        line = one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", tmp_path / "r", "--device", "cuda"))
+        assert "--device cuda: torch sees no CUDA device" in line

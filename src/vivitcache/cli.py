@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vivitcache.errors import UserError
 from vivitcache.progress import console
 
 app = typer.Typer(
@@ -65,30 +66,6 @@ class ReadMode(str, Enum):
     sequential = "sequential"
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input: printed as one line, exit status 2, no traceback."""
-    from vivitcache.data.annotations import AnnotationError
-    from vivitcache.errors import UserError
-    from vivitcache.data.decode import VideoDecodeError
-    from vivitcache.extract import ExtractFailures
-    from vivitcache.models.spatial import SpatialModelError
-    from vivitcache.store import FingerprintMismatchError, StoreError
-    from vivitcache.training.checkpoint import CheckpointError
-
-    return (
-        UserError,
-        AnnotationError,
-        VideoDecodeError,
-        SpatialModelError,
-        StoreError,
-        FingerprintMismatchError,
-        CheckpointError,
-        ExtractFailures,
-        FileNotFoundError,
-        ValueError,
-    )
-
-
 def user_errors(fn):
     """Turn a known bad-input exception into `error: <message>` on stderr and exit status 2."""
 
@@ -101,7 +78,7 @@ def user_errors(fn):
         except StoreDamageError as e:  # damage, not bad input: exit 1, like `verify`
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except _user_errors() as e:
+        except UserError as e:  # bad input, or a state to act on; anything else is a bug and keeps its traceback
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # Ctrl-C: what was committed (parts, checkpoints) is kept

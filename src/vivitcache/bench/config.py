@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from vivitcache.errors import ConfigError
+
 
 @dataclass
 class BenchConfig:
@@ -55,11 +57,11 @@ class BenchConfig:
     def __post_init__(self):
         for name in ("temporal_depth", "frames", "epochs", "batch_size", "accum_steps", "classes", "videos_per_class"):
             if getattr(self, name) < 1:
-                raise ValueError(f"bench: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"bench: {name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.accum_steps:
-            raise ValueError(f"bench: batch_size {self.batch_size} must divide by accum_steps {self.accum_steps}")
+            raise ConfigError(f"bench: batch_size {self.batch_size} must divide by accum_steps {self.accum_steps}")
         if self.threads < 0:
-            raise ValueError(f"bench: threads must be >= 0 (0: torch's default), got {self.threads}")
+            raise ConfigError(f"bench: threads must be >= 0 (0: torch's default), got {self.threads}")
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: Any) -> "BenchConfig":

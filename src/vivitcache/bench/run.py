@@ -24,6 +24,7 @@ from vivitcache.bench.modes import MODE_NAMES, MODES, ModeInputs, process_peak_r
 from vivitcache.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, RunConfig
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.synth import make_synth_dataset
+from vivitcache.errors import ConfigError
 from vivitcache.provenance import provenance
 
 GOALS = {"b/c": 30.0, "a/c": 100.0}
@@ -37,7 +38,7 @@ def bench_data(cfg: BenchConfig, out: Path) -> Path:
     if cfg.data is not None:
         path = Path(cfg.data).absolute()
         if not path.exists():
-            raise FileNotFoundError(f"bench: --data {cfg.data}: not found")
+            raise ConfigError(f"bench: --data {cfg.data}: not found")
         return path
     folder = out / "data"
     wanted = {"classes": cfg.classes, "videos_per_class": cfg.videos_per_class, "frames": cfg.video_frames,

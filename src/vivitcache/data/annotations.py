@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivitcache.errors import UserError
+from vivitcache.errors import ConfigError, UserError
 from vivitcache.splits import hashed_val_ids
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -94,7 +94,7 @@ def load_annotations(
     """Read annotations in any of the four formats (module docstring); AnnotationError when malformed."""
     data = Path(data).absolute()  # ids must not depend on the working directory
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not data.exists():
         raise AnnotationError(data, None, "annotations not found")
     class_list = _read_class_list(Path(labels)) if labels is not None else None

@@ -21,6 +21,7 @@ from vivitcache.data.annotations import VideoRecord
 from vivitcache.data.decode import frame_times, read_frames, sample_times
 from vivitcache.data.sampling import segment_indices, view_indices
 from vivitcache.data.transforms import Preprocess
+from vivitcache.errors import ConfigError
 
 
 class VideoClipDataset(Dataset):
@@ -41,9 +42,9 @@ class VideoClipDataset(Dataset):
         views: int = 1,
     ):
         if fps is not None and stride is not None:
-            raise ValueError("give fps or stride, not both")
+            raise ConfigError("give fps or stride, not both")
         if num_frames < 1 or views < 1:
-            raise ValueError(f"num_frames and views must be >= 1, got {num_frames}, {views}")
+            raise ConfigError(f"num_frames and views must be >= 1, got {num_frames}, {views}")
         self.records = list(records)
         self.num_frames = num_frames
         self.preprocess = preprocess

@@ -34,7 +34,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vivitcache.errors import UserError
+from vivitcache.errors import ConfigError, UserError
 
 # Times closer than this are equal: float rounding of pts × time_base must not push a frame past its target.
 # Far below any real time base resolution (1/90000 s).
@@ -220,11 +220,11 @@ class _KeepRule:
 
     def __init__(self, fps: float | None, stride: int | None):
         if fps is not None and stride is not None:
-            raise ValueError("give fps or stride, not both")
+            raise ConfigError("--fps and --stride: give one of them, not both")
         if fps is not None and not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be a positive number, got {fps}")
+            raise ConfigError(f"--fps {fps}: must be a positive number")
         if stride is not None and (int(stride) != stride or stride < 1):
-            raise ValueError(f"stride must be a positive integer, got {stride}")
+            raise ConfigError(f"--stride {stride}: must be a positive integer")
         self.fps, self.stride = fps, stride
         self.start: float | None = None  # time of the first frame
         self.next_target = 0  # k of the next target time k / fps

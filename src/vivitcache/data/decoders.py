@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from vivitcache.data.decode import Frame, VideoDecodeError, _resized_size, frame_times, iter_frames, sample_times
+from vivitcache.errors import ConfigError
 
 DECODERS = ("pyav", "torchcodec")
 
@@ -51,7 +52,7 @@ class TorchCodecDecoder:
             from torchcodec.transforms import Resize
         except (ImportError, RuntimeError, OSError) as e:  # RuntimeError/OSError: FFmpeg libraries not found
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"--decoder torchcodec: torchcodec cannot be loaded ({first}); pip install 'vivitcache[torchcodec]' "
                 "and the system's FFmpeg shared libraries (apt-get install ffmpeg)"
             ) from None
@@ -92,4 +93,4 @@ def get_decoder(name: str) -> Decoder:
         return PyAVDecoder()
     if name == "torchcodec":
         return TorchCodecDecoder()
-    raise ValueError(f"unknown decoder {name!r}: use one of {', '.join(DECODERS)}")
+    raise ConfigError(f"unknown decoder {name!r}: use one of {', '.join(DECODERS)}")

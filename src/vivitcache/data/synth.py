@@ -39,6 +39,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vivitcache.errors import ConfigError
+
 CLASS_NAMES: tuple[str, ...] = (
     "move_right",
     "move_left",
@@ -161,13 +163,13 @@ def make_synth_dataset(
     from vivitcache import __version__
 
     if not 1 <= classes <= len(CLASS_NAMES):
-        raise ValueError(f"classes must be in 1..{len(CLASS_NAMES)}, got {classes}")
+        raise ConfigError(f"classes must be in 1..{len(CLASS_NAMES)}, got {classes}")
     if videos_per_class < 1 or frames < 2:
-        raise ValueError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
+        raise ConfigError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
     if size < 16 or size % 2:
-        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
+        raise ConfigError(f"size must be even and >= 16 (yuv420p), got {size}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out = Path(out)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     n_val = round(val_fraction * videos_per_class)

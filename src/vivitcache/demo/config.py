@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from vivitcache.errors import ConfigError
+
 
 @dataclass
 class DemoConfig:
@@ -95,7 +97,7 @@ class DemoConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"demo: unknown setting(s) {unknown}")
+            raise ConfigError(f"demo: unknown setting(s) {unknown}")
         for name, value in overrides.items():
             if value is not None:
                 setattr(cfg, name, value)
@@ -109,18 +111,18 @@ class DemoConfig:
                     "videos_per_part", "stage2_frames", "stage2_epochs", "stage2_batch_size", "eval_views")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"demo: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"demo: {name} must be >= 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"demo: threads must be >= 1, got {self.threads}")
+            raise ConfigError(f"demo: threads must be >= 1, got {self.threads}")
         if self.extract_workers < 0:
-            raise ValueError(f"demo: extract_workers must be >= 0, got {self.extract_workers}")
+            raise ConfigError(f"demo: extract_workers must be >= 0, got {self.extract_workers}")
         if self.val_videos_per_class() < 1:
-            raise ValueError(f"demo: val_fraction {self.val_fraction} of {self.videos_per_class} videos per class "
+            raise ConfigError(f"demo: val_fraction {self.val_fraction} of {self.videos_per_class} videos per class "
                              "leaves no val video: both stages' accuracies need one")
         train = self.classes * (self.videos_per_class - self.val_videos_per_class())
         for name in ("stage1_batch_size", "stage2_batch_size"):
             if getattr(self, name) > train:
-                raise ValueError(f"demo: {name} {getattr(self, name)} is more than the {train} training videos "
+                raise ConfigError(f"demo: {name} {getattr(self, name)} is more than the {train} training videos "
                                  "(no full batch, no step)")
 
     def val_videos_per_class(self) -> int:

@@ -22,6 +22,7 @@ import torch
 
 from vivitcache.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, RunConfig
 from vivitcache.data.synth import make_synth_dataset
+from vivitcache.errors import UserError
 from vivitcache.demo.config import DemoConfig
 from vivitcache.demo.report import build_report, write_report
 from vivitcache.extract import ExtractConfig, run_extract
@@ -48,7 +49,7 @@ STEPS = (
 """(name, title) of the timed steps, in order."""
 
 
-class DemoOutputExistsError(FileExistsError, ValueError):
+class DemoOutputExistsError(UserError, FileExistsError, ValueError):
     """OUT already holds files: refused without `overwrite` (nothing may be lost), and refused even with it when
     some of them are not the demo's own outputs."""
 

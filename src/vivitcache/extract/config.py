@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from vivitcache.errors import UserError
 
-class ExtractConfigError(ValueError):
+
+class ExtractConfigError(UserError, ValueError):
     """Extraction settings that contradict each other or cannot be used (one line: which setting and why)."""
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vivitcache.data.annotations import VideoRecord, load_annotations
+from vivitcache.errors import UserError
 from vivitcache.extract import devices
 from vivitcache.extract.config import ExtractConfig
 from vivitcache.extract.pipeline import DeviceEncoder, PartSettings, Report, extract_videos
@@ -39,7 +40,7 @@ PROGRESS_TOPIC = "vivitcache-extract-progress"
 """Dask event topic on which workers report progress to the client."""
 
 
-class ExtractFailures(RuntimeError):
+class ExtractFailures(UserError, RuntimeError):
     """strict mode: some videos could not be extracted (they are in the store's failure ledger)."""
 
     def __init__(self, failures: list[dict], summary: dict):

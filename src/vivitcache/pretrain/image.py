@@ -31,6 +31,7 @@ from torch import nn
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.decode import probe_video, read_frames
 from vivitcache.data.transforms import Preprocess
+from vivitcache.errors import ConfigError
 from vivitcache.models.spatial import create_spatial
 from vivitcache.progress import make_progress
 from vivitcache.provenance import now_iso, provenance
@@ -85,14 +86,14 @@ def localisation_targets(frames: np.ndarray) -> np.ndarray:
 def run_image_pretrain(cfg: ImagePretrainConfig) -> dict:
     """Train, write `cfg.out` (safetensors) and its `.json` record; returns the record."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.frames_per_video < 2:
-        raise ValueError("image-pretrain: steps, batch size must be >= 1 and frames per video >= 2")
+        raise ConfigError("image-pretrain: steps, batch size must be >= 1 and frames per video >= 2")
     started = time.perf_counter()
     seed_everything(cfg.seed)
     spatial = create_spatial(cfg.model, cfg.img_size, cfg.patch_size, cfg.spatial_depth)
     preprocess = Preprocess.from_timm(spatial, cfg.img_size)
     records = load_annotations(cfg.data, seed=cfg.seed).split("train")
     if not records:
-        raise ValueError(f"{cfg.data}: no training videos")
+        raise ConfigError(f"{cfg.data}: no training videos")
 
     images, targets = [], []
     with make_progress(True) as progress:

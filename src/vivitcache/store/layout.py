@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vivitcache import jsonio
+from vivitcache.errors import UserError
 
 SCHEMA = 1
 """Version of this on-disk layout; a reader refuses a store with a newer schema."""
@@ -67,7 +68,7 @@ PART_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """Part ids become folder names: letters, digits, `_` and `-` only (no dots, no slashes), at most 64 characters."""
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A token store is missing, damaged, of another schema, or used wrongly (one line: path and cause)."""
 
 

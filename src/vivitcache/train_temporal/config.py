@@ -33,13 +33,13 @@ class AugmentConfig:
 
     def __post_init__(self):
         if not 0.0 < self.temporal_crop <= 1.0:
-            raise ValueError(f"temporal_crop={self.temporal_crop} must be in (0, 1]")
+            raise ConfigError(f"--temporal-crop {self.temporal_crop}: must be in (0, 1]")
         if not 0.0 <= self.frame_rate_jitter < 1.0:
-            raise ValueError(f"frame_rate_jitter={self.frame_rate_jitter} must be in [0, 1)")
+            raise ConfigError(f"--frame-rate-jitter {self.frame_rate_jitter}: must be in [0, 1)")
         if not 0.0 <= self.token_dropout < 1.0:
-            raise ValueError(f"token_dropout={self.token_dropout} must be in [0, 1)")
+            raise ConfigError(f"--token-dropout {self.token_dropout}: must be in [0, 1)")
         if self.token_dropout_mode not in DROPOUT_MODES:
-            raise ValueError(f"token_dropout_mode={self.token_dropout_mode!r}: use one of {', '.join(DROPOUT_MODES)}")
+            raise ConfigError(f"token_dropout_mode={self.token_dropout_mode!r}: use one of {', '.join(DROPOUT_MODES)}")
 
 
 @dataclass
@@ -103,12 +103,12 @@ class TrainConfig(Serialisable):
             self.init = None
         unknown = sorted(set(self.init_parts) - set(INIT_PARTS))
         if unknown:
-            raise ValueError(f"init_parts: unknown part(s) {unknown}: use any of {', '.join(INIT_PARTS)}")
+            raise ConfigError(f"--init-parts: unknown part(s) {unknown}: use any of {', '.join(INIT_PARTS)}")
         self.init_parts = [p for p in INIT_PARTS if p in self.init_parts]  # canonical order
         if self.frames < 1:
-            raise ValueError(f"frames={self.frames} must be at least 1")
+            raise ConfigError(f"--frames {self.frames}: must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.read not in READ_MODES:
             raise ConfigError(f"--read {self.read}: use one of {', '.join(READ_MODES)}")
         for name in ("shuffle_buffer", "read_streams"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from vivitcache.config import ModelConfig
+from vivitcache.errors import UserError
 from vivitcache.models.spatial import SpatialModelError, resolve_model_name
 from vivitcache.models.tokens import default_frame_token, token_info
 from vivitcache.models.vivit import ViViT, build_vivit
@@ -21,7 +22,7 @@ from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_d
 from vivitcache.train_temporal.config import TrainConfig
 
 
-class InitError(ValueError):
+class InitError(UserError, ValueError):
     """A stage-1 run that cannot initialise the stage-2 model asked for (other classes, other token width)."""
 
 

@@ -74,7 +74,7 @@ def split_videos(store: TokenStore, splits: str | None, video_root: str | None, 
     dataset = load_annotations(os.path.abspath(splits), root, None, val_fraction, seed)
     split_of = {r.id: r.split for r in dataset.records}
     if not any(v.id in split_of for v in videos):
-        raise ValueError(f"{splits}: none of its video ids is in store {store.path} (wrong file or --video-root? "
+        raise ConfigError(f"{splits}: none of its video ids is in store {store.path} (wrong file or --video-root? "
                          "without --splits, the annotations of the stage-1 run are used)")
     return [v for v in videos if split_of.get(v.id) == "train"], [v for v in videos if split_of.get(v.id) == "val"]
 
@@ -194,9 +194,9 @@ def _eval_videos(store: TokenStore, config: dict, split: str) -> tuple[list[Vide
     if split == "all":
         return labelled_videos(store), split
     if split not in ("train", "val"):
-        raise ValueError(f"split {split!r}: use auto, all, train or val")
+        raise ConfigError(f"split {split!r}: use auto, all, train or val")
     if not known:
-        raise ValueError(f"split {split!r} is only known for the store a stage-2 run split itself ({config.get('store')})")
+        raise ConfigError(f"split {split!r} is only known for the store a stage-2 run split itself ({config.get('store')})")
     train, val = split_videos(store, config["splits"], config["video_root"], config["val_fraction"],
                               config["split_seed"])
     return (train if split == "train" else val), split
@@ -262,7 +262,7 @@ def run_eval(
         raise FingerprintMismatchError(diff, f"store {token_store.path} was not extracted with the spatial model "
                                        f"of {checkpoint}", "checkpoint has", "store has")
     if list(config["classes"]) != list(token_store.classes):
-        raise ValueError(f"store {token_store.path} has other classes than {checkpoint} "
+        raise ConfigError(f"store {token_store.path} has other classes than {checkpoint} "
                          f"({len(token_store.classes)} vs {len(config['classes'])})")
     model = build_token_model(model_cfg, dim or token_store.layout.dim)
     model.load_state_dict(state)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vivitcache.errors import UserError
@@ -192,21 +193,35 @@ def checkpoint_path(run: str | Path) -> Path:
     return ckpt
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # missing, unreadable, hand-edited into invalid JSON
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from e
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as e:  # truncated, damaged header, not safetensors
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from e
+
+
 def load_config(run: str | Path) -> dict:
     """The config.json of a run's checkpoint."""
-    return json.loads((checkpoint_path(run) / "config.json").read_text())
+    return _read_json(checkpoint_path(run) / "config.json")
 
 
 def load_model_state(run: str | Path) -> dict[str, torch.Tensor]:
     """The model tensors of a run's checkpoint (no pickle involved)."""
-    return load_file(checkpoint_path(run) / "model.safetensors")
+    return _read_tensors(checkpoint_path(run) / "model.safetensors")
 
 
 def load_train_state(run: str | Path, optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Restore optimiser and RNG state from a run's checkpoint; returns the JSON train state."""
     ckpt = checkpoint_path(run)
-    state = json.loads((ckpt / "state.json").read_text())
-    tensors = load_file(ckpt / "train.safetensors")
+    state = _read_json(ckpt / "state.json")
+    tensors = _read_tensors(ckpt / "train.safetensors")
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
     set_rng_state(tensors, state["rng"])

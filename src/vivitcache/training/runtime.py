@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vivitcache.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -25,7 +27,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise ConfigError(f"--device {name}: torch sees no CUDA device (use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -39,7 +41,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    raise ValueError(f"unknown precision {precision!r}: use auto, bf16 or fp32")
+    raise ConfigError(f"--precision {precision}: use auto, bf16 or fp32")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
