@@ -39,7 +39,7 @@ from vivitcache.data.transforms import Preprocess
 from vivitcache.hashing import state_dict_sha256
 from vivitcache.models.spatial import SpatialSpec
 from vivitcache.models.vivit import ViViT
-from vivitcache.runs import Stage1Run, load_stage1
+from vivitcache.runs import RunRecord, Stage1Run, load_stage1
 from vivitcache.train_temporal import TrainConfig, run_train
 from vivitcache.training.checkpoint import load_model_state
 from vivitcache.training.loop import Task, call_model, fit
@@ -233,8 +233,9 @@ def _pixel_mode(inputs: ModeInputs, mode: str) -> dict:
         train_set=train_set,
         val_set=val_set,
         num_classes=len(dataset.classes),
-        config={"stage": f"bench-{mode}", "mode": mode, "bench": cfg.to_dict(), "init": inputs.init,
-                "data": inputs.data, "model": dataclasses.asdict(model.cfg), "classes": dataset.classes},
+        config=RunRecord(stage=f"bench-{mode}", model=model.cfg, classes=dataset.classes,
+                         settings={"mode": mode, "bench": cfg.to_dict(), "init": inputs.init, "data": inputs.data}
+                         ).to_json(),
         title=f"bench ({mode}) {MODE_NAMES[mode]}",
         frames_per_sample=cfg.frames,
         extra_summary={"val_videos": len(val_records)},

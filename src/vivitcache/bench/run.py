@@ -65,6 +65,7 @@ def make_init(cfg: BenchConfig, data: Path, classes: list[str], out: Path) -> Pa
     from vivitcache.data.transforms import Preprocess
     from vivitcache.hashing import state_dict_sha256
     from vivitcache.models.vivit import build_vivit
+    from vivitcache.runs import RunRecord, Stage1Made
     from vivitcache.training.checkpoint import save_checkpoint
     from vivitcache.training.runtime import seed_everything
 
@@ -76,9 +77,9 @@ def make_init(cfg: BenchConfig, data: Path, classes: list[str], out: Path) -> Pa
     seed_everything(cfg.seed)
     model = build_vivit(model_cfg)
     preprocess = Preprocess.from_timm(model.spatial, cfg.img_size)
-    config = {"stage": 1, **pretrain.to_dict(), "classes": classes, "preprocess": preprocess.to_dict(),
-              "initial_spatial_sha256": state_dict_sha256(model.spatial)}
-    save_checkpoint(out, model.state_dict(), {"config": config, "provenance": provenance()})
+    record = RunRecord(stage=1, model=model_cfg, classes=classes, settings=pretrain.to_dict(),
+                       stage1=Stage1Made(preprocess.to_dict(), state_dict_sha256(model.spatial)))
+    save_checkpoint(out, model.state_dict(), {"config": record.to_json(), "provenance": provenance()})
     return out
 
 

@@ -11,6 +11,7 @@ from vivitcache.data.clips import VideoClipDataset
 from vivitcache.data.transforms import Preprocess
 from vivitcache.hashing import state_dict_sha256
 from vivitcache.models.vivit import build_vivit
+from vivitcache.runs import RunRecord, Stage1Made
 from vivitcache.training.loop import Task, call_model, fit
 from vivitcache.training.runtime import seed_everything
 
@@ -33,20 +34,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         if val_records
         else None
     )
-    config = {
-        "stage": 1,
-        **cfg.to_dict(),
-        "classes": dataset.classes,
-        "preprocess": preprocess.to_dict(),
-        "initial_spatial_sha256": spatial_sha,
-    }
+    record = RunRecord(stage=1, model=cfg.model, classes=dataset.classes, settings=cfg.to_dict(),
+                       stage1=Stage1Made(preprocess=preprocess.to_dict(), initial_spatial_sha256=spatial_sha))
     task = Task(
         model=model,
         forward=call_model,
         train_set=train_set,
         val_set=val_set,
         num_classes=len(dataset.classes),
-        config=config,
+        config=record.to_json(),
         title="stage 1",
         frames_per_sample=cfg.model.num_frames,
         extra_summary={"frames": cfg.model.num_frames, "train_videos": len(train_set)},

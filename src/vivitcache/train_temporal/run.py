@@ -7,21 +7,20 @@ accumulation, autocast, DDP under torchrun (only rank 0 writes), checkpoints and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
-from vivitcache.config import ModelConfig, from_dict
 from vivitcache.errors import ConfigError
 from vivitcache.splits import hashed_val_ids
+from vivitcache.runs import RunRecord, Stage2Made
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
-from vivitcache.training.checkpoint import CheckpointError, checkpoint_path, load_config, load_model_state, write_json
+from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
 from vivitcache.training.loop import Task, call_model, evaluate, fit
 from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything
 
@@ -46,10 +45,10 @@ def split_source(cfg: TrainConfig) -> tuple[str | None, str | None, int]:
     (stage 2 then holds out exactly the videos stage 1 held out, split column or hashed split alike); else the
     hashed split under `split_seed`, the stage-1 run's seed, or `run.seed`.
     """
-    stage1 = load_config(cfg.init)["config"] if cfg.init is not None else {}
+    stage1 = RunRecord.load(cfg.init, 1).settings if cfg.init is not None else {}
     seed = cfg.split_seed
     if seed is None:
-        seed = int(stage1.get("run", {}).get("seed", cfg.run.seed)) if stage1 else cfg.run.seed
+        seed = int(stage1.get("run", {}).get("seed", cfg.run.seed))
     if cfg.splits is not None:
         return cfg.splits, cfg.video_root, seed
     data = stage1.get("data", {})
@@ -121,32 +120,24 @@ def run_train(cfg: TrainConfig) -> dict:
                          read_ahead=cfg.read_ahead, batch=micro)
         if val_videos else None
     )
-    config = {
-        "stage": 2,
-        **cfg.to_dict(),
-        # absolute paths: `eval` and `predict` may run from another folder
-        "store": str(store.path),
-        "val_store": str(val_store.path) if cfg.val_store else None,
-        "init": os.path.abspath(cfg.init) if cfg.init else None,
+    made2 = Stage2Made(
+        store=str(store.path), store_fingerprint=store.fingerprint, store_layout=store.layout.to_dict(),
+        spatial_sha256=made["spatial_sha256"], val_store=str(val_store.path) if cfg.val_store else None,
+        init=os.path.abspath(cfg.init) if cfg.init else None, init_parts=made["init_parts"],
+        init_frames=made.get("init_frames"),
         # the split as resolved (given, or the stage-1 run's annotations): what `eval` needs to find it again
-        "splits": os.path.abspath(splits) if splits else None,
-        "video_root": os.path.abspath(video_root) if video_root else None,
-        "split_seed": seed,
-        "model": dataclasses.asdict(model.cfg),  # the model as built (what `predict` and `eval` rebuild)
-        "classes": list(store.classes),
-        "store_fingerprint": store.fingerprint,
-        "store_layout": store.layout.to_dict(),
-        "init_parts": made["init_parts"],
-        "init_frames": made.get("init_frames"),
-        "spatial_sha256": made["spatial_sha256"],
-    }
+        splits=os.path.abspath(splits) if splits else None,
+        video_root=os.path.abspath(video_root) if video_root else None, split_seed=seed,
+    )
+    # the model as built (what `predict` and `eval` rebuild)
+    record = RunRecord(stage=2, model=model.cfg, classes=list(store.classes), settings=cfg.to_dict(), stage2=made2)
     task = Task(
         model=model,
         forward=call_model,
         train_set=train_set,
         val_set=val_set,
         num_classes=len(store.classes),
-        config=config,
+        config=record.to_json(),
         title=f"stage 2 ({cfg.frames} frames)",
         frames_per_sample=cfg.frames,
         extra_summary={
@@ -154,7 +145,7 @@ def run_train(cfg: TrainConfig) -> dict:
             "train_videos": len(train_videos),
             "val_videos": len(val_videos),
             "init": made["init"],
-            "split_from": "val_store" if cfg.val_store else (config["splits"] or f"hashed split, seed {seed}"),
+            "split_from": "val_store" if cfg.val_store else (made2.splits or f"hashed split, seed {seed}"),
             "in_memory": cfg.in_memory,
             "read": cfg.read,
         },
@@ -168,27 +159,22 @@ def run_train(cfg: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def _eval_model(config: dict, run) -> tuple[ModelConfig, dict, dict, int | None]:
-    """(model config, model tensors, expected store fingerprint, token width) of a stage-1 or stage-2 checkpoint."""
-    model_cfg = from_dict(ModelConfig, config["model"])
+def _eval_model(record: RunRecord, run) -> tuple[dict, dict, int | None]:
+    """(model tensors, expected store fingerprint, token width) of a stage-1 or stage-2 checkpoint."""
     state = load_model_state(run)
-    if config.get("stage") == 2:
-        expected = config["store_fingerprint"]
-    elif config.get("stage") == 1:  # a stage-1 model scored on tokens at its own clip length
-        from vivitcache.runs import load_stage1
+    if record.stage == 2:
+        return state, record.stage2.store_fingerprint, record.stage2.store_layout["dim"]
+    # a stage-1 model scored on tokens at its own clip length
+    from vivitcache.runs import load_stage1
 
-        expected = {"weights_sha256": load_stage1(run).spatial_sha256}
-        state = {k: v for k, v in state.items() if not k.startswith("spatial.")}
-    else:
-        raise CheckpointError(f"{run}: not a stage-1 or stage-2 run (stage={config.get('stage')})")
-    dim = (config.get("store_layout") or {}).get("dim")
-    return model_cfg, state, expected, dim
+    expected = {"weights_sha256": load_stage1(run).spatial_sha256}
+    return {k: v for k, v in state.items() if not k.startswith("spatial.")}, expected, None
 
 
-def _eval_videos(store: TokenStore, config: dict, split: str) -> tuple[list[VideoEntry], str]:
+def _eval_videos(store: TokenStore, record: RunRecord, split: str) -> tuple[list[VideoEntry], str]:
     """Which videos `run_eval` scores: `auto` is the run's own validation split on its training store, else all."""
-    same_store = config.get("store") and os.path.abspath(config["store"]) == str(store.path)
-    known = same_store and config.get("stage") == 2 and not config.get("val_store")
+    made = record.stage2
+    known = made is not None and os.path.abspath(made.store) == str(store.path) and not made.val_store
     if split == "auto":
         split = "val" if known else "all"
     if split == "all":
@@ -196,9 +182,9 @@ def _eval_videos(store: TokenStore, config: dict, split: str) -> tuple[list[Vide
     if split not in ("train", "val"):
         raise ConfigError(f"split {split!r}: use auto, all, train or val")
     if not known:
-        raise ConfigError(f"split {split!r} is only known for the store a stage-2 run split itself ({config.get('store')})")
-    train, val = split_videos(store, config["splits"], config["video_root"], config["val_fraction"],
-                              config["split_seed"])
+        trained_on = made.store if made is not None else None
+        raise ConfigError(f"split {split!r} is only known for the store a stage-2 run split itself ({trained_on})")
+    train, val = split_videos(store, made.splits, made.video_root, record.settings["val_fraction"], made.split_seed)
     return (train if split == "train" else val), split
 
 
@@ -253,30 +239,31 @@ def run_eval(
     else every labelled video), val, train, all. `frames`: clip length (default: the model's).
     """
     ckpt = checkpoint_path(checkpoint)
-    config = load_config(checkpoint)["config"]
-    model_cfg, state, expected, dim = _eval_model(config, checkpoint)
+    record = RunRecord.load(checkpoint, 1, 2)
+    model_cfg = record.model
+    state, expected, dim = _eval_model(record, checkpoint)
     token_store = TokenStore.open(store)
     diff = fingerprint_diff({k: expected[k] for k in ("model", "weights_sha256") if k in expected},
                             {k: token_store.fingerprint.get(k) for k in ("model", "weights_sha256") if k in expected})
     if diff:
         raise FingerprintMismatchError(diff, f"store {token_store.path} was not extracted with the spatial model "
                                        f"of {checkpoint}", "checkpoint has", "store has")
-    if list(config["classes"]) != list(token_store.classes):
+    if list(record.classes) != list(token_store.classes):
         raise ConfigError(f"store {token_store.path} has other classes than {checkpoint} "
-                         f"({len(token_store.classes)} vs {len(config['classes'])})")
+                         f"({len(token_store.classes)} vs {len(record.classes)})")
     model = build_token_model(model_cfg, dim or token_store.layout.dim)
     model.load_state_dict(state)
     T = frames or model_cfg.num_frames
     if T != model_cfg.num_frames:
         model.resize_frames(T)
-    videos, used_split = _eval_videos(token_store, config, split)
+    videos, used_split = _eval_videos(token_store, record, split)
     if not videos:
         raise StoreError(f"{token_store.path}: no labelled videos to evaluate (split {used_split})")
     features = _features(token_store.path, model_cfg.frame_token, in_memory, 512.0)
     dataset = TokenClipDataset(videos, features, T, train=False, views=views, read_ahead=32 if workers == 0 else 0)
     dev = resolve_device(device)
     model.to(dev)
-    result = evaluate(model, call_model, dataset, len(config["classes"]), dev, batch_size,
+    result = evaluate(model, call_model, dataset, len(record.classes), dev, batch_size,
                       autocast_dtype("auto", dev), None, workers)
     dataset.stop_read_ahead()
     out_dir = Path(out) if out is not None else ckpt.parent
@@ -288,11 +275,11 @@ def run_eval(
         "split": used_split,
         "store": str(token_store.path),
         "checkpoint": str(ckpt),
-        "classes": list(config["classes"]),
+        "classes": list(record.classes),
         "confusion": result["confusion"],
     }
     write_json(out_dir / "eval.json", report)
     top1 = 100 * result["val_top1"]
-    png = plot_confusion(result["confusion"], list(config["classes"]), out_dir / "eval_confusion.png",
+    png = plot_confusion(result["confusion"], list(record.classes), out_dir / "eval_confusion.png",
                          f"{Path(checkpoint).name}: top-1 {top1:.1f}% ({views} view{'s' * (views > 1)})")
     return {**report, "json": str(out_dir / "eval.json"), "png": str(png)}
