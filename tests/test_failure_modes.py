@@ -518,3 +518,29 @@ def test_a_bug_keeps_its_traceback_and_bad_input_does_not(tmp_path, cli_store, m
     if not torch.cuda.is_available():
         line = one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", tmp_path / "r", "--device", "cuda"))
         assert "--device cuda: torch sees no CUDA device" in line
+
+
+class _Payload:
+    """Pickled, it runs `touch <marker>` when unpickled by anything that runs pickle code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_what_already_held_still_holds_pickle_payloads_and_bad_headers(tmp_path, synth_dataset):
+    marker = tmp_path / "pwned"
+    for suffix in (".pth", ".bin", ".ckpt"):
+        evil = tmp_path / f"evil{suffix}"
+        torch.save({"state_dict": _Payload(marker)}, evil)
+        line = one_error_line(invoke("extract", "--data", synth_dataset / "labels.csv", "--store", tmp_path / "s.zarr",
+                                     "--model", "vit-ti", "--img-size", "32", "--patch-size", "8",
+                                     "--spatial-depth", "1", "--weights", evil, "--workers", "0"))
+        assert str(evil) in line and not marker.exists()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 8 + b"{not a header")
+    line = one_error_line(invoke("extract", "--data", synth_dataset / "labels.csv", "--store", tmp_path / "s.zarr",
+                                 "--model", "vit-ti", "--weights", bad, "--workers", "0"))
+    assert str(bad) in line
