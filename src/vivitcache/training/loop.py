@@ -267,7 +267,6 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
                     "step_in_epoch": s_in_ep,
                     "step": step,
                     "scheduler": scheduler.state_dict(),
-                    "sampler": {"seed": run.seed, "epoch": ep, "skip": s_in_ep * micro * optim.accum_steps},
                     "seconds": seconds_before + time.perf_counter() - t0,
                     "peak_memory_bytes": max(peak_before, mem.peak_bytes),
                     "metrics_lines": log.lines(),
@@ -280,6 +279,8 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
         bar = progress.add_task(task.title or "train", total=total_steps, completed=step, info="")
         while epoch < optim.epochs:
             model.train()
+            # the data order is a function of (seed, epoch) alone, so (epoch, step_in_epoch) of the checkpoint is the
+            # whole loader state: the samples already seen this epoch are skipped
             sampler.set_epoch(epoch, skip=step_in_epoch * micro * optim.accum_steps)
             if hasattr(task.train_set, "set_epoch"):
                 task.train_set.set_epoch(epoch)
