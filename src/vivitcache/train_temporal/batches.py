@@ -27,6 +27,7 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,10 @@ class StoreBatches:
     that needs more chunks than there are slots is served in several rounds).
     """
 
+    READ_THREADS = 8
+    """zarr reads in flight at once for the missing chunks of one batch (zarrs decodes without holding the GIL):
+    cold reads are bound by the storage's latency, not by a core."""
+
     def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
         self.store_path = Path(store_path)
         self.frame_token = frame_token
@@ -159,6 +164,8 @@ class StoreBatches:
         self._slab: np.ndarray | None = None  # [slots, chunk_frames, Din], allocated on the first random read
         self._where: OrderedDict[int, int] = OrderedDict()  # chunk key → slot, least recently used first
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
+        self._part_ids = self._store.part_ids()
+        self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
         self.hits = self.misses = 0
 
     def __getstate__(self):
@@ -182,7 +189,7 @@ class StoreBatches:
 
     def part(self, number: int) -> np.ndarray:
         """Features of a whole part, read now: [F_part, Din]."""
-        return read_part(self._store, self.rule, self._store.part_ids()[number])
+        return read_part(self._store, self.rule, self._part_ids[number])
 
     # ---- random access ------------------------------------------------------------------------------------------
     def _keys(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,11 +226,19 @@ class StoreBatches:
         """Decode chunks `keys` (sorted) into `slots`: one zarr read per run of consecutive chunks of a part."""
         cf = self.chunk_frames
         runs = np.split(np.arange(len(keys)), np.flatnonzero(np.diff(keys) != 1) + 1)
-        for run in runs:
+
+        def read(run: np.ndarray) -> np.ndarray:
             part, first = divmod(int(keys[run[0]]), 1 << 32)
-            arr = tokens_array(self._store, self._store.part_ids()[part])
+            arr = tokens_array(self._store, self._part_ids[part])
             start, stop = first * cf, min((first + len(run)) * cf, arr.shape[0])
-            feats = self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
+            return self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
+
+        if len(runs) > 1:
+            self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-read")
+            read_runs = self._pool.map(read, runs)
+        else:
+            read_runs = map(read, runs)
+        for run, feats in zip(runs, read_runs):
             for k, j in enumerate(run):
                 block = feats[k * cf : (k + 1) * cf]  # [<= cf, Din]; a short last chunk leaves its slot's tail unused
                 self._slab[slots[j], : len(block)] = block
