@@ -539,6 +539,9 @@ def test_what_already_held_still_holds_pickle_payloads_and_bad_headers(tmp_path,
                                      "--model", "vit-ti", "--img-size", "32", "--patch-size", "8",
                                      "--spatial-depth", "1", "--weights", evil, "--workers", "0"))
         assert str(evil) in line and not marker.exists()
+    line = one_error_line(invoke("extract", "--data", synth_dataset / "labels.csv", "--store", tmp_path / "s.zarr",
+                                 "--model", "vit-ti", "--batch-size", "0", "--workers", "0"))
+    assert "--batch-size '0': give a number >= 1 or auto" in line
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\xff" * 8 + b"{not a header")
     line = one_error_line(invoke("extract", "--data", synth_dataset / "labels.csv", "--store", tmp_path / "s.zarr",

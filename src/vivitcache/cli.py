@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vivitcache.errors import UserError
+from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
 
 app = typer.Typer(
@@ -110,8 +110,6 @@ def _resume(flag: bool, mode: str | None) -> bool | str:
     if mode is None:
         return flag
     if mode != "auto" or not flag:
-        from vivitcache.errors import ConfigError
-
         raise ConfigError(f"unexpected argument {mode!r} (the only value an option takes alone is `--resume auto`)")
     return "auto"
 
@@ -125,7 +123,7 @@ def _batch_size(value: str) -> int | None:
     if value == "auto":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--batch-size {value!r}: give a number >= 1 or auto")
+        raise ConfigError(f"--batch-size {value!r}: give a number >= 1 or auto")
     return int(value)
 
 
