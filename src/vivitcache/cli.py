@@ -12,6 +12,11 @@ import typer
 
 from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
+from vivitcache.config import PretrainConfig
+from vivitcache.train_temporal.config import TrainConfig
+
+# CLI defaults come from the stage configs, so a command and its config never disagree
+PRE, TRAIN = PretrainConfig(), TrainConfig()
 
 app = typer.Typer(
     name="vivitcache",
@@ -87,22 +92,6 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def optim_and_run(options: dict) -> dict:
-    """`optim=OptimConfig(...)`, `run=RunConfig(...)` from a command's options (its `locals()`): every option named
-    like a field of those configs fills it, so pretrain and train share one definition of the mapping."""
-    import dataclasses
-
-    from vivitcache.config import OptimConfig, RunConfig
-
-    def plain(value):
-        return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
-
-    def pick(cls):
-        return cls(**{f.name: plain(options[f.name]) for f in dataclasses.fields(cls) if f.name in options})
-
-    return {"optim": pick(OptimConfig), "run": pick(RunConfig)}
 
 
 def _resume(flag: bool, mode: str | None) -> bool | str:
@@ -218,35 +207,35 @@ def pretrain(
     spatial_depth: DepthOpt = None,
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = False,
-    frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = 8,
+    frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = PRE.model.num_frames,
     frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken.pooled,
     adapter: Annotated[Adapter, typer.Option(help="Adapter between spatial and temporal.")] = Adapter.mlp,
-    temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = 4,
+    temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = PRE.model.temporal_depth,
     temporal_dim: Annotated[Optional[int], typer.Option(help="Temporal width (default: frame feature width).")] = None,
     video_root: VideoRootOpt = None,
     labels: LabelsOpt = None,
     fps: FpsOpt = None,
     stride: StrideOpt = None,
-    epochs: EpochsOpt = 10,
-    batch_size: BatchOpt = 16,
-    lr: LrOpt = 1e-3,
-    weight_decay: WeightDecayOpt = 0.05,
-    warmup_epochs: WarmupOpt = 1.0,
-    label_smoothing: SmoothingOpt = 0.1,
-    spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = 1.0,
-    accum_steps: AccumOpt = 1,
+    epochs: EpochsOpt = PRE.optim.epochs,
+    batch_size: BatchOpt = PRE.optim.batch_size,
+    lr: LrOpt = PRE.optim.lr,
+    weight_decay: WeightDecayOpt = PRE.optim.weight_decay,
+    warmup_epochs: WarmupOpt = PRE.optim.warmup_epochs,
+    label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
+    spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
+    accum_steps: AccumOpt = PRE.optim.accum_steps,
     precision: PrecisionOpt = Precision.auto,
-    eval_views: ViewsOpt = 1,
-    workers: WorkersOpt = 0,
-    checkpoint_every: CheckpointEveryOpt = 0,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
+    eval_views: ViewsOpt = PRE.run.eval_views,
+    workers: WorkersOpt = PRE.run.workers,
+    checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
+    seed: SeedOpt = PRE.run.seed,
+    device: DeviceOpt = PRE.run.device,
     resume: ResumeOpt = False,
     resume_mode: ResumeModeArg = None,
     overwrite: OverwriteOpt = False,
 ):
     """Stage 1: train the whole ViViT end to end on short clips (spatial from --weights, temporal from scratch)."""
-    from vivitcache.config import DataConfig, ModelConfig, PretrainConfig
+    from vivitcache.config import DataConfig, ModelConfig, OptimConfig, RunConfig
     from vivitcache.pretrain import run_pretrain
 
     resume = _resume(resume, resume_mode)
@@ -258,7 +247,11 @@ def pretrain(
             temporal_depth=temporal_depth, temporal_dim=temporal_dim, num_frames=frames,
         ),
         data=DataConfig(data=data, video_root=video_root, labels=labels, fps=fps, stride=stride),
-        **optim_and_run(locals()),
+        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                          spatial_lr_scale=spatial_lr_scale, accum_steps=accum_steps, precision=precision.value),
+        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
+                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
     )
     summary = run_pretrain(cfg)
     _print_run_summary(out, summary)
@@ -378,42 +371,43 @@ def extract(
 def train(
     store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
     init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = "none",
-    frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = 32,
+    frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
     init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
-    epochs: EpochsOpt = 20,
-    batch_size: BatchOpt = 16,
-    lr: LrOpt = 1e-3,
-    weight_decay: WeightDecayOpt = 0.05,
-    warmup_epochs: WarmupOpt = 1.0,
-    label_smoothing: SmoothingOpt = 0.1,
-    accum_steps: AccumOpt = 1,
+    epochs: EpochsOpt = TRAIN.optim.epochs,
+    batch_size: BatchOpt = TRAIN.optim.batch_size,
+    lr: LrOpt = TRAIN.optim.lr,
+    weight_decay: WeightDecayOpt = TRAIN.optim.weight_decay,
+    warmup_epochs: WarmupOpt = TRAIN.optim.warmup_epochs,
+    label_smoothing: SmoothingOpt = TRAIN.optim.label_smoothing,
+    accum_steps: AccumOpt = TRAIN.optim.accum_steps,
     precision: PrecisionOpt = Precision.auto,
-    temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = 1.0,
-    frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = 0.0,
-    token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = 0.0,
+    temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
+    frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
+    token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
     in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
-    cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = 512.0,
-    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache) or sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems).")] = ReadMode.random,
-    shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = 512,
-    read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = 4,
+    cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = TRAIN.cache_mb,
+    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache) or sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems).")] = ReadMode(TRAIN.read),
+    shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = TRAIN.shuffle_buffer,
+    read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = TRAIN.read_streams,
     val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,
     splits: Annotated[Optional[str], typer.Option(help="Annotations whose train/val split to use.")] = None,
     video_root: VideoRootOpt = None,
-    eval_views: ViewsOpt = 1,
-    workers: WorkersOpt = 0,
-    checkpoint_every: CheckpointEveryOpt = 0,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
+    eval_views: ViewsOpt = TRAIN.run.eval_views,
+    workers: WorkersOpt = TRAIN.run.workers,
+    checkpoint_every: CheckpointEveryOpt = TRAIN.run.checkpoint_every,
+    seed: SeedOpt = TRAIN.run.seed,
+    device: DeviceOpt = TRAIN.run.device,
     resume: ResumeOpt = False,
     resume_mode: ResumeModeArg = None,
     overwrite: OverwriteOpt = False,
 ):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
-    from vivitcache.train_temporal import AugmentConfig, TrainConfig, run_train
+    from vivitcache.config import OptimConfig, RunConfig
+    from vivitcache.train_temporal import AugmentConfig, run_train
 
     resume = _resume(resume, resume_mode)
     cfg = TrainConfig(
@@ -423,7 +417,11 @@ def train(
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
-        **optim_and_run(locals()),
+        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, accum_steps=accum_steps,
+                          precision=precision.value),
+        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
+                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
     )
     summary = run_train(cfg)
     _print_run_summary(out, summary)

@@ -1,22 +1,30 @@
 """Stage 2: adapter + temporal transformer + head trained on cached per-frame tokens (`vivitcache train`/`eval`).
 
 Never imports `vivitcache.extract` and never decodes a pixel: the token store is its only input.
+
+The names below load on first use (PEP 562), so the CLI reads `TrainConfig`'s defaults without importing torch.
 """
 
-from vivitcache.train_temporal.config import INIT_PARTS, AugmentConfig, TrainConfig
-from vivitcache.train_temporal.init import InitError, build_stage2_model, build_token_model, check_store_matches_stage1
-from vivitcache.train_temporal.run import hashed_split, run_eval, run_train, split_videos
+import importlib
 
-__all__ = [
-    "INIT_PARTS",
-    "AugmentConfig",
-    "InitError",
-    "TrainConfig",
-    "build_stage2_model",
-    "build_token_model",
-    "check_store_matches_stage1",
-    "hashed_split",
-    "run_eval",
-    "run_train",
-    "split_videos",
-]
+_WHERE = {
+    "INIT_PARTS": "config",
+    "AugmentConfig": "config",
+    "TrainConfig": "config",
+    "InitError": "init",
+    "build_stage2_model": "init",
+    "build_token_model": "init",
+    "check_store_matches_stage1": "init",
+    "hashed_split": "run",
+    "run_eval": "run",
+    "run_train": "run",
+    "split_videos": "run",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -93,8 +93,8 @@ class TrainConfig(Serialisable):
     them, so --workers must divide it. The order depends on it and on the number of ranks, not on --workers."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Token-space augmentation of training clips."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    """Optimiser settings."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20))
+    """Optimiser settings (stage 2 defaults to 20 epochs: an epoch on tokens is cheap)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run folder, seed, device, workers, eval views, checkpointing, resume."""
 
