@@ -547,3 +547,9 @@ def test_what_already_held_still_holds_pickle_payloads_and_bad_headers(tmp_path,
     line = one_error_line(invoke("extract", "--data", synth_dataset / "labels.csv", "--store", tmp_path / "s.zarr",
                                  "--model", "vit-ti", "--weights", bad, "--workers", "0"))
     assert str(bad) in line
+
+
+def test_an_unwritable_out_is_one_named_error(tmp_path):
+    (tmp_path / "a_file").write_text("")  # --out inside a file: cannot be created, whoever runs it
+    with pytest.raises(RunFolderError, match="a_file/run: cannot write the run folder \\(Not a directory\\)"):
+        fit(task(), OPTIM, run(tmp_path / "a_file" / "run"))

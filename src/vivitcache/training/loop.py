@@ -203,13 +203,7 @@ def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
     out = Path(run.out)
     lock = None
     if dist.is_main:  # only rank 0 writes; the others follow its decision after the barrier
-        out.mkdir(parents=True, exist_ok=True)
-        lock = run_folder.RunLock.acquire(out)
-        try:
-            notes = run_folder.prepare(out, run.resume, run.overwrite, lock)
-        except BaseException:
-            lock.release()
-            raise
+        lock, notes = run_folder.open_run_folder(out, run.resume, run.overwrite)
         for note in notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
     dist.barrier()

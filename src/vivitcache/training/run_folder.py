@@ -197,3 +197,19 @@ def prepare(folder: str | Path, resume: bool | str, overwrite: bool, lock: RunLo
                              "replaces a run's own files; choose another --out")
     _remove_run_files(folder)
     return notes
+
+
+def open_run_folder(folder: str | Path, resume: bool | str, overwrite: bool) -> tuple[RunLock, list[str]]:
+    """Create `folder` if needed, take its lock and `prepare` it: (the lock, to release when the run ends; notes).
+    A folder that cannot be created or written (permissions, read-only file system) is a RunFolderError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(folder)
+    except OSError as e:
+        raise RunFolderError(f"{folder}: cannot write the run folder ({e.strerror or e})") from e
+    try:
+        return lock, prepare(folder, resume, overwrite, lock)
+    except BaseException:
+        lock.release()
+        raise
