@@ -307,6 +307,9 @@ def test_extract_ledgers_a_fifo_and_a_symlink_loop_and_finishes(tmp_path, make_v
     assert "a FIFO (named pipe), not a file" in failures["x"]
     assert "symlink loop" in failures["loop"]
     assert done[0]["done"] == 1
+    from vivitcache.data.decode import ORIENTATION
+
+    assert TokenStore.open(tmp_path / "s.zarr").fingerprint["orientation"] == ORIENTATION  # older stores refuse
 
 
 def encode_oriented(path: Path, rotation: int | None, size=(48, 32), frames=3) -> Path:
@@ -362,6 +365,20 @@ def test_a_rotated_video_is_decoded_as_players_show_it(tmp_path):
                               "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
         ffmpeg_frame = np.frombuffer(raw, dtype=np.uint8).reshape(48, 32, 3)
         assert np.abs(ffmpeg_frame.astype(int) - frames[0].image.astype(int)).max() <= 4  # conversions differ a bit
+
+
+def test_pyav_and_torchcodec_agree_on_a_rotated_video(tmp_path):
+    from vivitcache.data.decoders import get_decoder
+
+    try:
+        torchcodec = get_decoder("torchcodec")
+    except ValueError:
+        pytest.skip("torchcodec (or FFmpeg's shared libraries) missing")
+    path = encode_oriented(tmp_path / "rotated.mp4", -90)
+    a, b = list(get_decoder("pyav").frames(path, None, None, None, "bilinear")), list(torchcodec.frames(path, None, None, None, "bilinear"))
+    assert [f.rotation for f in a] == [f.rotation for f in b] == [-90] * 3
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(fa.image, fb.image)
 
 
 @pytest.mark.parametrize("rotation", [90, 180])

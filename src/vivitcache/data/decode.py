@@ -36,6 +36,10 @@ import numpy as np
 
 from vivitcache.errors import ConfigError, UserError
 
+ORIENTATION = "display-matrix"
+"""How decoded frames are oriented, a store fingerprint key: the display matrix applied as FFmpeg's players apply it.
+Stores made before (no key) hold rotated videos as coded; a resume with this rule refuses them."""
+
 # Times closer than this are equal: float rounding of pts × time_base must not push a frame past its target.
 # Far below any real time base resolution (1/90000 s).
 _TIME_EPS = 1e-6

@@ -7,7 +7,8 @@ yields the kept frames (`decode.Frame`, uint8 [h, w, 3] with the short side resi
   `VideoDecoder.get_frames_at` with its `Resize` transform, which is always bilinear + antialias. Pixels therefore
   differ from PyAV's bicubic within resize tolerance; frames, timestamps and sampling are the same.
 
-Both raise `VideoDecodeError` for every video they cannot read.
+Both raise `VideoDecodeError` for every video they cannot read, and both give frames as displayed (the display
+matrix applied, as FFmpeg's players do: `decode.iter_frames` by hand, torchcodec by itself).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class TorchCodecDecoder:
         times = frame_times(path)  # [n] s, demux only; VideoDecodeError for missing/empty/non-video files
         keep = sample_times(times, fps=fps, stride=stride)  # [k] source indices
         try:
-            probe = self._video_decoder(str(path), seek_mode="approximate")
+            probe = self._video_decoder(str(path), seek_mode="approximate")  # width, height, rotation as displayed
+            rotation = int(round(probe.metadata.rotation or 0))  # torchcodec applies it, as FFmpeg's players do
             w, h = _resized_size(probe.metadata.width, probe.metadata.height, resize_short)
             transforms = None if resize_short is None else [self._resize((h, w))]
             decoder = self._video_decoder(str(path), dimension_order="NHWC", num_ffmpeg_threads=0,
@@ -78,7 +80,7 @@ class TorchCodecDecoder:
                 raise VideoDecodeError(path, f"decoding failed after {done} frames ({_first_line(e)})") from e
             images, pts = batch.data.numpy(), batch.pts_seconds.tolist()
             for j, source_index in enumerate(indices):
-                yield Frame(start + j, source_index, float(pts[j]), images[j])
+                yield Frame(start + j, source_index, float(pts[j]), images[j], rotation)
             done += len(indices)
 
 

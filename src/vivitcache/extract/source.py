@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vivitcache.data.decode import ORIENTATION
 from vivitcache.data.transforms import Preprocess
 from vivitcache.extract.config import ExtractConfig, ExtractConfigError
 from vivitcache.hashing import state_dict_sha256
@@ -68,6 +69,7 @@ def build_fingerprint(
         "weights_sha256": weights_sha256,
         "preprocess": preprocess.to_dict(),
         "sampling": {"fps": None if fps is None else float(fps), "stride": None if stride is None else int(stride)},
+        "orientation": ORIENTATION,  # rotated videos are decoded as displayed
         "tokens": tokens,
         "dtype": dtype,
         "schema": SCHEMA,
