@@ -29,7 +29,7 @@ from vivitcache.train_temporal import TrainConfig
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches, codec_pipeline, tokens_array
 from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch, resolve_read
 from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
 from vivitcache.train_temporal.sequential import plan_epoch
 from vivitcache.training.checkpoint import load_model_state
@@ -302,6 +302,17 @@ def test_sequential_training_resumes_after_kill_9_bitwise(store, tmp_path):
     rows = lambda name: [{k: v for k, v in json.loads(x).items() if k not in ("clips_per_s", "frames_per_s")}  # noqa: E731
                          for x in (tmp_path / name / "metrics.jsonl").open()]
     assert rows("straight") == rows("killed")
+
+
+def test_read_auto_keeps_random_reads_only_where_the_cache_holds_the_store():
+    mib = 2**20
+    assert resolve_read("auto", False, 0, 4, 100 * mib, 512 * mib) == "random"  # epochs 2+ come from the cache
+    assert resolve_read("auto", False, 0, 4, 600 * mib, 512 * mib) == "sequential"  # re-read every epoch
+    assert resolve_read("auto", False, 4, 4, 100 * mib, 512 * mib) == "sequential"  # workers restart: caches empty
+    assert resolve_read("auto", False, 3, 4, 600 * mib, 512 * mib) == "random"  # 3 workers cannot share 4 streams
+    assert resolve_read("auto", True, 4, 4, 600 * mib, 512 * mib) == "random"  # in memory: order only
+    assert resolve_read("sequential", True, 0, 4, 1, 2) == "sequential"  # as asked
+    assert TrainConfig(store="s").read == "auto"
 
 
 def test_read_options_are_checked():

@@ -67,6 +67,7 @@ class Precision(str, Enum):
 
 
 class ReadMode(str, Enum):
+    auto = "auto"
     random = "random"
     sequential = "sequential"
 
@@ -390,7 +391,7 @@ def train(
     token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
     in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
     cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = TRAIN.cache_mb,
-    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache) or sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems).")] = ReadMode(TRAIN.read),
+    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache), sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems), or auto: random when the store's features fit --cache-mb and --workers is 0, else sequential.")] = ReadMode(TRAIN.read),
     shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = TRAIN.shuffle_buffer,
     read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = TRAIN.read_streams,
     val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,

@@ -15,7 +15,7 @@ INIT_PARTS = ("adapter", "temporal", "head")
 """The parts of a stage-1 run that stage 2 can start from (the spatial ViT never runs in stage 2)."""
 
 DROPOUT_MODES = ("zero", "neighbour")
-READ_MODES = ("random", "sequential")
+READ_MODES = ("auto", "random", "sequential")
 
 
 @dataclass
@@ -81,10 +81,11 @@ class TrainConfig(Serialisable):
     """Streaming: bound of the LRU cache of decoded chunks (frame features), in MiB per process."""
     read_ahead: int = 32
     """Streaming without DataLoader workers: a background thread warms the cache this many clips ahead (0: off)."""
-    read: str = "random"
-    """Training order and I/O: `random` (clips in a seeded random order, chunks through the cache) or `sequential`
+    read: str = "auto"
+    """Training order and I/O: `random` (clips in a seeded random order, chunks through the cache), `sequential`
     (parts in a seeded order, each read whole, clips drawn from shuffle buffers across parts; for cluster
-    filesystems). See `train_temporal/sequential.py`."""
+    filesystems; see `train_temporal/sequential.py`), or `auto`: random when the features fit the chunk cache of a
+    loader that keeps it, else sequential (`train_temporal.dataset.resolve_read`)."""
     shuffle_buffer: int = 512
     """`--read sequential`: videos waiting in the shuffle buffers of one rank (all its streams); memory per rank is
     about this many clips [T, Din] plus one part's per stream."""

@@ -8,7 +8,7 @@ store) and are cast on the device. `dataset[i]` is the per-clip reference path (
 A training clip depends only on (seed, epoch, index), so DataLoader workers, DDP ranks and a resumed run all draw
 the same clip for the same sample, whichever reader reads it.
 
-Sample order: `read="random"` leaves it to `fit`'s `ResumableSampler` (a seeded permutation); `read="sequential"`
+Sample order (`resolve_read` picks one for `--read auto`): `read="random"` leaves it to `fit`'s `ResumableSampler` (a seeded permutation); `read="sequential"`
 gives the sampler the order of `sequential.plan_epoch` (parts in a seeded order, shuffle buffers across parts),
 and a streamed reader then reads each part whole (`sequential.SequentialClips`). In memory, both orders read the
 same array.
@@ -45,6 +45,19 @@ class VideoEntry:
     """Frames stored for it."""
     label: int
     """Class index."""
+
+
+def resolve_read(read: str, in_memory: bool, workers: int, streams: int, feature_bytes: int, cache_bytes: int) -> str:
+    """`--read auto` made concrete, from BENCHMARKS.md ("Stage-2 loader"): `random` in memory, and when the
+    features (`feature_bytes`) fit the chunk cache of a loader that keeps it between epochs (no DataLoader workers:
+    `fit` starts them afresh every epoch, with empty caches), since every epoch after the first is then served from
+    memory; otherwise `sequential`, which reads the store once per epoch in whole parts instead of chunk by chunk
+    (about 2x the random reader's cold rate here). Random too when `workers` does not divide `streams`."""
+    if read != "auto":
+        return read
+    if in_memory or (workers == 0 and feature_bytes <= cache_bytes) or (workers > 0 and streams % workers):
+        return "random"
+    return "sequential"
 
 
 def collate_batch(batch):

@@ -17,7 +17,7 @@ from vivitcache.splits import hashed_val_ids
 from vivitcache.runs import RunRecord, Stage2Made
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
@@ -111,9 +111,13 @@ def run_train(cfg: TrainConfig) -> dict:
     features = _features(store.path, frame_token, cfg.in_memory, cfg.cache_mb)
     val_features = features if val_store is store else _features(val_store.path, frame_token, cfg.in_memory, cfg.cache_mb)
     micro = max(1, cfg.optim.batch_size // (int(os.environ.get("WORLD_SIZE", "1")) * cfg.optim.accum_steps))
+    cached = train_videos + (val_videos if val_store is store else [])  # what the chunk cache would have to hold
+    feature_bytes = sum(v.num_frames for v in cached) * features.rule.dim * np.dtype(features.rule.dtype).itemsize
+    read = resolve_read(cfg.read, cfg.in_memory, cfg.run.workers, cfg.read_streams, feature_bytes,
+                        int(cfg.cache_mb * 2**20))
     train_set = TokenClipDataset(
         train_videos, features, cfg.frames, train=True, seed=cfg.run.seed, augment=cfg.augment, read_ahead=cfg.read_ahead,
-        read=cfg.read, batch=micro, streams=cfg.read_streams, shuffle_buffer=cfg.shuffle_buffer,
+        read=read, batch=micro, streams=cfg.read_streams, shuffle_buffer=cfg.shuffle_buffer,
     )
     val_set = (
         TokenClipDataset(val_videos, val_features, cfg.frames, train=False, views=cfg.run.eval_views,
@@ -147,7 +151,7 @@ def run_train(cfg: TrainConfig) -> dict:
             "init": made["init"],
             "split_from": "val_store" if cfg.val_store else (made2.splits or f"hashed split, seed {seed}"),
             "in_memory": cfg.in_memory,
-            "read": cfg.read,
+            "read": read,
         },
     )
     try:
