@@ -248,3 +248,26 @@ def test_stage1_on_a_pretrained_backbone_and_extract_from_it_keep_its_preprocess
     vid = store.ids()[0]
     np.testing.assert_allclose(store.video(vid).astype(np.float32)[:, 0], reference_tokens(spatial.eval(), store, vid),
                                rtol=1e-2, atol=2e-2)
+
+
+def test_extract_from_a_run_stores_the_frame_token_that_run_reads(tmp_path, make_video):
+    """No --tokens: the store holds what `train --init RUN` will read (here cls+mean), not the pooled default."""
+    from dataclasses import asdict
+
+    from vivitcache.config import ModelConfig
+    from vivitcache.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    spatial = create_spatial("vit-ti", 32, 8, 1)
+    model_cfg = ModelConfig(spatial="vit-ti", img_size=32, patch_size=8, spatial_depth=1, num_classes=2,
+                            frame_token="cls+mean")
+    config = {"stage": 1, "model": asdict(model_cfg), "data": {"fps": None, "stride": None}, "classes": ["a", "b"],
+              "preprocess": Preprocess.from_timm(spatial).to_dict()}
+    save_checkpoint(tmp_path / "run", {f"spatial.{k}": v for k, v in spatial.state_dict().items()}, {"config": config})
+    video = make_video(tmp_path / "v.mp4", frames=6, size=(32, 32))
+    (tmp_path / "labels.csv").write_text(f"path,label\n{video},a\n")
+    run_extract(ExtractConfig(data=str(tmp_path / "labels.csv"), store=str(tmp_path / "s.zarr"),
+                              checkpoint=str(tmp_path / "run"), workers=0, progress=False))
+    store = TokenStore.open(tmp_path / "s.zarr")
+    assert store.layout.tokens == "cls+mean" and store.fingerprint["tokens"] == "cls+mean"
+    assert store.layout.tokens_per_frame == 2

@@ -42,8 +42,9 @@ class ExtractConfig:
     """Keep source frames at this rate (timestamp based, VFR safe); None = the checkpoint's sampling or every frame."""
     stride: int | None = None
     """Keep every K-th source frame (exclusive with `fps`); None = the checkpoint's sampling or every frame."""
-    tokens: str = "pooled"
-    """Tokens stored per frame: `pooled` (the model's own image embedding), `cls`, either + mean patch token, or `all`."""
+    tokens: str | None = None
+    """Tokens stored per frame: `pooled` (the model's own image embedding), `cls`, either + mean patch token, or `all`;
+    None: the frame token of `checkpoint` (what `train --init` of that run reads), else `pooled`."""
     dtype: str = "fp16"
     """Stored dtype: `fp16`, or `bf16` (for models whose tokens overflow fp16)."""
     batch_size: int | None = None
@@ -115,7 +116,7 @@ class ExtractConfig:
             bad(f"--fps must be > 0, got {self.fps}")
         if self.stride is not None and self.stride < 1:
             bad(f"--stride must be >= 1, got {self.stride}")
-        if self.tokens not in TOKEN_KINDS:
+        if self.tokens is not None and self.tokens not in TOKEN_KINDS:
             bad(f"--tokens {self.tokens!r}: use one of {', '.join(TOKEN_KINDS)}")
         if self.dtype not in DTYPES:
             bad(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")

@@ -104,15 +104,16 @@ def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
         checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
     )
     model = spec.build()
-    check_token_kind(model, cfg.tokens)
+    tokens = cfg.tokens or (run.model.frame_token if run is not None else "pooled")
+    check_token_kind(model, tokens)
     sha = state_dict_sha256(model)
     if run is not None and sha != run.spatial_sha256:
         raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")
     spec = SpatialSpec(**{**spec.__dict__, "weights_sha256": sha})
     preprocess = Preprocess.from_dict(run.preprocess) if run is not None else Preprocess.from_timm(model, img_size)
-    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, cfg.tokens, cfg.dtype)
+    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype)
     layout = StoreLayout(
-        tokens=cfg.tokens, tokens_per_frame=tokens_per_frame(model, cfg.tokens), dim=int(model.embed_dim),
+        tokens=tokens, tokens_per_frame=tokens_per_frame(model, tokens), dim=int(model.embed_dim),
         dtype=cfg.dtype, shard_frames=cfg.shard_frames, chunk_frames=cfg.chunk_frames_for_layout(),
         compression=cfg.compression,
     )
