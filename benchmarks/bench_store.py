@@ -25,18 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from vivitcache.store import StoreLayout, StoreWriter, TokenStore, plan_parts, store_info, verify_store
+from vivitcache.store import StoreLayout, StoreWriter, plan_parts, store_info, verify_store
 
 FINGERPRINT = {"model": "bench", "weights_sha256": "0" * 64, "sampling": {"fps": 8.0}}
 CLASSES = [f"class{c:03d}" for c in range(400)]
 
 CHILD = r"""
 import json, os, sys, time, resource
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mb(kind="VmRSS"):  # VmRSS = RssAnon (private) + RssFile (mapped index pages, shared between processes)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(kind + ":")) / 1024
 from vivitcache.store import TokenStore
-before = rss_mb()
+before, before_anon = rss_mb(), rss_mb("RssAnon")
 t = time.perf_counter()
 store = TokenStore.open(sys.argv[1])
 n = len(store)
@@ -47,12 +47,13 @@ t = time.perf_counter()
 for i in ids:
     store.location(i)
 lookup_us = (time.perf_counter() - t) / len(ids) * 1e6
-after_lookups = rss_mb()
+after_lookups, after_lookups_anon = rss_mb(), rss_mb("RssAnon")
 t = time.perf_counter()
 all_ids = store.ids()
 ids_s = time.perf_counter() - t
 print(json.dumps({"open_s": open_s, "videos": n, "rss_open_mb": after_open - before,
-                  "rss_after_lookups_mb": after_lookups - before, "lookup_us": lookup_us, "ids_s": ids_s,
+                  "rss_after_lookups_mb": after_lookups - before,
+                  "private_rss_after_lookups_mb": after_lookups_anon - before_anon, "lookup_us": lookup_us, "ids_s": ids_s,
                   "rss_after_ids_mb": rss_mb() - before}))
 """
 

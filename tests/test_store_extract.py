@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from test_extract import TINY, assert_same_store, synth_rows, tiny_cfg, write_cs
 from test_store_scale import _damage
 from vivitcache.cli import app
 from vivitcache.extract import run_extract
-from vivitcache.store import StoreDamageError, StoreError, TokenStore, verify_store
+from vivitcache.store import StoreDamageError, TokenStore, verify_store
 
 runner = CliRunner()
 

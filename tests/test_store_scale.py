@@ -17,7 +17,6 @@ import pytest
 from test_store import CLASSES, FINGERPRINT, LENGTHS, build_store, make_layout, write_part
 from vivitcache.store import (
     StoreDamageError,
-    StoreError,
     StoreLayout,
     StoreWriter,
     TokenStore,
@@ -26,7 +25,6 @@ from vivitcache.store import (
     store_info,
     verify_store,
 )
-from vivitcache.store.claims import Claim
 from vivitcache.store.index import MAX_SEGMENTS, index_state, open_index, publish_labels
 from vivitcache.store.plan import extend_plan, read_plan
 

@@ -50,7 +50,6 @@ from vivitcache.store.layout import (
     group_meta,
     new_token,
     read_group_attrs,
-    read_json,
     write_json_atomic,
 )
 
@@ -584,9 +583,5 @@ def open_index(root: Path, strict: bool = True) -> IndexView:
     return IndexView(Path(root), strict=strict)
 
 
-def index_segments_exist(root: Path) -> bool:
-    return read_manifest(root) is not None
-
-
 __all__ = ["IndexView", "StoreDamageError", "index_state", "open_index", "part_names", "publish_labels", "read_commit",
-           "read_commits", "read_json", "update_index"]
+           "read_commits", "update_index"]
