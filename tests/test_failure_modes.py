@@ -570,3 +570,14 @@ def test_an_unwritable_out_is_one_named_error(tmp_path):
     (tmp_path / "a_file").write_text("")  # --out inside a file: cannot be created, whoever runs it
     with pytest.raises(RunFolderError, match="a_file/run: cannot write the run folder \\(Not a directory\\)"):
         fit(task(), OPTIM, run(tmp_path / "a_file" / "run"))
+
+
+def test_a_class_folder_lists_broken_entries_so_they_are_ledgered(tmp_path, make_video):
+    from vivitcache.data.annotations import load_annotations
+
+    make_video(tmp_path / "data" / "a" / "good.mp4", frames=2)
+    os.symlink("loop.mp4", tmp_path / "data" / "a" / "loop.mp4")
+    (tmp_path / "data" / "b").mkdir()
+    os.mkfifo(tmp_path / "data" / "b" / "x.mp4")
+    (tmp_path / "data" / "b" / "clip.mp4").mkdir()  # a folder named like a video is not one
+    assert [r.id for r in load_annotations(tmp_path / "data").records] == ["a/good", "a/loop", "b/x"]

@@ -1,6 +1,7 @@
 """Video annotations: which video files there are, their class and their split, from four formats (auto-detected):
 
-1. a folder with one sub-folder per class holding video files (.mp4 .avi .mkv .webm .mov, searched recursively);
+1. a folder with one sub-folder per class holding video files (.mp4 .avi .mkv .webm .mov, searched recursively;
+   broken symlinks and FIFOs with those names are listed too, so `extract` ledgers them instead of skipping them);
    when it has `train/` and `val/` (or `validation/`) sub-folders that each hold class folders, those give the
    split (a `test/` one too), else a deterministic split (`val_fraction` of each class, chosen by hashing ids);
 2. a CSV `path,label[,split]` (header optional; relative paths are relative to `video_root` if given, else to the
@@ -141,7 +142,9 @@ def _relative_id(path: Path, base: Path) -> str:
 
 # folder -------------------------------------------------------------------------------------------
 def _is_video(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+    """A video entry of a class folder: any non-hidden name with a video extension that is not a folder, so a
+    broken symlink, a symlink loop or a FIFO is listed too, and extraction ledgers it as what it is."""
+    return p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and not p.is_dir()
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
