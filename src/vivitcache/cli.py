@@ -522,8 +522,8 @@ def verify(
     from vivitcache.store import verify_store
 
     problems = verify_store(store, quick=quick)
-    for p in problems:
-        console.print(f"[red]problem:[/] {p}", highlight=False)
+    for p in problems:  # the last line, if any damage, says how to repair it
+        console.print(p if p.startswith("repair:") else f"[red]problem:[/] {p}", highlight=False)
     if problems:
         raise typer.Exit(1)
     console.print(f"{store}: OK")
