@@ -69,10 +69,14 @@ def store_info(path) -> dict:
         "staging_dirs": staging_dirs(store.path),
         "damaged_parts": store.problems,
         "duplicate_ids": [d[0] for d in store.duplicates],
-        "index": index_state(store.path),
+        "index": _index_note(index_state(store.path)),
         "created": store.created,
         "provenance": store.provenance,
     }
+
+
+def _index_note(state: str) -> str:
+    return "old (written before the columnar index: run `vivitcache index STORE`)" if state == "old" else state
 
 
 def verify_store(path, checksums: bool = True, quick: bool = False, workers: int | None = None) -> list[str]:
