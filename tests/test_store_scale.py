@@ -304,3 +304,14 @@ def test_a_part_may_hold_thousands_of_videos(tmp_path):
     assert len(store) == 3000 and store.part_ids() == ["big"] and store.location("v02999") == ("big", 5998, 2)
     assert (store.video("v01234") == 1234 % 7).all() and store.label("v01234") == 1234 % 3
     assert store_info(tmp_path / "big.zarr")["part_files"] == 5  # record, 2 array records, 1 shard, 1 times chunk
+
+
+def test_verify_names_the_repair_command_of_the_run_that_made_the_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    argv = ["/venv/bin/vivitcache", "extract", "--data", "my labels.csv", "--store", str(path), "--model", "vit-b"]
+    writer = StoreWriter.create_or_open(path, FINGERPRINT, make_layout(), CLASSES, {"argv": argv})
+    write_part(writer, plan_parts(["v00", "v01"], 2)[0])
+    (part,) = TokenStore.open(path).part_ids()
+    _damage(path, part, "deleted shard")
+    hint = verify_store(path, quick=True)[-1]
+    assert f"vivitcache extract --data 'my labels.csv' --store {path} --model vit-b --repair" in hint

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import shlex
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,6 +76,16 @@ def store_info(path) -> dict:
     }
 
 
+def _repair_hint(path: Path, root: dict) -> str:
+    """The repair command: the store's first `vivitcache extract` command line (from its provenance) + --repair."""
+    argv = (root.get("provenance") or {}).get("argv") or []
+    if len(argv) > 1 and argv[1] == "extract" and Path(str(argv[0])).name in ("vivitcache", "__main__.py"):
+        command = shlex.join(["vivitcache", *[str(a) for a in argv[1:] if a != "--repair"], "--repair"])
+        return (f"repair: `{command}` (the command that made this store, plus --repair) moves the damaged parts aside "
+                "and re-extracts exactly their videos")
+    return REPAIR.format(path=path)
+
+
 def _index_note(state: str) -> str:
     return "old (written before the columnar index: run `vivitcache index STORE`)" if state == "old" else state
 
@@ -141,7 +152,7 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
                 problems.append(f"part {name}: its commit record differs from the index (edited after indexing?)")
                 damaged.add(name)
     if damaged:
-        problems.append(REPAIR.format(path=path))
+        problems.append(_repair_hint(path, root))
     return problems, damaged
 
 
