@@ -196,3 +196,26 @@ def test_disk_full_during_extract_is_one_error_line(tmp_path, synth_dataset, mon
     assert lines[-1].startswith("error:") and "disk full" in lines[-1] and "Traceback" not in result.output
     assert sum(line.startswith("error:") for line in lines) == 1
     assert not [p for p in (tmp_path / "s.zarr" / "staging").iterdir() if p.is_dir()]  # nothing half-written
+
+
+def test_a_finished_store_on_a_read_only_file_system_serves_extract_verify_info(tmp_path, extracted):
+    import subprocess as sp
+
+    cfg, root = extracted
+    store, mount = tmp_path / "s.zarr", tmp_path / "ro.zarr"
+    shutil.copytree(root / "good.zarr", store)
+    run_extract(replace(cfg, store=str(store)))  # finished: index fresh
+    mount.mkdir()
+    if sp.run(["mount", "--bind", str(store), str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("needs bind mounts (root): the file-level test above covers the same rule")
+    try:
+        if sp.run(["mount", "-o", "remount,bind,ro", str(mount)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        with pytest.raises(OSError):
+            (mount / "probe").write_text("x")
+        summary = run_extract(replace(cfg, store=str(mount)))
+        assert summary["done"] == 0 and summary["skipped"] == 8
+        assert verify_store(mount) == [] and runner.invoke(app, ["info", str(mount)]).exit_code == 0
+        assert_same_store(mount, root / "good.zarr")
+    finally:
+        sp.run(["umount", str(mount)], capture_output=True)
