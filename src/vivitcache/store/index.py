@@ -17,6 +17,9 @@ them as one new segment (or, past `MAX_SEGMENTS` or when parts were removed, mer
 from the columns, without reading commit records again). `open_index` maps the segments, lists `parts/` once, and
 reads the commit records of the few parts published since (an in-memory segment), so an index is never wrong, only
 slower when stale. Lookup by id: binary search of the id's 64-bit hash (`np.searchsorted`), then the id compared.
+A part folder is known by its inode (free with each directory entry), so a part re-published under the same id
+(`extract --repair`) is re-read; where a file system reuses inode numbers, the reader's check of the record's sha256
+still refuses the old rows loudly, and `vivitcache index STORE` rebuilds.
 
 Labels are data about a video, not its tokens: a re-run whose annotations give another label publishes a label
 record `labels/<seq>/zarr.json` (`publish_labels`); later records win, and the index applies them.
