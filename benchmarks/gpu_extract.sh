@@ -39,10 +39,10 @@ if [ "$DEVICE" = cuda ]; then
   # ViT-B/16: every row (decode-only per decoder, model-only eager/compiled, extract 1 GPU / all, PyAV /
   # torchcodec, compiled). 64 copies of the 132-frame 720p clip: 8,448 frames, parts of 2 videos so every GPU
   # has parts.
-  run 200 vitb --device cuda --models vit_base_patch16_224 --copies 64 --videos-per-part 2
+  run 200 vitb --device cuda --models vit-b --copies 64 --videos-per-part 2
   # ViT-g/14 (~1B parameters): model-only eager/compiled, then extract on 1 GPU and on all (each worker builds
   # the model on its CPU first: about a minute).
-  run $(( $(left) - 5 )) vitg --device cuda --models vit_giant_patch14_224 --copies 16 --videos-per-part 1 \
+  run $(( $(left) - 5 )) vitg --device cuda --models vit-g --copies 16 --videos-per-part 1 \
     --extract-rows 1gpu-pyav,all-pyav,all-torchcodec
 else
   run 300 cpu --device cpu --models vit-ti --img-size 32 --copies 2 --videos-per-part 1 --batch-size 16

@@ -332,7 +332,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
         decode_threads=cfg.decode_threads or devices.default_decode_threads(len(devices.usable_cpus()),
                                                                             placement.gpus is not None),
         prefetch_frames=cfg.prefetch_frames,
-        torch_threads=cfg.torch_threads,  # None: torch's default in-process; the slot's on Dask
+        # None: in-process, 1 thread beside a GPU (idle OpenMP threads spin and take the decoders' cores: 0.84x ->
+        # 0.97x of decode-only in bench_extract's null-model row), torch's default on a CPU; on Dask the slot's
+        torch_threads=cfg.torch_threads or (1 if placement.on_gpu else None),
         decoder=cfg.decoder,
     )
     slots = placement.slots(len(parts), cfg.decode_threads, cfg.torch_threads)
