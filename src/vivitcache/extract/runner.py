@@ -333,7 +333,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
                                                                             placement.gpus is not None),
         prefetch_frames=cfg.prefetch_frames,
         # None: in-process, 1 thread beside a GPU (idle OpenMP threads spin and take the decoders' cores: 0.84x ->
-        # 0.97x of decode-only in bench_extract's null-model row), torch's default on a CPU; on Dask the slot's
+        # 1.01x of decode-only in bench_extract's null-model row), torch's default on a CPU; on Dask the slot's
         torch_threads=cfg.torch_threads or (1 if placement.on_gpu else None),
         decoder=cfg.decoder,
     )
