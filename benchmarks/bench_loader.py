@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from vivitcache.provenance import provenance
-from vivitcache.store import StoreLayout, StoreWriter, TokenStore, plan_parts
+from vivitcache.store import StoreLayout, StoreWriter, TokenStore
+from vivitcache.store.writer import plan_parts
 from vivitcache.store.writer import shard_frames_for
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.clips import clip_keys, train_clips

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vivitcache.store import StoreLayout, StoreWriter, plan_parts, store_info, verify_store
+from vivitcache.store import StoreLayout, StoreWriter, store_info, verify_store
+from vivitcache.store.writer import plan_parts
 
 FINGERPRINT = {"model": "bench", "weights_sha256": "0" * 64, "sampling": {"fps": 8.0}}
 CLASSES = [f"class{c:03d}" for c in range(400)]

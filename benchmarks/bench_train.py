@@ -27,7 +27,8 @@ import numpy as np
 
 def make_store(path: Path, videos: int, frames: int, dim: int, model: str, depth: int, classes: int, seed: int) -> Path:
     """A token store of random CLS tokens (fp16, shards of 256 frames, chunks of 64 as `extract` makes for cls)."""
-    from vivitcache.store import StoreLayout, StoreWriter, plan_parts
+    from vivitcache.store import StoreLayout, StoreWriter
+    from vivitcache.store.writer import plan_parts
 
     if (path / "zarr.json").exists():
         return path

@@ -450,7 +450,8 @@ def test_ctrl_c_stops_a_two_worker_extraction_promptly_and_cleanly(tmp_path, syn
 # ------------------------------------------------------------------------------------------------ the CLI
 def tiny_store(path: Path, videos=8, frames=12) -> Path:
     """A token store of `videos` random videos of `frames` frames, 2 classes, D=16 (no extraction needed)."""
-    from vivitcache.store import StoreLayout, StoreWriter, plan_parts
+    from vivitcache.store import StoreLayout, StoreWriter
+    from vivitcache.store.writer import plan_parts
 
     rng = np.random.default_rng(0)
     writer = StoreWriter.create_or_open(path, {"model": "vit-ti", "weights_sha256": "0" * 64},

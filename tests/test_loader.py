@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from vivitcache.config import ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.sampling import view_indices
-from vivitcache.store import StoreLayout, StoreWriter, TokenStore, plan_parts
+from vivitcache.store import StoreLayout, StoreWriter, TokenStore
+from vivitcache.store.writer import plan_parts
 from vivitcache.store.layout import StoreDamageError
 from vivitcache.train_temporal import TrainConfig
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches, codec_pipeline, tokens_array

@@ -26,15 +26,12 @@ from vivitcache.store import (
     StoreLayout,
     StoreWriter,
     TokenStore,
-    bytes_per_frame,
-    check_fingerprint,
-    estimate_store_bytes,
-    fingerprint_diff,
-    format_bytes,
-    plan_parts,
     store_info,
     verify_store,
 )
+from vivitcache.store.fingerprint import check_fingerprint, fingerprint_diff
+from vivitcache.store.inspect import bytes_per_frame, estimate_store_bytes, format_bytes
+from vivitcache.store.writer import plan_parts
 from vivitcache.store.dtypes import bf16_bits_to_float32, float32_to_bf16_bits
 from vivitcache.store.layout import host_name
 
@@ -289,7 +286,8 @@ SLOW_WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_store as t
-from vivitcache.store import StoreWriter, plan_parts
+from vivitcache.store import StoreWriter
+from vivitcache.store.writer import plan_parts
 writer = StoreWriter.create_or_open({path!r}, t.FINGERPRINT, t.make_layout(), t.CLASSES)
 for part in plan_parts(list(t.LENGTHS), 3):
     t.write_part(writer, part, delay=0.2)

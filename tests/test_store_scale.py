@@ -15,16 +15,8 @@ import numpy as np
 import pytest
 
 from test_store import CLASSES, FINGERPRINT, LENGTHS, build_store, make_layout, write_part
-from vivitcache.store import (
-    StoreDamageError,
-    StoreLayout,
-    StoreWriter,
-    TokenStore,
-    plan_parts,
-    shard_frames_for,
-    store_info,
-    verify_store,
-)
+from vivitcache.store import StoreDamageError, StoreLayout, StoreWriter, TokenStore, store_info, verify_store
+from vivitcache.store.writer import plan_parts, shard_frames_for
 from vivitcache.store.index import MAX_SEGMENTS, index_state, open_index, publish_labels
 from vivitcache.store.plan import extend_plan, read_plan
 

@@ -28,7 +28,8 @@ from vivitcache.data.sampling import view_indices
 from vivitcache.models import frame_features
 from vivitcache.models.vivit import ViViT
 from vivitcache.runs import load_stage1
-from vivitcache.store import FingerprintMismatchError, StoreLayout, StoreWriter, TokenStore, plan_parts
+from vivitcache.store import FingerprintMismatchError, StoreLayout, StoreWriter, TokenStore
+from vivitcache.store.writer import plan_parts
 from vivitcache.train_temporal import InitError, TrainConfig, build_stage2_model, run_eval, run_train
 from vivitcache.train_temporal.clips import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig

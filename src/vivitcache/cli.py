@@ -12,6 +12,7 @@ import typer
 
 from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
+from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
 from vivitcache.config import PretrainConfig
 from vivitcache.train_temporal.config import TrainConfig
 
@@ -29,29 +30,17 @@ app = typer.Typer(
 )
 
 
-class Tokens(str, Enum):
-    pooled = "pooled"
-    cls = "cls"
-    pooled_mean = "pooled+mean"
-    cls_mean = "cls+mean"
-    all = "all"
+# choices from the store's own lists of token kinds and dtypes (store/layout.py)
+Tokens = Enum("Tokens", {kind: kind for kind in TOKEN_KINDS}, type=str)
+FrameToken = Enum("FrameToken", {kind: kind for kind in FRAME_TOKENS}, type=str)
 
 
-class Dtype(str, Enum):
-    fp16 = "fp16"
-    bf16 = "bf16"
+Dtype = Enum("Dtype", {dtype: dtype for dtype in DTYPES}, type=str)
 
 
 class Decoder(str, Enum):
     pyav = "pyav"
     torchcodec = "torchcodec"
-
-
-class FrameToken(str, Enum):
-    pooled = "pooled"
-    cls = "cls"
-    pooled_mean = "pooled+mean"
-    cls_mean = "cls+mean"
 
 
 class Adapter(str, Enum):
@@ -209,7 +198,7 @@ def pretrain(
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = False,
     frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = PRE.model.num_frames,
-    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken.pooled,
+    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken(PRE.model.frame_token),
     adapter: Annotated[Adapter, typer.Option(help="Adapter between spatial and temporal.")] = Adapter.mlp,
     temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = PRE.model.temporal_depth,
     temporal_dim: Annotated[Optional[int], typer.Option(help="Temporal width (default: frame feature width).")] = None,

@@ -22,7 +22,8 @@ from vivitcache.errors import ConfigError
 from vivitcache.models.spatial import SpatialSpec
 from vivitcache.models.tokens import frame_features, frame_tokens, token_info
 from vivitcache.runs import RunRecord
-from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
+from vivitcache.store import FingerprintMismatchError, TokenStore
+from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.store.dtypes import decode_tokens, encode_tokens
 from vivitcache.train_temporal.init import build_token_model
 from vivitcache.training.checkpoint import CheckpointError, load_model_state

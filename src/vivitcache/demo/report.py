@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vivitcache.demo.config import DemoConfig
 from vivitcache.provenance import provenance
-from vivitcache.store import format_bytes
+from vivitcache.store.inspect import format_bytes
 from vivitcache.training.checkpoint import write_json
 
 STAGE_KEYS = ("frames", "val_top1", "val_top5", "val_loss", "epochs", "steps", "seconds", "peak_memory_bytes",

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vivitcache.data.annotations import VideoRecord
-from vivitcache.store import StoreLayout, StoreWriter, find_damage, shard_frames_for
+from vivitcache.store import StoreLayout, StoreWriter
+from vivitcache.store.inspect import find_damage
+from vivitcache.store.writer import shard_frames_for
 from vivitcache.store.index import open_index, publish_labels, read_commit
 from vivitcache.store.layout import PARTS, STAGING, StoreError
 from vivitcache.store.plan import extend_plan, read_plan, record_parts

@@ -22,10 +22,7 @@ from torch import nn
 
 from vivitcache.errors import UserError
 
-from vivitcache.store.layout import TOKEN_KINDS, TOKENS_PER_KIND
-
-FRAME_TOKENS = ("pooled", "cls", "pooled+mean", "cls+mean")
-"""Per-frame features a temporal model can take (every stored kind but `all`)."""
+from vivitcache.store.layout import FRAME_TOKENS, TOKEN_KINDS, TOKENS_PER_KIND
 
 
 class TokenKindError(UserError, ValueError):

@@ -2,38 +2,30 @@
 
 It stores arrays and metadata and knows nothing about models or video decoding. See `layout.py` for the on-disk
 layout and `writer.py` for the commit protocol that makes it safe under many concurrent writers.
+
+The public API is what this package exports: the reader (`TokenStore`), the writer (`StoreWriter`, `PartWriter`),
+the layout (`StoreLayout`), the errors, and `store_info` / `verify_store`. Everything else is internal and imported
+from its module. The names load on first use (PEP 562), so `store.layout` (token kinds, layout) is cheap to import.
 """
 
-from vivitcache.store.fingerprint import FingerprintMismatchError, check_fingerprint, fingerprint_diff
-from vivitcache.store.inspect import (
-    bytes_per_frame,
-    estimate_store_bytes,
-    find_damage,
-    format_bytes,
-    store_info,
-    verify_store,
-)
-from vivitcache.store.layout import StoreDamageError, StoreError, StoreLayout
-from vivitcache.store.reader import TokenStore
-from vivitcache.store.writer import Part, PartWriter, StoreWriter, plan_parts, shard_frames_for
+import importlib
 
-__all__ = [
-    "FingerprintMismatchError",
-    "Part",
-    "PartWriter",
-    "StoreDamageError",
-    "StoreError",
-    "StoreLayout",
-    "StoreWriter",
-    "TokenStore",
-    "bytes_per_frame",
-    "check_fingerprint",
-    "estimate_store_bytes",
-    "fingerprint_diff",
-    "find_damage",
-    "format_bytes",
-    "plan_parts",
-    "shard_frames_for",
-    "store_info",
-    "verify_store",
-]
+_WHERE = {
+    "TokenStore": "reader",
+    "StoreWriter": "writer",
+    "PartWriter": "writer",
+    "StoreLayout": "layout",
+    "StoreError": "layout",
+    "StoreDamageError": "layout",
+    "FingerprintMismatchError": "fingerprint",
+    "store_info": "inspect",
+    "verify_store": "inspect",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -14,19 +14,12 @@ from pathlib import Path
 import zarr
 
 from vivitcache.store.index import index_state, open_index, part_names, read_commit_digest
-from vivitcache.store.layout import BYTES_PER_VALUE, FRAME_TIMES, META, PARTS, TOKENS, StoreError, StoreLayout, read_json
+from vivitcache.store.layout import FRAME_TIMES, META, PARTS, TOKENS, StoreError, StoreLayout, bytes_per_frame, read_json
 from vivitcache.store.reader import TokenStore, check_part_files, read_root
 from vivitcache.store.writer import staging_dirs
 
 REPAIR = ("repair: `vivitcache extract --data ANNOTATIONS --store {path} --repair` (with the options of the first "
           "run) moves the damaged parts aside and re-extracts exactly their videos")
-
-
-def bytes_per_frame(tokens_per_frame: int, dim: int, dtype: str) -> int:
-    """Stored bytes of one frame's tokens, before compression: K * D * 2 for fp16 and bf16."""
-    if dtype not in BYTES_PER_VALUE:
-        raise StoreError(f"unknown store dtype {dtype!r}, use one of {', '.join(BYTES_PER_VALUE)}")
-    return tokens_per_frame * dim * BYTES_PER_VALUE[dtype]
 
 
 def estimate_store_bytes(frames: int, tokens_per_frame: int, dim: int, dtype: str = "fp16") -> int:

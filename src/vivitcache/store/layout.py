@@ -58,6 +58,8 @@ META = "zarr.json"
 TOKEN_KINDS = ("pooled", "cls", "pooled+mean", "cls+mean", "all")
 """Stored token kinds: the model's own image embedding (`pooled`), the class token (`cls`), either followed by the
 mean of the patch tokens (`+mean`, K=2), or every token (`all`, prefix + patches, K>=2)."""
+FRAME_TOKENS = tuple(kind for kind in TOKEN_KINDS if kind != "all")
+"""What a temporal model can take per frame: every stored kind but `all` (its meaning: `models/tokens.py`)."""
 TOKENS_PER_KIND = {"pooled": 1, "cls": 1, "pooled+mean": 2, "cls+mean": 2}
 """K fixed by the kind (`all` has K >= 2, the model's prefix + patch tokens)."""
 DTYPES = ("fp16", "bf16")
@@ -66,6 +68,14 @@ BYTES_PER_VALUE = {"fp16": 2, "bf16": 2}
 
 PART_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """Part ids become folder names: letters, digits, `_` and `-` only (no dots, no slashes), at most 64 characters."""
+
+
+def bytes_per_frame(tokens_per_frame: int, dim: int, dtype: str) -> int:
+    """Stored bytes of one frame's tokens, before compression: K * D * 2 for fp16 and bf16 (also for estimates of
+    stores not yet written)."""
+    if dtype not in BYTES_PER_VALUE:
+        raise StoreError(f"unknown store dtype {dtype!r}, use one of {', '.join(BYTES_PER_VALUE)}")
+    return tokens_per_frame * dim * BYTES_PER_VALUE[dtype]
 
 
 class StoreError(UserError):
@@ -122,7 +132,7 @@ class StoreLayout:
     @property
     def frame_bytes(self) -> int:
         """Bytes of one stored frame (K * D * 2), before compression."""
-        return self.tokens_per_frame * self.dim * BYTES_PER_VALUE[self.dtype]
+        return bytes_per_frame(self.tokens_per_frame, self.dim, self.dtype)
 
     @property
     def numpy_dtype(self) -> str:

@@ -18,7 +18,8 @@ from vivitcache.models.spatial import SpatialModelError, resolve_model_name
 from vivitcache.models.tokens import default_frame_token, token_info
 from vivitcache.models.vivit import ViViT, build_vivit
 from vivitcache.runs import Stage1Run, load_stage1
-from vivitcache.store import FingerprintMismatchError, TokenStore, fingerprint_diff
+from vivitcache.store import FingerprintMismatchError, TokenStore
+from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 
 

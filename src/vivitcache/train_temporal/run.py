@@ -15,7 +15,8 @@ import numpy as np
 from vivitcache.errors import ConfigError
 from vivitcache.splits import hashed_val_ids
 from vivitcache.runs import RunRecord, Stage2Made
-from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore, fingerprint_diff
+from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore
+from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
