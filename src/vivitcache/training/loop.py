@@ -29,7 +29,7 @@ from vivitcache.training.checkpoint import (
 )
 from vivitcache.training.metrics import MetricsLog, plot_curves, topk_correct, write_summary
 from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
-from vivitcache.training.sampler import ResumableSampler
+from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -111,7 +111,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
     # A dataset with a `collate_fn` reads whole batches itself (`__getitems__`, e.g. stage 2); pinned for a GPU.
     # Own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would make a resumed
     # run's dropout stream differ from an uninterrupted one. Datasets seed their sampling from (seed, epoch, index).
-    generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(sampler.seed, sampler.epoch))
     return DataLoader(
         dataset,
         batch_size=batch,

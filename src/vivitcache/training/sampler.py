@@ -14,6 +14,11 @@ import torch
 from torch.utils.data import Sampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws (the sample order, the DataLoader's worker seeds): a function of (seed, epoch)."""
+    return seed * 1_000_003 + epoch
+
+
 class ResumableSampler(Sampler[int]):
     """Shuffled (or sequential) indices for one rank; `set_epoch`, and `skip` samples already seen this epoch."""
 
@@ -34,7 +39,7 @@ class ResumableSampler(Sampler[int]):
         if given is not None:  # a dataset's own order (`--read sequential`), already split across ranks
             return given
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
