@@ -14,8 +14,8 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
   in one request each.
 
 Token arrays are opened through `zarrs`' codec pipeline (Rust; reads the same store format) when it is installed:
-measured on our shards it reads whole parts 16x faster than zarr's default pipeline (5.6 vs 0.35 GB/s, page cache
-warm) and runs of chunks 3.7x faster (0.44 vs 1.6 ms for five 64-frame chunks); `VIVITCACHE_ZARRS=0` turns it off.
+measured on our shards (BENCHMARKS.md) it reads whole parts 6.6-15x faster than zarr's default pipeline (3.4-4.9 vs
+0.23-0.74 GB/s, page cache warm) and single 64-frame chunks 3.1-4.7x faster; `VIVITCACHE_ZARRS=0` turns it off.
 
 The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) are the reference these must equal.
 """
