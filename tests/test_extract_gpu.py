@@ -141,7 +141,9 @@ def test_local_cluster_pins_each_worker_to_its_gpu_and_cores():
     with devices.start_local_cluster(slots, dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         seen = sorted(client.run(probe).values())
+        saturation = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
     assert seen == [("3", [cpus[0]], 1), ("5", [cpus[-1]], 2)]
+    assert saturation == 1.0  # a worker holds only the part it runs; the rest wait for the first free worker
 
 
 # ------------------------------------------------------------------------------------------------ front end

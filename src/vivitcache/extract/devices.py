@@ -157,8 +157,11 @@ def start_local_cluster(slots: list[WorkerSlot], **kwargs):
     """A Dask LocalCluster with one single-threaded worker process per slot, each with `slot.env()` (its GPU).
 
     What dask-cuda's LocalCUDACluster does, without the dependency (module docstring): `new_worker_spec` hands
-    each new worker the env of the next free slot.
+    each new worker the env of the next free slot. Worker saturation 1.0: a worker holds only the part it runs, the
+    others wait on the scheduler for whichever worker frees first (Dask's default 1.1 queues a second part on each
+    single-threaded worker, which can leave a worker idle at the end while another still has a part queued).
     """
+    import dask
     from distributed import LocalCluster
 
     class PinnedCluster(LocalCluster):
@@ -168,7 +171,8 @@ def start_local_cluster(slots: list[WorkerSlot], **kwargs):
             spec["options"]["env"] = slots[int(name.split("-")[1])].env()
             return {name: spec}
 
-    cluster = PinnedCluster(n_workers=0, threads_per_worker=1, processes=True, **kwargs)
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):  # read when the scheduler starts
+        cluster = PinnedCluster(n_workers=0, threads_per_worker=1, processes=True, **kwargs)
     cluster.scale(len(slots))
     return cluster
 
