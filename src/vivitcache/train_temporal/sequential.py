@@ -6,8 +6,8 @@ The epoch's order (`plan_epoch`, pure index math on (seed, epoch)):
 2. cut into `world` equal contiguous ranges, one per DDP rank (training drops the last `N % world` videos of the
    epoch's order so every rank takes the same number of steps; they differ every epoch);
 3. each rank's range cut into `streams` contiguous pieces of whole batches; each piece goes through its own
-   WebDataset-style shuffle buffer: a part enters the buffer whole, and while the buffer holds more than `buffer`
-   videos, a uniformly random one leaves it;
+   WebDataset-style shuffle buffer: a part enters the buffer whole, and while the buffer holds more than
+   `buffer / streams` videos (`buffer` is per rank), a uniformly random one leaves it;
 4. the rank's order takes one batch from each piece in turn. The DataLoader hands batch j to worker j % workers,
    so with `workers` dividing `streams` a worker only ever reads its own pieces' parts, and no two ranks or workers
    read the same part, except the (at most one) part at each cut, which both neighbours read.
@@ -97,7 +97,7 @@ def plan_epoch(part: np.ndarray, offset: np.ndarray, seed: int, epoch: int, worl
         for s in range(streams):
             rows = ranked[cuts[s] : cuts[s + 1]]
             piece_rng = np.random.default_rng([seed, epoch, 0x5E9, r, s])
-            pieces.append(_shuffle(rows, part[rows], buffer, piece_rng))
+            pieces.append(_shuffle(rows, part[rows], max(1, buffer // streams), piece_rng))  # `buffer` per rank
     piece_of = np.full(n, -1, dtype=np.int64)
     position = np.zeros(n, dtype=np.int64)
     for i, p in enumerate(pieces):
