@@ -105,18 +105,15 @@ class MemoryBatches:
         ids = self.store.ids() if video_ids is None else list(video_ids)
         numbers = {p: i for i, p in enumerate(self.store.part_ids())}
         wanted = sorted({self.store.location(v)[0] for v in ids})
-        blocks = [read_part(self.store, self.rule, p) for p in wanted]
+        sizes = [tokens_array(self.store, p).shape[0] for p in wanted]  # frames per part (array metadata only)
         self.base = np.full(len(numbers), -1, dtype=np.int64)  # [parts] first row of each loaded part
-        self.size = np.zeros(len(numbers), dtype=np.int64)  # [parts] its frames
-        self.size[[numbers[p] for p in wanted]] = [len(b) for b in blocks]
-        self.base[[numbers[p] for p in wanted]] = np.cumsum([0] + [len(b) for b in blocks])[:-1]
-        # a torch tensor only for its shared memory: spawned DataLoader workers map it instead of copying it
-        self.features = torch.from_numpy(np.concatenate(blocks) if blocks else
-                                         np.zeros((0, self.rule.dim), self.rule.dtype)).share_memory_()  # [F, Din]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        self.base[[numbers[p] for p in wanted]] = np.cumsum([0] + sizes)[:-1]
+        # one array filled part by part (peak memory: the features plus one part); a torch tensor only for its
+        # shared memory: spawned DataLoader workers map it instead of copying it
+        dtype = torch.from_numpy(np.zeros(0, self.rule.dtype)).dtype
+        self.features = torch.empty((sum(sizes), self.rule.dim), dtype=dtype).share_memory_()  # [F, Din]
+        for p, start, n in zip(wanted, self.base[[numbers[p] for p in wanted]], sizes):
+            self.features.numpy()[start : start + n] = read_part(self.store, self.rule, p)
 
     def table(self, video_ids: list[str]) -> VideoTable:
         table = VideoTable.build(self.store, video_ids)
@@ -124,11 +121,6 @@ class MemoryBatches:
             missing = next(v for v, p in zip(video_ids, table.part) if self.base[p] < 0)
             raise StoreError(f"video id {missing!r} was not loaded")
         return table
-
-    def part(self, number: int) -> np.ndarray:
-        """Features of a whole part: [F_part, Din] (a view)."""
-        start = int(self.base[number])
-        return self.features.numpy()[start : start + int(self.size[number])]
 
     def gather(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Features of frames `indices` [B, n] of videos `rows` [B]: [B, n, Din] in `rule.dtype`."""
