@@ -113,11 +113,8 @@ class SequentialClips:
     clips of dataset rows `rows` from it: [n, T, Din]. While a part is used, a background thread reads the next part
     its piece will need (zarr's reads release the GIL), so reading overlaps the training step. Memory: the slab holds
     the clips read but not yet handed out, at most about the shuffle buffers' videos of this process plus one part's
-    (it grows when more are needed), plus at most `AHEAD` parts read ahead.
+    (it grows when more are needed), plus one part read ahead per piece this process reads.
     """
-
-    AHEAD = 2
-    """Parts read ahead at most (one per piece being read)."""
 
     def __init__(self, plan: EpochPlan, part: np.ndarray, read_part: Callable[[int], np.ndarray],
                  make_clips: Callable[[np.ndarray, np.ndarray], np.ndarray]):
@@ -160,7 +157,7 @@ class SequentialClips:
         feats = ahead.result() if ahead is not None else self.read_part(number)  # [F_part, Din]
         for s in np.unique(piece[wanted]).tolist():
             following = self._next.get((s, number))
-            if following is not None and following not in self._ahead and len(self._ahead) < self.AHEAD:
+            if following is not None and following not in self._ahead:  # at most one per piece
                 self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="vivitcache-part-ahead")
                 self._ahead[following] = self._pool.submit(self.read_part, following)
         clips = self.make_clips(rows, feats)  # [n, T, Din]
