@@ -85,6 +85,7 @@ def loader_pass(cfg) -> dict:
     from vivitcache.store import TokenStore
     from vivitcache.train_temporal.dataset import TokenClipDataset
     from vivitcache.train_temporal.run import _features, labelled_videos
+    from vivitcache.training.sampler import ResumableSampler
 
     store = TokenStore.open(cfg.store)
     t0 = time.perf_counter()
@@ -94,8 +95,10 @@ def loader_pass(cfg) -> dict:
     epochs = []
     for epoch in range(cfg.optim.epochs):
         dataset.set_epoch(epoch)
+        sampler = ResumableSampler(len(dataset), cfg.run.seed, shuffle=True)
+        sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        for i in dataset._order():
+        for i in sampler:  # fit's order
             dataset[i]
         epochs.append(time.perf_counter() - t0)
     return {"setup_seconds": setup, "epoch_seconds": epochs}

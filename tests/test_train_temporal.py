@@ -37,6 +37,7 @@ from vivitcache.train_temporal.dataset import TokenClipDataset
 from vivitcache.train_temporal.features import ChunkCache, InMemoryFeatures, StreamedFeatures
 from vivitcache.train_temporal.run import labelled_videos, split_source, split_videos
 from vivitcache.training.checkpoint import load_config, load_model_state, save_checkpoint
+from vivitcache.training.sampler import ResumableSampler
 
 D = 16
 CLASSES = ["rise", "fall", "peak", "dip"]
@@ -270,7 +271,10 @@ def test_read_ahead_thread_warms_the_next_clips_only(world):
     features = StreamedFeatures(store.path, "cls")
     ahead = TokenClipDataset(videos, features, 8, train=True, seed=0, read_ahead=3)
     ahead.set_epoch(1)
-    order = ahead._order()  # fit's sampler order for this epoch
+    sampler = ResumableSampler(len(ahead), 0, shuffle=True)
+    sampler.set_epoch(1)
+    order = list(sampler)  # fit's sampler order for this epoch, handed to the dataset as fit does
+    ahead.follow(order)
 
     def chunks(position):
         part, offset, _ = store.location(videos[order[position]].id)

@@ -14,14 +14,13 @@ and a streamed reader then reads each part whole (`sequential.SequentialClips`).
 same array.
 
 Background prefetch: with DataLoader workers (`--workers N`, spawn context) each worker reads its own batches
-ahead (the DataLoader's prefetch). Without workers, a read-ahead thread walks the epoch's sample order (the same
-order `fit` uses) and reads the chunks of the next clips into the cache while the model trains (random reads
-only). It only warms the cache: values never depend on it.
+ahead (the DataLoader's prefetch). Without workers, a read-ahead thread walks the sample order `fit` (or
+`evaluate`) hands over from its sampler (`follow`) and reads the chunks of the next clips into the cache while the
+model trains (random reads only). It only warms the cache: values never depend on it.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -32,7 +31,6 @@ from torch.utils.data import Dataset, get_worker_info
 from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
 from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
-from vivitcache.training.sampler import ResumableSampler
 
 
 @dataclass(frozen=True)
@@ -141,12 +139,13 @@ class TokenClipDataset(Dataset):
         self.read_ahead = read_ahead
         self.read = read if train else "random"  # evaluation reads its fixed views in index order
         self.batch, self.streams, self.shuffle_buffer = batch, streams, shuffle_buffer
-        self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world  # DDP ranks (torchrun's)
+        self.world = world  # DDP ranks of the sequential plan: the sampler's, once it asks for `epoch_order`
         self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)  # [N]
         self.labels = torch.tensor([v.label for v in self.videos], dtype=torch.int64)  # [N]
         self.table = features.table([v.id for v in self.videos]) if hasattr(features, "table") else None
         self.epoch = 0
         self._ahead: ReadAhead | None = None
+        self._walk: list[int] | None = None  # the order this rank's samples will be asked in (`follow`)
         self._plan: tuple[tuple[int, int], EpochPlan] | None = None
         self._sequential: SequentialClips | None = None
 
@@ -160,6 +159,7 @@ class TokenClipDataset(Dataset):
         """Training clips of epoch `epoch` (fit calls this before each epoch)."""
         self.epoch = epoch
         self._sequential = None
+        self._walk = None  # the new epoch's order comes with the next `follow`
         self.stop_read_ahead()
 
     # ---- which frames -------------------------------------------------------------------------------------------
@@ -199,7 +199,8 @@ class TokenClipDataset(Dataset):
         if self._sequential is None:
             table = self.table
             make = lambda rows, feats: self._gather(rows, lambda r, i: feats[table.offset[r][:, None] + i])  # noqa: E731
-            self._sequential = SequentialClips(self.plan(self.epoch, self.world), table.part, self.features.part, make)
+            self._sequential = SequentialClips(self.plan(self.epoch, self.world or 1), table.part, self.features.part,
+                                               make)
         return self._sequential
 
     def plan(self, epoch: int, world: int) -> EpochPlan:
@@ -215,6 +216,7 @@ class TokenClipDataset(Dataset):
         sampler's own seeded permutation (`read="random"`)."""
         if self.read != "sequential":
             return None
+        self.world = world
         return self.plan(epoch, world).rank_order(rank)
 
     # ---- one sample: the per-clip reference -------------------------------------------------------------------
@@ -230,13 +232,11 @@ class TokenClipDataset(Dataset):
         return torch.from_numpy(x[0].astype(np.float32)), video.label
 
     # ---- read-ahead (main process, no DataLoader workers, random reads) ------------------------------------------
-    def _order(self) -> list[int]:
-        """The order `fit`'s sampler visits this rank's samples in (the read-ahead follows it)."""
-        rank = int(os.environ.get("RANK", "0"))
-        sampler = ResumableSampler(len(self), self.seed, shuffle=self.train, rank=rank, world=self.world,
-                                   drop_last=self.train, order=self.epoch_order)
-        sampler.set_epoch(self.epoch)
-        return list(sampler)
+    def follow(self, order: list[int]) -> None:
+        """The order this rank's samples will be asked in, handed over by `fit` / `evaluate` from their sampler: the
+        read-ahead thread walks it (the dataset never rebuilds the loop's sampler)."""
+        self.stop_read_ahead()
+        self._walk = list(order)
 
     def _warm(self, indices: list[int]) -> None:
         rows = np.asarray(indices, dtype=np.int64)
@@ -250,13 +250,13 @@ class TokenClipDataset(Dataset):
 
     def _follow(self, index: int) -> None:
         if (self.read_ahead <= 0 or get_worker_info() is not None or not hasattr(self.features, "warm")
-                or self.read == "sequential"):
+                or self.read == "sequential" or self._walk is None):
             return
         if self._ahead is not None and self._ahead.position.get(index, -1) < self._ahead.consumed:
             self.stop_read_ahead()  # a new pass over the data (evaluation after evaluation): start over
         if self._ahead is None:
             block = 1 if self.table is None else max(1, self.batch)
-            self._ahead = ReadAhead(self._order(), self._warm, self.read_ahead, block)
+            self._ahead = ReadAhead(self._walk, self._warm, self.read_ahead, block)
         self._ahead.consumed_sample(index)
 
     def stop_read_ahead(self) -> None:

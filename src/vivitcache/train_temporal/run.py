@@ -23,7 +23,7 @@ from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
 from vivitcache.training.loop import Task, call_model, evaluate, fit
-from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything
+from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything, world_size
 
 
 def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[VideoEntry]:
@@ -111,7 +111,7 @@ def run_train(cfg: TrainConfig) -> dict:
 
     features = _features(store.path, frame_token, cfg.in_memory, cfg.cache_mb)
     val_features = features if val_store is store else _features(val_store.path, frame_token, cfg.in_memory, cfg.cache_mb)
-    micro = max(1, cfg.optim.batch_size // (int(os.environ.get("WORLD_SIZE", "1")) * cfg.optim.accum_steps))
+    micro = max(1, cfg.optim.batch_size // (world_size() * cfg.optim.accum_steps))  # fit's micro-batch
     cached = train_videos + (val_videos if val_store is store else [])  # what the chunk cache would have to hold
     feature_bytes = sum(v.num_frames for v in cached) * features.rule.dim * np.dtype(features.rule.dtype).itemsize
     read = resolve_read(cfg.read, cfg.in_memory, cfg.run.workers, cfg.read_streams, feature_bytes,

@@ -143,6 +143,8 @@ def evaluate(
     """Top-1/top-5/loss over the dataset, logits averaged over views (softmax), plus the confusion matrix."""
     dist = dist or Distributed(device)
     sampler = ResumableSampler(len(dataset), 0, shuffle=False, rank=dist.rank, world=dist.world, drop_last=False)
+    if hasattr(dataset, "follow"):
+        dataset.follow(list(sampler))
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # [n, top1, top5, loss]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [true, predicted]
@@ -278,6 +280,8 @@ def _fit(task: Task, optim: OptimConfig, run: RunConfig, dist: Distributed, out:
             sampler.set_epoch(epoch, skip=step_in_epoch * micro * optim.accum_steps)
             if hasattr(task.train_set, "set_epoch"):
                 task.train_set.set_epoch(epoch)
+            if hasattr(task.train_set, "follow"):  # a dataset that reads ahead walks the order it will be asked in
+                task.train_set.follow(list(sampler))
             tick, seen = time.perf_counter(), 0
             for i, (x, y) in enumerate(_loader(task.train_set, micro, sampler, run.workers, device.type == "cuda")):
                 x, y = to_device(x, device), y.to(device, non_blocking=True)

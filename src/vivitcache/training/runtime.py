@@ -51,11 +51,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def world_size() -> int:
+    """Processes of this run: torchrun's WORLD_SIZE, 1 without torchrun (readable before the process group exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class Distributed:
     """Process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a single process otherwise."""
 
     def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = world_size()
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = device
