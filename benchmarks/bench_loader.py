@@ -51,7 +51,7 @@ from vivitcache.store import StoreLayout, StoreWriter, TokenStore
 from vivitcache.store.writer import plan_parts
 from vivitcache.store.writer import shard_frames_for
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
-from vivitcache.train_temporal.clips import clip_keys, train_clips
+from vivitcache.train_temporal.clip_frames import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
 from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures

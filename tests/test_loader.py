@@ -28,7 +28,7 @@ from vivitcache.store.writer import plan_parts
 from vivitcache.store.layout import StoreDamageError
 from vivitcache.train_temporal import TrainConfig
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches, codec_pipeline, tokens_array
-from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
+from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch, resolve_read
 from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures

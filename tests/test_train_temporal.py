@@ -31,7 +31,7 @@ from vivitcache.runs import load_stage1
 from vivitcache.store import FingerprintMismatchError, StoreLayout, StoreWriter, TokenStore
 from vivitcache.store.writer import plan_parts
 from vivitcache.train_temporal import InitError, TrainConfig, build_stage2_model, run_eval, run_train
-from vivitcache.train_temporal.clips import clip_keys, train_clips
+from vivitcache.train_temporal.clip_frames import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset
 from vivitcache.train_temporal.features import ChunkCache, InMemoryFeatures, StreamedFeatures

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vivitcache.train_temporal.clips import clip_keys, eval_indices, train_clips
+from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
 from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
 
