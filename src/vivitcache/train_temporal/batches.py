@@ -36,7 +36,7 @@ import torch
 import zarr
 
 from vivitcache.store import StoreError, TokenStore
-from vivitcache.train_temporal.features import FeatureRule
+from vivitcache.train_temporal.features import FeatureRule, StoreReader
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class MemoryBatches:
         return self.features.numpy()[frames]  # [B, n, Din]
 
 
-class StoreBatches:
+class StoreBatches(StoreReader):
     """Frame features streamed from the store: random batches through a slab cache of decoded chunks, or whole parts.
 
     Picklable: the store is reopened (read-only) and the cache starts empty in every process that unpickles it
@@ -140,12 +140,6 @@ class StoreBatches:
     READ_THREADS = 8
     """zarr reads in flight at once for the missing chunks of one batch (zarrs decodes without holding the GIL):
     cold reads are bound by the storage's latency, not by a core."""
-
-    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
-        self.store_path = Path(store_path)
-        self.frame_token = frame_token
-        self.cache_bytes = int(cache_bytes)
-        self._open()
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)
@@ -159,17 +153,6 @@ class StoreBatches:
         self._part_ids = self._store.part_ids()
         self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
         self.hits = self.misses = 0
-
-    def __getstate__(self):
-        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
-
-    @property
-    def store(self) -> TokenStore:
-        return self._store
 
     @property
     def cached_bytes(self) -> int:

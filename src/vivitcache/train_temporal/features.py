@@ -92,9 +92,10 @@ class ChunkCache:
         return len(self._items)
 
 
-class StreamedFeatures:
-    """Frame features streamed from the store in whole chunks through an LRU cache. Picklable: the store is reopened
-    (read-only) and the cache starts empty in every process that unpickles it."""
+class StoreReader:
+    """A reader of one store's frame features that pickles as (store path, frame token, cache bytes) and reopens the
+    store in the process that unpickles it (zarr v3 must not cross a fork; a DataLoader worker opens its own), with
+    an empty cache. Subclasses open their store and cache in `_open`."""
 
     def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
         self.store_path = Path(store_path)
@@ -103,22 +104,27 @@ class StreamedFeatures:
         self._open()
 
     def _open(self) -> None:
-        self._store = TokenStore.open(self.store_path)  # read-only
-        self.rule = FeatureRule(self._store, self.frame_token)
-        self.cache = ChunkCache(self.cache_bytes)
+        raise NotImplementedError
 
     def __getstate__(self):
         return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._store = None  # opened on first use, inside the process (DataLoader worker) that reads
+        self._open()
 
     @property
     def store(self) -> TokenStore:
-        if self._store is None:
-            self._open()
         return self._store
+
+
+class StreamedFeatures(StoreReader):
+    """Frame features streamed from the store in whole chunks through an LRU cache (the per-clip reference)."""
+
+    def _open(self) -> None:
+        self._store = TokenStore.open(self.store_path)  # read-only
+        self.rule = FeatureRule(self._store, self.frame_token)
+        self.cache = ChunkCache(self.cache_bytes)
 
     def _chunks(self, part_id: str, wanted: np.ndarray) -> list[np.ndarray]:
         """Frame features of the chunks `wanted` (sorted, unique) of one part: from the cache, else read whole."""
