@@ -8,9 +8,9 @@ the layout (`StoreLayout`), the errors, and `store_info` / `verify_store`. Every
 from its module. The names load on first use (PEP 562), so `store.layout` (token kinds, layout) is cheap to import.
 """
 
-import importlib
+from vivitcache.lazy import lazy_exports
 
-_WHERE = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "TokenStore": "reader",
     "StoreWriter": "writer",
     "PartWriter": "writer",
@@ -20,12 +20,4 @@ _WHERE = {
     "FingerprintMismatchError": "fingerprint",
     "store_info": "inspect",
     "verify_store": "inspect",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+})

@@ -5,9 +5,9 @@ Never imports `vivitcache.extract` and never decodes a pixel: the token store is
 The names below load on first use (PEP 562), so the CLI reads `TrainConfig`'s defaults without importing torch.
 """
 
-import importlib
+from vivitcache.lazy import lazy_exports
 
-_WHERE = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "INIT_PARTS": "config",
     "AugmentConfig": "config",
     "TrainConfig": "config",
@@ -19,12 +19,4 @@ _WHERE = {
     "run_eval": "run",
     "run_train": "run",
     "split_videos": "run",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+})
