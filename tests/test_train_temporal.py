@@ -382,9 +382,9 @@ import json, sys, time
 from vivitcache.train_temporal import TrainConfig, run_train
 from vivitcache.train_temporal.dataset import TokenClipDataset
 cfg = TrainConfig.from_dict(json.loads(open(sys.argv[1]).read()))
-if len(sys.argv) > 2:  # slow each clip down so the parent can kill -9 us mid-run
-    get = TokenClipDataset.__getitem__
-    TokenClipDataset.__getitem__ = lambda self, i: (time.sleep(float(sys.argv[2])), get(self, i))[1]
+if len(sys.argv) > 2:  # slow each clip down so the parent can kill -9 us mid-run (batches come via __getitems__)
+    get = TokenClipDataset.__getitems__
+    TokenClipDataset.__getitems__ = lambda self, i: (time.sleep(float(sys.argv[2]) * len(i)), get(self, i))[1]
 run_train(cfg)
 """
 
