@@ -147,47 +147,42 @@ def bench_decode(data: Path, preprocess, decoder="pyav", decode_threads=1, fps=N
 
 
 def bench_extract(cfg) -> dict:
-    """run_extract end to end (summary), and the fan-out alone: the parts' wall time, without the one-off model
-    build + weights hash, store creation and consolidation (what a long extraction converges to)."""
+    """run_extract end to end (summary); the fan-out alone ("parts only": the parts' wall time, without the one-off
+    model build + weights hash, store creation and consolidation of the run); and the steady rate: frames over the
+    busiest worker's time inside its parts (without Dask's start, each worker's model build, probe and compile)."""
     import vivitcache.extract.runner as runner
 
     shutil.rmtree(cfg.store, ignore_errors=True)
-    fanout, fanout_cpu = [], []
+    fanout, fanout_cpu, results = [], [], []
 
     def timed(fn):
         def wrapper(*a, **k):
             start, cpu = time.perf_counter(), time.process_time()
             try:
-                return fn(*a, **k)
+                out = fn(*a, **k)
+                results.extend(out)
+                return out
             finally:
                 fanout.append(time.perf_counter() - start)
                 fanout_cpu.append(time.process_time() - cpu)  # this process's threads (in-process rows)
         return wrapper
 
-    parts = []  # in-process only: each part's extraction, after its model was built (and compiled, probed)
-
-    def timed_part(fn):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                parts.append(time.perf_counter() - start)
-        return wrapper
-
-    in_process, on_dask, extract_videos = runner._run_in_process, runner._run_on_dask, runner.extract_videos
+    in_process, on_dask = runner._run_in_process, runner._run_on_dask
     runner._run_in_process, runner._run_on_dask = timed(in_process), timed(on_dask)
-    runner.extract_videos = timed_part(extract_videos)
     try:
         summary = runner.run_extract(cfg)
     finally:
-        runner._run_in_process, runner._run_on_dask, runner.extract_videos = in_process, on_dask, extract_videos
+        runner._run_in_process, runner._run_on_dask = in_process, on_dask
         runner._MODELS.clear()
     result = {"frames": summary["frames"], "seconds": summary["seconds"], "frames_per_s": summary["frames_per_s"],
               "fanout_seconds": fanout[0], "fanout_frames_per_s": summary["frames"] / fanout[0],
               "fanout_cpu_us_per_frame": fanout_cpu[0] / max(summary["frames"], 1) * 1e6}
-    if parts:  # steady state: without the one-off model build, compile, batch probe (and Dask startup)
-        result["steady_frames_per_s"] = summary["frames"] / sum(parts)
+    busy: dict[str, float] = {}
+    for r in results:
+        if "extract_seconds" in r:
+            busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["extract_seconds"]
+    if busy:
+        result.update(workers=len(busy), steady_frames_per_s=summary["frames"] / max(busy.values()))
     return result
 
 

@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_extract.sh                      # on the GPU machine: JSON + table in bench_out/gpu_extract
 #   bash benchmarks/gpu_extract.sh --device cpu         # dry run on a CPU (vit-ti at 32 px, a few videos)
+#   bash benchmarks/gpu_wheels.sh                       # here, for an offline GPU machine: carry .whl/ there
 #
 # Every row is written to bench_out/gpu_extract/bench_extract_gpu.json as soon as it is measured, and each stage
 # runs under its own time limit, so a run cut short keeps what it measured. Models are random-init (speed does
@@ -20,8 +21,15 @@ START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 PY=.venv/bin/python
 
-# -- install (the Makefile pins torch, torchvision and torchcodec; FFmpeg's libs for torchcodec when root + apt)
-if [ ! -f .venv/.installed ]; then
+# -- install. Offline machine with python3 + torch (this workplace's H200): the wheels of benchmarks/gpu_wheels.sh,
+# carried in .whl/, installed without an index (torchcodec rows then report that it is missing). Otherwise the
+# Makefile's venv (torch, torchvision and torchcodec pinned; FFmpeg's libs for torchcodec when root + apt).
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels failed"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD/src
+  PY=python3
+elif [ ! -f .venv/.installed ]; then
   timeout $(( $(left) - 240 )) make install || { echo "install did not finish in time"; exit 1; }
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'GPUs')"

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -116,11 +117,14 @@ def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None
         start = time.perf_counter()
         model, batch_size = cached_model(job.spec, s, job.compile, model)
         s = replace(s, batch_size=batch_size, pad_batches=job.compile)
+        begin = time.perf_counter()  # after the worker's one-off model build, batch probe and compile
         with disk_errors(job.store.path), writer:
             extract_videos(model, job.records, writer, s, report)
+        extract_seconds = time.perf_counter() - begin
     finally:
         claim.release()
-    return {**writer.result, "claimed_elsewhere": False, "seconds": time.perf_counter() - start}
+    return {**writer.result, "claimed_elsewhere": False, "seconds": time.perf_counter() - start,
+            "extract_seconds": extract_seconds, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 _MALLOC_TUNED = False
