@@ -102,7 +102,7 @@ def test_pretrained_from_hf_cache_stores_the_models_own_embedding(name, override
     run_extract(cfg)
     store = TokenStore.open(tmp_path / "s.zarr")
     fp = store.fingerprint
-    assert store.layout.tokens == "pooled" and fp["model"] == name and fp["global_pool"] == pool
+    assert store.layout.tokens == "pooled" and fp["model"] == name and fp["global_pool"] == pool and fp["decoder"] == "pyav"
     cfg_timm = timm.models.get_pretrained_cfg(name)
     assert tuple(fp["preprocess"]["mean"]) == tuple(cfg_timm.mean) and fp["preprocess"]["crop_pct"] == cfg_timm.crop_pct
     # the reference: timm's own hub loader (offline) and timm's own pooling

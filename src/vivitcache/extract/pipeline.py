@@ -82,8 +82,9 @@ class PartSettings:
     """Pad every batch to `batch_size` rows (one input shape, so a compiled model never recompiles)."""
 
     @property
-    def chunk_frames(self) -> int:
-        """Frames preprocessed and queued together (amortises queue and preprocessing overheads)."""
+    def decode_group(self) -> int:
+        """Frames decoded, cropped and queued together (amortises queue and crop overheads); not the store's
+        `chunk_frames`."""
         return max(1, min(16, self.batch_size))
 
 
@@ -122,7 +123,7 @@ def decode_chunks(record: VideoRecord, settings: PartSettings) -> Iterator[tuple
         for frame in frames:
             images.append(frame.image)  # [h, w, 3] uint8
             times.append(frame.time)
-            if len(images) == settings.chunk_frames:
+            if len(images) == settings.decode_group:
                 yield p.crop_uint8(images), np.asarray(times, dtype=np.float64)
                 images, times = [], []
     finally:
@@ -173,7 +174,7 @@ class PrefetchingDecoder:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []  # unexpected (non-decode) errors: they fail the part
         self.n = max(1, min(settings.decode_threads, len(records)))
-        chunks = max(1, settings.prefetch_frames // settings.chunk_frames)
+        chunks = max(1, settings.prefetch_frames // settings.decode_group)
         self.budgets = [threading.Semaphore(chunks) for _ in range(self.n)]  # free chunk slots per thread
         self.threads = [threading.Thread(target=self._work, args=(t,), daemon=True, name=f"decode-{t}")
                         for t in range(self.n)]

@@ -49,7 +49,8 @@ def _square(value) -> int | list[int]:
 
 
 def build_fingerprint(
-    spatial: nn.Module, name: str, weights_sha256: str, preprocess: Preprocess, fps, stride, tokens: str, dtype: str
+    spatial: nn.Module, name: str, weights_sha256: str, preprocess: Preprocess, fps, stride, tokens: str, dtype: str,
+    decoder: str,
 ) -> dict:
     """The content keys that make two stores interchangeable: same model, weights, pixels, sampling, tokens, dtype.
 
@@ -70,6 +71,7 @@ def build_fingerprint(
         "preprocess": preprocess.to_dict(),
         "sampling": {"fps": None if fps is None else float(fps), "stride": None if stride is None else int(stride)},
         "orientation": ORIENTATION,  # rotated videos are decoded as displayed
+        "decoder": decoder,  # pyav and torchcodec resize differently (bicubic vs bilinear): other pixels
         "tokens": tokens,
         "dtype": dtype,
         "schema": SCHEMA,
@@ -111,7 +113,7 @@ def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
         raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")
     spec = SpatialSpec(**{**spec.__dict__, "weights_sha256": sha})
     preprocess = Preprocess.from_dict(run.preprocess) if run is not None else Preprocess.from_timm(model, img_size)
-    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype)
+    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype, cfg.decoder)
     layout = StoreLayout(
         tokens=tokens, tokens_per_frame=tokens_per_frame(model, tokens), dim=int(model.embed_dim),
         dtype=cfg.dtype, shard_frames=cfg.shard_frames, chunk_frames=cfg.chunk_frames_for_layout(),
