@@ -271,3 +271,38 @@ def test_extract_from_a_run_stores_the_frame_token_that_run_reads(tmp_path, make
     store = TokenStore.open(tmp_path / "s.zarr")
     assert store.layout.tokens == "cls+mean" and store.fingerprint["tokens"] == "cls+mean"
     assert store.layout.tokens_per_frame == 2
+
+
+def test_eva02_stage1_run_rebuilds_with_its_computed_buffers_and_a_stage1_file_loads_as_weights(tmp_path):
+    """SpatialSpec from a stage-1 run builds EVA02 for real (its RoPE tables are in no checkpoint); `--weights` of a
+    stage-1 run's model.safetensors takes its spatial part."""
+    from dataclasses import asdict
+
+    from vivitcache.config import ModelConfig
+    from vivitcache.models import SpatialSpec
+    from vivitcache.training.checkpoint import save_checkpoint
+
+    name, overrides, _ = FAMILIES[5]
+    torch.manual_seed(0)
+    spatial = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"]).eval()
+    cfg = ModelConfig(spatial=name, img_size=overrides["img_size"], patch_size=overrides["patch_size"],
+                      spatial_depth=overrides["depth"], num_classes=2)
+    state = {f"spatial.{k}": v for k, v in spatial.state_dict().items()} | {"head.1.weight": torch.zeros(2, 4)}
+    save_checkpoint(tmp_path / "run", state, {"config": {"stage": 1, "model": asdict(cfg), "classes": ["a", "b"],
+                                                         "data": {"fps": None, "stride": None}, "preprocess": {}}})
+    x = torch.randn(2, 3, 56, 56)
+    want = frame_tokens(spatial, x, "pooled")
+    spec = SpatialSpec(name, overrides["img_size"], overrides["patch_size"], overrides["depth"], checkpoint=str(tmp_path / "run"))
+    torch.testing.assert_close(frame_tokens(spec.build(), x, "pooled"), want)
+    from_file = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"],
+                               weights=tmp_path / "run" / "checkpoint" / "model.safetensors").eval()
+    torch.testing.assert_close(frame_tokens(from_file, x, "pooled"), want)
+
+
+def test_stage1_refuses_a_cls_frame_token_on_a_model_without_one():
+    from vivitcache.config import ModelConfig
+    from vivitcache.models import build_vivit
+
+    with pytest.raises(TokenKindError, match="has no class token"):
+        build_vivit(ModelConfig(spatial="vit_base_patch16_siglip_224", img_size=32, patch_size=8, spatial_depth=1,
+                                frame_token="cls", temporal_depth=1, num_classes=2))

@@ -19,7 +19,7 @@ from vivitcache.data.decode import read_frames, frame_times, sample_times
 from vivitcache.data.sampling import view_indices
 from vivitcache.data.transforms import Preprocess
 from vivitcache.errors import ConfigError
-from vivitcache.models.spatial import SpatialSpec
+from vivitcache.models.spatial import WEIGHT_FILES, SpatialSpec
 from vivitcache.models.tokens import frame_features, frame_tokens, token_info
 from vivitcache.runs import RunRecord
 from vivitcache.store import FingerprintMismatchError, TokenStore
@@ -66,7 +66,8 @@ def _spatial_spec(record: RunRecord, spatial: str | None, store_provenance: dict
     common = dict(name=fp["model"], img_size=fp["img_size"], patch_size=fp["patch_size"], depth=fp["depth"],
                   weights_sha256=record.stage2.spatial_sha256)
     if spatial is not None:
-        is_run = Path(spatial).is_dir()
+        # a stage-1 run folder, else weights: a file, or a model folder (which holds its weights file at the top)
+        is_run = Path(spatial).is_dir() and not any((Path(spatial) / f).is_file() for f in WEIGHT_FILES)
         return SpatialSpec(weights=None if is_run else spatial, checkpoint=spatial if is_run else None, seed=0, **common)
     if record.stage2.init:
         return SpatialSpec(weights=None, checkpoint=record.stage2.init, seed=0, **common)
@@ -83,6 +84,9 @@ def _spatial_spec(record: RunRecord, spatial: str | None, store_provenance: dict
 def _features_on_the_fly(video: str, record: RunRecord, spec: SpatialSpec, views: int) -> torch.Tensor:
     """Decode the frames the views need, run the spatial ViT, round through the store dtype: [V, T, Din]."""
     fp, layout = record.stage2.store_fingerprint, record.stage2.store_layout
+    if fp.get("decoder", "pyav") != "pyav":  # torchcodec resizes bilinear: other pixels than PyAV gives here
+        raise ConfigError(f"the run's tokens were decoded with {fp['decoder']}; on-the-fly predict decodes with PyAV "
+                          "and would see other pixels: pass --store with the video's tokens")
     preprocess = Preprocess.from_dict(fp["preprocess"])
     fps, stride = fp["sampling"]["fps"], fp["sampling"]["stride"]
     n = len(sample_times(frame_times(video), fps=fps, stride=stride))

@@ -20,6 +20,7 @@ resampling); classifier heads (`head`, `head_dist`, `fc`) are dropped.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -197,8 +198,12 @@ def load_spatial_weights(model: nn.Module, path: str | Path, assign: bool = Fals
         raise SpatialModelError(f"{path}: cannot read weights ({first})") from None
     state = _strip_prefix(state)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    # timm registers DeiT-3 with `partial(checkpoint_filter_fn, adapt_layer_scale=True)`: original DeiT-3 files name
+    # their layer scales gamma_1 / gamma_2
+    takes_it = filter_fn is not None and "adapt_layer_scale" in inspect.signature(filter_fn).parameters
+    extra = {"adapt_layer_scale": True} if takes_it and any(".gamma_1" in k for k in state) else {}
     try:
-        state = filter_fn(state, model) if filter_fn is not None else state
+        state = filter_fn(state, model, **extra) if filter_fn is not None else state
     except Exception as e:  # noqa: BLE001 — timm's filters assume their own architecture's keys and shapes
         raise SpatialModelError(f"{path}: weights do not fit {arch} (timm's checkpoint filter: {e})") from None
     state = {k: v for k, v in state.items() if k.split(".", 1)[0] not in CLASSIFIER_KEYS}
@@ -221,10 +226,12 @@ def load_spatial_weights(model: nn.Module, path: str | Path, assign: bool = Fals
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept a vivitcache stage-1 checkpoint's `spatial.` prefix and DDP's `module.` prefix."""
-    for prefix in ("module.", "spatial."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    """Accept DDP's `module.` prefix, and a vivitcache stage-1 checkpoint (`spatial.`, `adapter.`, `temporal.`,
+    `head.` keys): its spatial part."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("spatial.") for k in state):
+        state = {k[len("spatial."):]: v for k, v in state.items() if k.startswith("spatial.")}
     return state
 
 
@@ -264,11 +271,15 @@ class SpatialSpec:
 
             state = load_stage1(self.checkpoint).part("spatial")
             # built on the meta device (no random init), then the checkpoint's tensors are assigned; strict, so
-            # every parameter and buffer is real afterwards
+            # every saved parameter and buffer is real afterwards; models with computed buffers (EVA02's RoPE
+            # tables, which no checkpoint holds) are built for real instead
             with torch.device("meta"):
                 model = create_spatial(self.name, self.img_size, self.patch_size, self.depth)
+            on_meta = not _computed_buffers(model)
+            if not on_meta:
+                model = create_spatial(self.name, self.img_size, self.patch_size, self.depth)
             try:
-                model.load_state_dict(state, strict=True, assign=True)
+                model.load_state_dict(state, strict=True, assign=on_meta)
             except RuntimeError as e:
                 first = str(e).strip().splitlines()[0]
                 raise SpatialModelError(f"{self.checkpoint}: spatial part does not fit {self.name} ({first})") from None

@@ -18,7 +18,7 @@ from torch import nn
 from vivitcache.config import ModelConfig
 from vivitcache.models.adapter import build_adapter
 from vivitcache.models.spatial import create_spatial
-from vivitcache.models.tokens import frame_feature_dim, frame_features, frame_tokens
+from vivitcache.models.tokens import check_token_kind, frame_feature_dim, frame_features, frame_tokens
 from vivitcache.models.temporal import TemporalTransformer
 
 PARTS = ("spatial", "adapter", "temporal", "head")
@@ -29,6 +29,8 @@ class ViViT(nn.Module):
 
     def __init__(self, cfg: ModelConfig, spatial: nn.Module | None, spatial_dim: int):
         super().__init__()
+        if spatial is not None:
+            check_token_kind(spatial, cfg.frame_token)  # e.g. `cls` on a model without a class token
         self.cfg = cfg
         self.spatial = spatial
         in_dim = frame_feature_dim(spatial_dim, cfg.frame_token)
