@@ -16,8 +16,10 @@ sampler, batch collation, spawned workers) exactly as training reads it:
 - `sequential_cold`: `--read sequential` from a fresh reader, page cache dropped; `sequential_warm`: the next
   epochs (every part read again, now from the page cache).
 
-Reference points in the same run: `raw_gather` (the clips' rows gathered from one in-RAM fp16 array with numpy,
-indices precomputed: the limit of any in-memory loader here) and `file_read` (the shard files read whole with
+Reference points in the same run: `raw_gather` (the clips' rows gathered from one in-RAM fp16 array with
+`np.take`, the fastest numpy gather, indices precomputed: the limit of any in-memory loader here),
+`worker_transfer` (with workers: a bare spawned DataLoader whose workers only make batches of zeros of the same
+shape, the limit of anything that runs in DataLoader workers here) and `file_read` (the shard files read whole with
 os.read, 8 MiB at a time: cold after dropping the page cache, and warm). Ratios are against those. `reference_per_clip` times the
 per-clip path the batch readers replaced (`dataset[i]` + stacking, float32), at T=128 D=768 in one process.
 `codec` compares zarr's default codec pipeline with `zarrs` (Rust) reading every shard whole and random chunks.
@@ -53,7 +55,7 @@ from vivitcache.store.writer import shard_frames_for
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.clip_frames import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch
 from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
 from vivitcache.training.loop import _loader
 from vivitcache.training.sampler import ResumableSampler
@@ -155,9 +157,36 @@ def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int
     while time.perf_counter() - t < min_seconds:  # passes over the epoch's batches: the best pass counts
         t1 = time.perf_counter()
         for r in rows:
-            features[r]  # [B, T, D]
+            np.take(features, r, axis=0)  # [B, T, D]; the fastest numpy gather (a[r] is ~25 % slower)
         rates.append(sum(map(len, rows)) / (time.perf_counter() - t1))
     return max(rates)
+
+
+class ZeroBatches(torch.utils.data.Dataset):
+    """Batches of zeros of one clip shape, made in a DataLoader worker: what moving batches between processes costs."""
+
+    def __init__(self, n: int, shape: tuple[int, ...]):
+        self.n, self.shape = n, shape
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.zeros((len(indices),) + self.shape, dtype=torch.float16)  # [B, T, D]
+
+
+def worker_transfer(workers: int, batch: int, T: int, dim: int, clips: int) -> float:
+    """clips/s of a bare spawned DataLoader whose workers only make fp16 batches of zeros [batch, T, dim]: the limit
+    of any loader that runs in DataLoader workers on this machine (torch moves each batch through shared memory)."""
+    dl = torch.utils.data.DataLoader(ZeroBatches(clips, (T, dim)), batch_size=batch, num_workers=workers,
+                                     multiprocessing_context="spawn", collate_fn=collate_batch)
+    it = iter(dl)
+    for _ in range(workers):  # every worker has started
+        next(it)
+    t, n = time.perf_counter(), 0
+    for x in it:
+        n += len(x)
+    return n / (time.perf_counter() - t)
 
 
 def per_clip_reference(ds: TokenClipDataset, batch: int, min_seconds: float) -> float:
@@ -244,12 +273,17 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
                 rounds["sequential_warm"].append(run_epochs(seq, batch, workers, first_epoch=1 + 10 * r, **once))
             rnd.stop_read_ahead()
             limit = row["raw_gather_clips_per_s"] = max(rounds.pop("raw"))
+            if workers:
+                row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, dim, len(videos))
             for name, runs in rounds.items():
                 row[name] = max(runs, key=lambda x: x["clips_per_s"])
             took = row["sequential_cold"]["seconds"] + row["sequential_cold"]["start_s"]
             row["ratios"] = {
                 "memory_vs_raw_gather": row["memory"]["clips_per_s"] / limit,
                 "random_warm_vs_raw_gather": row["random_warm"]["clips_per_s"] / limit,
+                # with workers, against what torch's DataLoader moves between processes here at all
+                "memory_vs_worker_transfer": row["memory"]["clips_per_s"] / row["worker_transfer_clips_per_s"]
+                if workers else None,
                 # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files
                 # (one process: with workers the epoch holds every video 4 times)
                 "sequential_cold_vs_file_read": result["store_bytes"] / took / (row["file_read_cold_mb_per_s"] * 1e6)

@@ -27,7 +27,8 @@ from vivitcache.store import StoreLayout, StoreWriter, TokenStore
 from vivitcache.store.writer import plan_parts
 from vivitcache.store.layout import StoreDamageError
 from vivitcache.train_temporal import TrainConfig
-from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches, codec_pipeline, tokens_array
+from vivitcache.store.reader import codec_pipeline
+from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch, resolve_read
@@ -146,7 +147,7 @@ def test_zarrs_pipeline_reads_the_same_values_and_still_refuses_damage(tmp_path,
     assert codec_pipeline() is None
     plain = StoreBatches(path, "cls")
     assert np.array_equal(parts[0], plain.part(0)) and np.array_equal(parts[1], plain.part(1))
-    pipeline = lambda r: type(tokens_array(r.store, r.store.part_ids()[0])._async_array.codec_pipeline).__name__  # noqa: E731
+    pipeline = lambda r: type(r.store.tokens_array(r.store.part_ids()[0])._async_array.codec_pipeline).__name__  # noqa: E731
     assert (pipeline(fast), pipeline(plain)) == ("ZarrsCodecPipeline", "BatchedCodecPipeline")
     monkeypatch.delenv("VIVITCACHE_ZARRS")
     shard = next(f for f in sorted((path / "parts" / fast.store.part_ids()[0] / "tokens").rglob("*")) if f.is_file()

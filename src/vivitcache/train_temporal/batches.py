@@ -13,18 +13,13 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
   then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
   in one request each.
 
-Token arrays are opened through `zarrs`' codec pipeline (Rust; reads the same store format) when it is installed:
-measured on our shards (BENCHMARKS.md) it reads whole parts 6.6-15x faster than zarr's default pipeline (3.4-4.9 vs
-0.23-0.74 GB/s, page cache warm) and single 64-frame chunks 3.1-4.7x faster; `VIVITCACHE_ZARRS=0` turns it off.
+The store opens its token arrays through `zarrs`' codec pipeline when it is installed (`store.reader.codec_pipeline`).
 
 The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) are the reference these must equal.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from vivitcache.store import StoreError, TokenStore
 from vivitcache.train_temporal.features import FeatureRule, StoreReader
@@ -73,27 +67,9 @@ def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> N
         raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b, 0])})")
 
 
-_OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a time sets and restores it
-
-
-def codec_pipeline() -> str | None:
-    """The codec pipeline readers open token arrays with: zarrs' when installed (and not VIVITCACHE_ZARRS=0)."""
-    if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
-        return None
-    return "zarrs.ZarrsCodecPipeline"
-
-
-def tokens_array(store: TokenStore, part_id: str):
-    """`store.tokens_array(part_id)`, opened under `codec_pipeline()` (an array keeps the pipeline it was opened
-    with; the store caches it, so every reader of this `TokenStore` must open its arrays here)."""
-    pipeline = codec_pipeline()
-    with _OPEN_LOCK, (zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext()):
-        return store.tokens_array(part_id)
-
-
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
     """Frame features of a whole part: [F_part, Din] in `rule.dtype`. Each shard file is read in one request."""
-    return rule(store.decode(tokens_array(store, part_id)[:]))  # [F_part, Din]
+    return rule(store.decode(store.tokens_array(part_id)[:]))  # [F_part, Din]
 
 
 class MemoryBatches:
@@ -105,7 +81,7 @@ class MemoryBatches:
         ids = self.store.ids() if video_ids is None else list(video_ids)
         numbers = {p: i for i, p in enumerate(self.store.part_ids())}
         wanted = sorted({self.store.location(v)[0] for v in ids})
-        sizes = [tokens_array(self.store, p).shape[0] for p in wanted]  # frames per part (array metadata only)
+        sizes = [self.store.tokens_array(p).shape[0] for p in wanted]  # frames per part (array metadata only)
         self.base = np.full(len(numbers), -1, dtype=np.int64)  # [parts] first row of each loaded part
         self.base[[numbers[p] for p in wanted]] = np.cumsum([0] + sizes)[:-1]
         # one array filled part by part (peak memory: the features plus one part); a torch tensor only for its
@@ -126,7 +102,7 @@ class MemoryBatches:
         """Features of frames `indices` [B, n] of videos `rows` [B]: [B, n, Din] in `rule.dtype`."""
         check_indices(table, rows, indices)
         frames = (self.base[table.part[rows]] + table.offset[rows])[:, None] + indices  # [B, n] rows of the array
-        return self.features.numpy()[frames]  # [B, n, Din]
+        return np.take(self.features.numpy(), frames, axis=0)  # [B, n, Din]; np.take: ~25 % faster than a[frames]
 
 
 class StoreBatches(StoreReader):
@@ -166,6 +142,11 @@ class StoreBatches(StoreReader):
         """Features of a whole part, read now: [F_part, Din]."""
         return read_part(self._store, self.rule, self._part_ids[number])
 
+    def prefetch(self, number: int) -> None:
+        """Bring a part's shard files into the page cache with plain sequential reads (`part` then decodes them
+        from memory)."""
+        self._store.prefetch_tokens(self._part_ids[number])
+
     # ---- random access ------------------------------------------------------------------------------------------
     def _keys(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frames = table.offset[rows][:, None] + indices  # [B, n] frame numbers in each video's part
@@ -204,7 +185,7 @@ class StoreBatches(StoreReader):
 
         def read(run: np.ndarray) -> np.ndarray:
             part, first = divmod(int(keys[run[0]]), 1 << 32)
-            arr = tokens_array(self._store, self._part_ids[part])
+            arr = self._store.tokens_array(self._part_ids[part])
             start, stop = first * cf, min((first + len(run)) * cf, arr.shape[0])
             return self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
 
@@ -229,10 +210,11 @@ class StoreBatches(StoreReader):
         with self._lock:
             for lo in range(0, len(unique), self.slots):  # one round unless the batch needs more chunks than slots
                 slots = self._fill(unique[lo : lo + self.slots])  # [<= slots]
+                flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
                 if lo == 0 and len(unique) <= self.slots:
-                    return self._slab[slots[inverse], within]  # [B, n, Din]: the whole batch in one gather
+                    return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]: one gather
                 mask = (inverse >= lo) & (inverse < lo + self.slots)
-                out[mask] = self._slab[slots[inverse[mask] - lo], within[mask]]
+                out[mask] = np.take(flat, slots[inverse[mask] - lo] * self.chunk_frames + within[mask], axis=0)
         return out
 
     def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> None:

@@ -22,9 +22,10 @@ import numpy as np
 
 from vivitcache.train_temporal.config import AugmentConfig
 
-_GOLDEN = np.array([0x9E3779B97F4A7C15], dtype=np.uint64)
-_M1 = np.array([0xBF58476D1CE4E5B9], dtype=np.uint64)
-_M2 = np.array([0x94D049BB133111EB], dtype=np.uint64)
+_GOLDEN_INT, _M1_INT, _M2_INT = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_GOLDEN = np.uint64(_GOLDEN_INT)
+_M1, _M2 = np.uint64(_M1_INT), np.uint64(_M2_INT)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _U64 = 2**64
 
 # streams of uniform numbers of one clip (each clip has its own key; streams never overlap)
@@ -32,23 +33,43 @@ _SPAN, _START, _SEGMENTS, _DROPOUT = 0, 1, 2, 3
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijection of uint64 with full avalanche (arrays only: numpy wraps them silently)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser: a bijection of uint64 with full avalanche (arrays only: numpy wraps them silently).
+    In place on one new array (two temporaries instead of nine: this runs on every batch's [B, T] counters)."""
+    y = x >> _S30
+    y ^= x
+    y *= _M1
+    t = y >> _S27
+    y ^= t
+    y *= _M2
+    y ^= np.right_shift(y, _S31, out=t)
+    return y
+
+
+def _mix_int(x: int) -> int:
+    """`_mix` of one Python int (mod 2**64), for the per-(seed, epoch) key: no numpy call per batch for it."""
+    x ^= x >> 30
+    x = (x * _M1_INT) % _U64
+    x ^= x >> 27
+    x = (x * _M2_INT) % _U64
+    return x ^ (x >> 31)
 
 
 def clip_keys(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     """One key per training clip, a function of (seed, epoch, index) only: [B] uint64."""
-    run = _mix(np.array([seed % _U64], dtype=np.uint64) ^ _mix(np.array([epoch % _U64], dtype=np.uint64) + _GOLDEN))
-    return _mix(run + (np.asarray(index, dtype=np.int64).astype(np.uint64) + np.uint64(1)) * _GOLDEN)  # [B]
+    run = _mix_int((seed % _U64) ^ _mix_int((epoch % _U64 + _GOLDEN_INT) % _U64))
+    counter = np.asarray(index, dtype=np.int64).astype(np.uint64)  # [B]
+    counter += np.uint64(1)
+    counter *= _GOLDEN
+    counter += np.uint64(run)
+    return _mix(counter)  # [B]
 
 
 def uniforms(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
     """n uniform numbers in [0, 1) per clip from stream `stream` of its key: [B, n] float64 (53 random bits)."""
-    counter = (np.uint64(stream) << np.uint64(32)) + np.arange(1, n + 1, dtype=np.uint64)  # [n]
-    bits = _mix(keys[:, None] + counter[None, :] * _GOLDEN)  # [B, n]
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    counter = ((np.uint64(stream) << np.uint64(32)) + np.arange(1, n + 1, dtype=np.uint64)) * _GOLDEN  # [n]
+    bits = _mix(keys[:, None] + counter[None, :])  # [B, n]
+    bits >>= _S11
+    return bits.astype(np.float64) * 2.0**-53
 
 
 def _segments(num_frames: np.ndarray, T: int, offsets: np.ndarray) -> np.ndarray:
@@ -56,8 +77,10 @@ def _segments(num_frames: np.ndarray, T: int, offsets: np.ndarray) -> np.ndarray
     of T equal segments of each video (`num_frames` [B]): int64 [B, ..., T]."""
     n = np.asarray(num_frames, dtype=np.int64).reshape((-1,) + (1,) * (offsets.ndim - 1))  # [B, 1.., 1]
     segment = n / T  # segment length in frames (may be < 1)
-    index = np.floor(np.arange(T) * segment + offsets * segment).astype(np.int64)
-    return np.clip(index, 0, n - 1)
+    position = offsets * segment  # [B, ..., T]
+    position += np.arange(T) * segment
+    index = np.floor(position, out=position).astype(np.int64)  # >= 0: offsets are in [0, 1)
+    return np.minimum(index, n - 1, out=index)  # np.minimum, not np.clip: ~10x less call overhead on every batch
 
 
 @dataclass

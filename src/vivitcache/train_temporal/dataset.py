@@ -148,9 +148,10 @@ class TokenClipDataset(Dataset):
         self._walk: list[int] | None = None  # the order this rank's samples will be asked in (`follow`)
         self._plan: tuple[tuple[int, int], EpochPlan] | None = None
         self._sequential: SequentialClips | None = None
+        self._slab: np.ndarray | None = None  # the sequential reader's slab, kept for the next epoch (no page faults)
 
     def __getstate__(self):
-        return {**self.__dict__, "_ahead": None, "_sequential": None}
+        return {**self.__dict__, "_ahead": None, "_sequential": None, "_slab": None}
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -158,6 +159,9 @@ class TokenClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Training clips of epoch `epoch` (fit calls this before each epoch)."""
         self.epoch = epoch
+        if self._sequential is not None:
+            self._sequential.close()
+            self._slab = self._sequential.slab
         self._sequential = None
         self._walk = None  # the new epoch's order comes with the next `follow`
         self.stop_read_ahead()
@@ -198,9 +202,18 @@ class TokenClipDataset(Dataset):
     def _sequential_clips(self) -> SequentialClips:
         if self._sequential is None:
             table = self.table
-            make = lambda rows, feats: self._gather(rows, lambda r, i: feats[table.offset[r][:, None] + i])  # noqa: E731
-            self._sequential = SequentialClips(self.plan(self.epoch, self.world or 1), table.part, self.features.part,
-                                               make)
+            make = lambda rows, feats: self._gather(  # noqa: E731
+                rows, lambda r, i: np.take(feats, table.offset[r][:, None] + i, axis=0))
+            plan = self.plan(self.epoch, self.world or 1)
+            worker = get_worker_info()
+            # the most clips waiting at once: the shuffle buffers, one part per piece and a batch
+            capacity = min(len(self.videos), self.shuffle_buffer + self.streams * int(np.bincount(table.part).max())
+                           + self.batch)
+            self._sequential = SequentialClips(plan, table.part, self.features.part, make,
+                                               prefetch=getattr(self.features, "prefetch", None),
+                                               workers=(worker.num_workers, worker.id) if worker else (1, 0),
+                                               slab=self._slab, capacity=capacity)
+            self._slab = None
         return self._sequential
 
     def plan(self, epoch: int, world: int) -> EpochPlan:

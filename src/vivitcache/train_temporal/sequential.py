@@ -12,8 +12,9 @@ The epoch's order (`plan_epoch`, pure index math on (seed, epoch)):
    so with `workers` dividing `streams` a worker only ever reads its own pieces' parts, and no two ranks or workers
    read the same part, except the (at most one) part at each cut, which both neighbours read.
 
-Reading (`SequentialClips`, one per process and epoch): a part is read whole (one request per shard file) the first
-time one of its videos is asked for (or just before, by a read-ahead thread), and the clips of all of its videos still to come in the same piece are
+Reading (`SequentialClips`, one per process and epoch): a part is read whole the first time one of its videos is
+asked for (its shard files first read front to back into the page cache, then decoded by zarrs; background threads
+do both for the parts coming next), and the clips of all of its videos still to come in the same piece are
 gathered from it at once (one vectorised gather per part) into a slab of clip slots; a batch is one gather from
 the slab. Clips depend only on (seed, epoch, index), so a resumed epoch (the sampler skips the samples already
 seen) re-reads the parts it needs and gives exactly the same batches.
@@ -110,39 +111,95 @@ class SequentialClips:
     """One process's reading of one sequential epoch: whole parts in, clips out of a slab of clip slots.
 
     `read_part(number)` gives a part's frame features [F_part, Din]; `make_clips(rows, feats)` gathers the training
-    clips of dataset rows `rows` from it: [n, T, Din]. While a part is used, a background thread reads the next part
-    its piece will need (zarr's reads release the GIL), so reading overlaps the training step. Memory: the slab holds
-    the clips read but not yet handed out, at most about the shuffle buffers' videos of this process plus one part's
-    (it grows when more are needed), plus one part read ahead per piece this process reads.
+    clips of dataset rows `rows` from it: [n, T, Din]; `prefetch(number)` (optional) brings a part's files into the
+    page cache with plain sequential reads.
+
+    Read-ahead, on `READ_THREADS` background threads (file reads and zarrs' decoding release the GIL): at the first
+    batch the process works out the parts it will read, in order (`schedule`: its rank's samples, the batches its
+    DataLoader worker gets), and from then on keeps the next `DECODE_AHEAD` parts read and decoded and the
+    `PREFETCH_AHEAD` after them in the page cache. So the file reads of coming parts, the decoding of the next ones
+    and the gathers of the current one overlap, and an epoch runs near the files' sequential read speed
+    (BENCHMARKS.md, "Stage-2 loader"). The first batch waits for its shuffle buffer: the parts it needs to fill it.
+
+    Memory: the slab holds the clips read but not yet handed out, at most about the shuffle buffers' videos of this
+    process plus one part's per piece (it grows when more are needed; `capacity` is its first size, and a slab handed
+    in from the previous epoch is reused), plus `DECODE_AHEAD` decoded parts.
     """
 
+    READ_THREADS = 2
+    """Parts read at once (file reads of one part overlap another's decoding)."""
+    DECODE_AHEAD = 2
+    """Parts read and decoded ahead of the one in use."""
+    PREFETCH_AHEAD = 2
+    """Parts after those whose files are read into the page cache ahead."""
+
     def __init__(self, plan: EpochPlan, part: np.ndarray, read_part: Callable[[int], np.ndarray],
-                 make_clips: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+                 make_clips: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                 prefetch: Callable[[int], None] | None = None, workers: tuple[int, int] = (1, 0),
+                 slab: np.ndarray | None = None, capacity: int = 0):
         self.plan, self.part = plan, part
-        self.read_part, self.make_clips = read_part, make_clips
+        self.read_part, self.make_clips, self.prefetch = read_part, make_clips, prefetch
+        self.workers = workers  # (DataLoader workers, this one's id); (1, 0) in the main process
         self.slot_of = np.full(len(part), -1, dtype=np.int64)  # [N] slot of each clip waiting in the slab
-        self.slab: np.ndarray | None = None  # [slots, T, Din]
-        self.free = np.zeros(0, dtype=np.int64)  # free slots (a stack)
+        self.slab = slab  # [slots, T, Din]
+        self.capacity = capacity
+        self.free = np.arange(len(slab) if slab is not None else 0, dtype=np.int64)  # free slots (a stack)
         by_part = np.argsort(part, kind="stable")
         self._members = np.split(by_part, np.searchsorted(part[by_part], np.arange(1, int(part.max()) + 1)))
-        self._next: dict[tuple[int, int], int] = {}  # (piece, part) → the next part that piece needs
-        for i, rows in enumerate(plan.pieces):
-            needed = list(dict.fromkeys(part[rows].tolist()))  # parts in first-needed order
-            self._next.update({(i, a): b for a, b in zip(needed, needed[1:])})
+        self.schedule: list[int] | None = None  # the parts this process reads, in order (known at the first batch)
+        self._at: dict[int, int] = {}  # part → its place in `schedule`
         self._ahead: dict[int, Future] = {}
+        self._prefetched: set[int] = set()  # parts whose files were (or are being) read into the page cache
         self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
+    def _plan_reads(self, rank: int) -> None:
+        """`schedule`: the parts of this process's samples in first-needed order. The DataLoader hands batch j to
+        worker j % workers."""
+        order = np.asarray(self.plan.rank_order(rank), dtype=np.int64)
+        workers, me = self.workers
+        if workers > 1:
+            batch = np.arange(len(order)) // self.plan.batch
+            order = order[batch % workers == me]
+        self.schedule = list(dict.fromkeys(self.part[order].tolist()))
+        self._at = {number: k for k, number in enumerate(self.schedule)}
+        self._read_ahead(-1)
+
+    def _read_ahead(self, k: int) -> None:
+        """Schedule entry `k` is being used: keep the next parts decoded and the ones after them prefetched."""
+        soon = self.schedule[k + 1 : k + 1 + self.DECODE_AHEAD]
+        later = self.schedule[k + 1 + self.DECODE_AHEAD : k + 1 + self.DECODE_AHEAD + self.PREFETCH_AHEAD]
+        for number in soon:
+            if number not in self._ahead:
+                self._ahead[number] = self._submit(self._fetch, number)
+        for number in later if self.prefetch is not None else []:
+            if number not in self._prefetched:
+                self._prefetched.add(number)
+                self._submit(self.prefetch, number)
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Training clips of dataset rows `rows` [B] (in this epoch's order for this process): [B, T, Din]."""
+        if self.schedule is None and len(rows):
+            self._plan_reads(int(self.plan.piece_of[rows[0]]) // self.plan.streams)
         missing = rows[self.slot_of[rows] < 0]
         for number in dict.fromkeys(self.part[missing].tolist()):  # parts in first-needed order
             self._load(number, missing[self.part[missing] == number])
         slots = self.slot_of[rows]
-        out = self.slab[slots]  # [B, T, Din]
+        out = np.take(self.slab, slots, axis=0)  # [B, T, Din]
         self.slot_of[rows] = -1
         self.free = np.concatenate([self.free, slots])
         return out
+
+    def _fetch(self, number: int) -> np.ndarray:
+        """A part's features: its files read sequentially first (unless a prefetch did or does it), then decoded."""
+        if self.prefetch is not None and number not in self._prefetched:
+            self._prefetched.add(number)
+            self.prefetch(number)
+        return self.read_part(number)
+
+    def _submit(self, fn, number: int) -> Future:
+        self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-part-ahead")
+        return self._pool.submit(fn, number)
 
     def _load(self, number: int, wanted: np.ndarray) -> None:
         """Read part `number` and slot the clips of its videos still to come in the pieces of `wanted`."""
@@ -154,12 +211,9 @@ class SequentialClips:
             pending |= (piece[members] == s) & (position[members] >= first)
         rows = members[pending & (self.slot_of[members] < 0)]
         ahead = self._ahead.pop(number, None)
-        feats = ahead.result() if ahead is not None else self.read_part(number)  # [F_part, Din]
-        for s in np.unique(piece[wanted]).tolist():
-            following = self._next.get((s, number))
-            if following is not None and following not in self._ahead:  # at most one per piece
-                self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="vivitcache-part-ahead")
-                self._ahead[following] = self._pool.submit(self.read_part, following)
+        if number in self._at:
+            self._read_ahead(self._at[number])
+        feats = ahead.result() if ahead is not None else self._fetch(number)  # [F_part, Din]
         clips = self.make_clips(rows, feats)  # [n, T, Din]
         self.parts_read += 1
         slots = self._alloc(len(rows), clips)
@@ -167,8 +221,9 @@ class SequentialClips:
         self.slot_of[rows] = slots
 
     def _alloc(self, n: int, like: np.ndarray) -> np.ndarray:
-        if self.slab is None:
-            self.slab = np.empty((0,) + like.shape[1:], dtype=like.dtype)
+        if self.slab is None or self.slab.shape[1:] != like.shape[1:] or self.slab.dtype != like.dtype:
+            self.slab = np.empty((max(self.capacity, n),) + like.shape[1:], dtype=like.dtype)
+            self.free = np.arange(len(self.slab), dtype=np.int64)
         if len(self.free) < n:  # grow (doubling), keeping the waiting clips
             old = len(self.slab)
             grown = max(2 * old, old + n - len(self.free))
@@ -178,6 +233,12 @@ class SequentialClips:
             self.free = np.concatenate([self.free, np.arange(old, grown)])
         slots, self.free = self.free[-n:] if n else self.free[:0], self.free[: len(self.free) - n]
         return slots
+
+    def close(self) -> None:
+        """Stop the read-ahead (reads in progress finish; queued ones are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     @property
     def waiting_bytes(self) -> int:
