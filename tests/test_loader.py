@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,12 +25,13 @@ from torch.utils.data import DataLoader
 
 from vivitcache.config import ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.sampling import view_indices
-from vivitcache.store import StoreLayout, StoreWriter, TokenStore
+from vivitcache.store import StoreError, StoreLayout, StoreWriter, TokenStore
 from vivitcache.store.writer import plan_parts
 from vivitcache.store.layout import StoreDamageError
 from vivitcache.train_temporal import TrainConfig
 from vivitcache.store.reader import codec_pipeline
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
+from vivitcache.train_temporal import clip_frames
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch, resolve_read
@@ -100,6 +103,29 @@ def test_clip_rule_is_per_clip_valid_and_matches_view_indices():
     views = eval_indices(n, 16, 3)  # [B, 3, 16]
     for b in range(len(n)):
         assert np.array_equal(views[b], view_indices(int(n[b]), 16, 3))
+
+
+def _splitmix(x: int) -> int:
+    """splitmix64's finaliser on one Python int: the reference the vectorised clip-rule hash must equal."""
+    m = 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % m
+    return x ^ (x >> 31)
+
+
+def test_clip_rule_randomness_is_splitmix64_of_seed_epoch_index_and_counter():
+    # every run's clips hang on these numbers: a faster implementation must give the same ones
+    golden, m = 0x9E3779B97F4A7C15, 2**64
+    for seed, epoch in [(0, 0), (3, 7), (2**63 + 5, 1), (-1, -2)]:
+        rows = np.array([0, 1, 999, 10**9])
+        run = _splitmix((seed % m) ^ _splitmix((epoch % m + golden) % m))
+        expected = [_splitmix((run + (int(i) + 1) * golden) % m) for i in rows]
+        keys = clip_keys(seed, epoch, rows)
+        assert keys.tolist() == expected
+        got = clip_frames.uniforms(keys, 2, 5)  # [4, 5]
+        for b, key in enumerate(expected):
+            bits = [_splitmix((key + ((2 << 32) + j) * golden) % m) for j in range(1, 6)]
+            assert got[b].tolist() == [(x >> 11) * 2.0**-53 for x in bits]
 
 
 # ---------------------------------------------------------------------------------------------------- batch readers
@@ -211,11 +237,18 @@ def test_sequential_covers_every_video_once_across_2_ranks_and_2_workers(store):
         parts = [set(), set()]
         for j in range(len(order) // 4):
             rows = order[4 * j : 4 * j + 4]
-            x, _ = workers[j % 2].__getitems__(rows)
+            info = SimpleNamespace(num_workers=2, id=j % 2)  # what `get_worker_info()` says in a spawned worker
+            with mock.patch("vivitcache.train_temporal.dataset.get_worker_info", return_value=info):
+                x, _ = workers[j % 2].__getitems__(rows)
             seen += ids_of(x)
             parts[j % 2] |= {int(ds.table.part[r]) for r in rows}
         assert len(parts[0] & parts[1]) <= 1  # at most the part at the cut between the two workers' pieces
         assert sum(w._sequential.parts_read for w in workers) <= len(parts[0]) + len(parts[1])  # each part once
+        for w in workers:  # as a DataLoader worker, it reads ahead exactly the parts of its own batches, in order
+            w._sequential.close()
+        for w, mine in zip(workers, parts):  # the loads it planned are the loads it made
+            assert {number for _, number in w._sequential.schedule} == mine
+            assert len(w._sequential.schedule) == w._sequential.parts_read
     assert sorted(seen) == list(range(n))  # 40 videos = 2 ranks × 5 batches of 4: every one exactly once
     uneven = plan_epoch(np.arange(11) // 3, np.arange(11) % 3, 0, 0, world=2, streams=2, batch=2, buffer=3,
                         drop_last=False)
@@ -241,6 +274,35 @@ def test_sequential_resumes_mid_epoch_with_the_same_batches(store):
     rest = list(sampler)
     assert rest == order[12:]
     assert all(torch.equal(x, y) for x, y in zip(_batches(resumed, rest, 4), expected[3:]))
+
+
+def test_sequential_epochs_reuse_the_slab_and_read_ahead_without_changing_a_value(store):
+    ds = _sequential(store)
+    first = _batches(ds, ds.epoch_order(0, 0, 1), 4)
+    slab = ds._sequential.slab
+    ds.set_epoch(1)
+    again = _batches(ds, ds.epoch_order(1, 0, 1), 4)
+    assert ds._sequential.slab is slab  # no new memory (and page faults) per epoch
+    fresh = _sequential(store)
+    fresh.set_epoch(1)
+    assert all(torch.equal(x, y) for x, y in zip(again, _batches(fresh, fresh.epoch_order(1, 0, 1), 4)))
+    # without prefetch or read-ahead threads (the reading only): the same batches
+    plain = _sequential(store)
+    plain.features.prefetch = None
+    plain.set_epoch(1)
+    clips = plain._sequential_clips()
+    clips.DECODE_AHEAD = clips.PREFETCH_AHEAD = 0
+    assert all(torch.equal(x, y) for x, y in zip(again, _batches(plain, plain.epoch_order(1, 0, 1), 4)))
+    assert clips._pool is None and not torch.equal(first[0], again[0])
+
+
+def test_prefetch_reads_every_shard_file_of_a_part_once(store):
+    reader = TokenStore.open(store)
+    part = reader.part_ids()[1]
+    files = [f for f in (store / "parts" / part / "tokens" / "c").rglob("*") if f.is_file()]
+    assert files and reader.prefetch_tokens(part) == sum(f.stat().st_size for f in files)
+    with pytest.raises(StoreError, match="no committed part"):
+        reader.prefetch_tokens("p999999")
 
 
 def test_sequential_memory_stays_within_the_shuffle_buffers(store):

@@ -206,12 +206,13 @@ class TokenClipDataset(Dataset):
                 rows, lambda r, i: np.take(feats, table.offset[r][:, None] + i, axis=0))
             plan = self.plan(self.epoch, self.world or 1)
             worker = get_worker_info()
+            workers = (worker.num_workers, worker.id) if worker is not None else (1, 0)
             # the most clips waiting at once: the shuffle buffers, one part per piece and a batch
             capacity = min(len(self.videos), self.shuffle_buffer + self.streams * int(np.bincount(table.part).max())
                            + self.batch)
             self._sequential = SequentialClips(plan, table.part, self.features.part, make,
                                                prefetch=getattr(self.features, "prefetch", None),
-                                               workers=(worker.num_workers, worker.id) if worker else (1, 0),
+                                               workers=workers,
                                                slab=self._slab, capacity=capacity)
             self._slab = None
         return self._sequential

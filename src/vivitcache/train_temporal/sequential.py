@@ -146,33 +146,34 @@ class SequentialClips:
         self.free = np.arange(len(slab) if slab is not None else 0, dtype=np.int64)  # free slots (a stack)
         by_part = np.argsort(part, kind="stable")
         self._members = np.split(by_part, np.searchsorted(part[by_part], np.arange(1, int(part.max()) + 1)))
-        self.schedule: list[int] | None = None  # the parts this process reads, in order (known at the first batch)
-        self._at: dict[int, int] = {}  # part → its place in `schedule`
-        self._ahead: dict[int, Future] = {}
+        self.schedule: list[tuple[int, int]] | None = None  # (piece, part) loads of this process, in order
+        self._at: dict[tuple[int, int], int] = {}  # (piece, part) → its place in `schedule`
+        self._ahead: dict[int, Future] = {}  # place in `schedule` → its part's features, read ahead
+        self._submitted = -1  # the last place in `schedule` read ahead
         self._prefetched: set[int] = set()  # parts whose files were (or are being) read into the page cache
         self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
     def _plan_reads(self, rank: int) -> None:
-        """`schedule`: the parts of this process's samples in first-needed order. The DataLoader hands batch j to
+        """`schedule`: the loads of this process, (piece, part) in first-needed order over its samples (a batch
+        comes from one piece; a part is loaded once per piece that needs it). The DataLoader hands batch j to
         worker j % workers."""
         order = np.asarray(self.plan.rank_order(rank), dtype=np.int64)
         workers, me = self.workers
         if workers > 1:
             batch = np.arange(len(order)) // self.plan.batch
             order = order[batch % workers == me]
-        self.schedule = list(dict.fromkeys(self.part[order].tolist()))
-        self._at = {number: k for k, number in enumerate(self.schedule)}
+        self.schedule = list(dict.fromkeys(zip(self.plan.piece_of[order].tolist(), self.part[order].tolist())))
+        self._at = {load: k for k, load in enumerate(self.schedule)}
         self._read_ahead(-1)
 
     def _read_ahead(self, k: int) -> None:
-        """Schedule entry `k` is being used: keep the next parts decoded and the ones after them prefetched."""
-        soon = self.schedule[k + 1 : k + 1 + self.DECODE_AHEAD]
+        """Schedule entry `k` is being loaded: keep the next parts decoded and the ones after them prefetched."""
+        for j in range(max(self._submitted, k) + 1, min(k + 1 + self.DECODE_AHEAD, len(self.schedule))):
+            self._ahead[j] = self._submit(self._fetch, self.schedule[j][1])
+            self._submitted = j
         later = self.schedule[k + 1 + self.DECODE_AHEAD : k + 1 + self.DECODE_AHEAD + self.PREFETCH_AHEAD]
-        for number in soon:
-            if number not in self._ahead:
-                self._ahead[number] = self._submit(self._fetch, number)
-        for number in later if self.prefetch is not None else []:
+        for _, number in later if self.prefetch is not None else []:
             if number not in self._prefetched:
                 self._prefetched.add(number)
                 self._submit(self.prefetch, number)
@@ -210,9 +211,10 @@ class SequentialClips:
             first = position[wanted][piece[wanted] == s].min()
             pending |= (piece[members] == s) & (position[members] >= first)
         rows = members[pending & (self.slot_of[members] < 0)]
-        ahead = self._ahead.pop(number, None)
-        if number in self._at:
-            self._read_ahead(self._at[number])
+        k = self._at.get((int(piece[wanted[0]]), number))  # None: not scheduled (a caller off the plan)
+        ahead = self._ahead.pop(k, None)
+        if k is not None:
+            self._read_ahead(k)
         feats = ahead.result() if ahead is not None else self._fetch(number)  # [F_part, Din]
         clips = self.make_clips(rows, feats)  # [n, T, Din]
         self.parts_read += 1
