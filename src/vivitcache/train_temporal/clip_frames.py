@@ -16,6 +16,7 @@ its draws (measured), more than gathering the clip's 128 x 768 features from mem
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,12 +65,28 @@ def clip_keys(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     return _mix(counter)  # [B]
 
 
+@functools.lru_cache(maxsize=64)
+def _counters(draws: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The hashed counters of `draws` ((stream, n) pairs, the first n numbers of each stream), side by side: [sum n]."""
+    counter = np.concatenate([(np.uint64(stream) << np.uint64(32)) + np.arange(1, n + 1, dtype=np.uint64)
+                              for stream, n in draws]) * _GOLDEN
+    counter.flags.writeable = False  # shared by every call with these draws
+    return counter
+
+
+def draws(keys: np.ndarray, *wanted: tuple[int, int]) -> list[np.ndarray]:
+    """`uniforms(keys, stream, n)` for each (stream, n) of `wanted`, hashed in one pass (one numpy pipeline for the
+    batch instead of one per stream): a list of [B, n] float64."""
+    bits = _mix(keys[:, None] + _counters(wanted)[None, :])  # [B, sum n]
+    bits >>= _S11
+    u = bits.astype(np.float64)
+    u *= 2.0**-53
+    return np.split(u, np.cumsum([n for _, n in wanted])[:-1], axis=1)
+
+
 def uniforms(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
     """n uniform numbers in [0, 1) per clip from stream `stream` of its key: [B, n] float64 (53 random bits)."""
-    counter = ((np.uint64(stream) << np.uint64(32)) + np.arange(1, n + 1, dtype=np.uint64)) * _GOLDEN  # [n]
-    bits = _mix(keys[:, None] + counter[None, :])  # [B, n]
-    bits >>= _S11
-    return bits.astype(np.float64) * 2.0**-53
+    return draws(keys, (stream, n))[0]
 
 
 def _segments(num_frames: np.ndarray, T: int, offsets: np.ndarray) -> np.ndarray:
@@ -104,18 +121,24 @@ def train_clips(num_frames: np.ndarray, T: int, keys: np.ndarray, augment: Augme
     n = np.asarray(num_frames, dtype=np.int64)  # [B]
     if n.size and n.min() < 1:
         raise ValueError(f"a clip needs a video with at least 1 frame, got num_frames={int(n.min())}")
+    k = int(round(augment.token_dropout * T)) if T >= 2 else 0
+    jitter = augment.frame_rate_jitter > 0.0
+    wanted = [(_SPAN, 1)] * jitter + [(_START, 1), (_SEGMENTS, T)] + [(_DROPOUT, T)] * (k > 0)
+    u = draws(keys, *wanted)  # every random number of the batch in one pass
+    u_span = u.pop(0)[:, 0] if jitter else None  # [B]
+    u_start, u_segments = u[0][:, 0], u[1]  # [B], [B, T]
     span = n.copy()
     if augment.temporal_crop < 1.0:
         span = np.maximum(1, np.round(span * augment.temporal_crop)).astype(np.int64)
-    if augment.frame_rate_jitter > 0.0:
+    if jitter:
         j = augment.frame_rate_jitter
-        span = np.maximum(1, np.round(span * (1.0 - j + j * uniforms(keys, _SPAN, 1)[:, 0]))).astype(np.int64)
-    start = np.floor(uniforms(keys, _START, 1)[:, 0] * (n - span + 1)).astype(np.int64)  # [B], 0 when span == n
-    indices = start[:, None] + _segments(span, T, uniforms(keys, _SEGMENTS, T))  # [B, T]
-    k = int(round(augment.token_dropout * T))
-    if k == 0 or T < 2:
+        span = np.maximum(1, np.round(span * (1.0 - j + j * u_span))).astype(np.int64)
+    start = np.floor(u_start * (n - span + 1)).astype(np.int64)  # [B], 0 when span == n
+    indices = _segments(span, T, u_segments)  # [B, T]
+    indices += start[:, None]
+    if k == 0:
         return TrainClips(indices, None)
-    dropped = np.argsort(uniforms(keys, _DROPOUT, T), axis=1, kind="stable")[:, :k]  # [B, k] distinct frames
+    dropped = np.argsort(u[2], axis=1, kind="stable")[:, :k]  # [B, k] distinct frames
     if augment.token_dropout_mode == "zero":
         zeroed = np.zeros(indices.shape, dtype=bool)
         np.put_along_axis(zeroed, dropped, True, axis=1)
