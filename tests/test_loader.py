@@ -34,7 +34,7 @@ from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal import clip_frames
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch, resolve_read
+from vivitcache.train_temporal.dataset import ReadAhead, TokenClipDataset, VideoEntry, collate_batch, resolve_read
 from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
 from vivitcache.train_temporal.sequential import plan_epoch
 from vivitcache.training.checkpoint import load_model_state
@@ -152,6 +152,33 @@ def test_batch_readers_equal_the_per_clip_reader(store):
     assert tiny.cached_bytes <= tiny.cache_bytes and tiny.slots == 5  # the cache bound holds
     assert roomy.hits > roomy.misses > 0  # chunks are read once and then served from the cache
     assert ids_of(expected[:, 0]) == batch  # eval batch [B, V, T, D]: the right videos
+
+
+def test_chunk_cache_evicts_the_least_recently_used_and_keeps_its_index_exact(store):
+    reader = StoreBatches(store, "cls", cache_bytes=6 * 4 * D * 2)  # six chunk slots
+    part0 = TokenStore.open(store).tokens_array(TokenStore.open(store).part_ids()[0])[:][:, 0]  # [F, D]
+    chunk = lambda c: part0[4 * c : 4 * c + 4]  # noqa: E731 — chunk c of part 0 (key = c)
+    slots, read = reader._fill(np.array([0, 1, 2, 3]))
+    assert read == 4 and len(set(slots.tolist())) == 4
+    assert reader._fill(np.array([0, 1]))[1] == 0  # hits: 0 and 1 are now the most recent
+    slots, read = reader._fill(np.array([4, 5, 6, 7]))  # 2 free slots, then evict 2 and 3 (least recently used)
+    assert read == 4 and reader._keys_held.tolist() == [0, 1, 4, 5, 6, 7]
+    assert sorted(reader._slot_held.tolist()) == list(range(6))  # every slot once
+    for key, slot in zip(reader._keys_held.tolist(), reader._slot_held.tolist()):
+        assert np.array_equal(reader._slab[slot], chunk(key))  # each slot holds its key's chunk
+    assert reader._fill(np.array([2]))[1] == 1 and 0 not in reader._keys_held.tolist()  # 0 was the oldest now
+    assert reader.cached_bytes == reader.cache_bytes
+
+
+def test_read_ahead_stops_once_the_cache_holds_the_pass():
+    calls = []
+    quiet = ReadAhead(list(range(1000)), lambda i: calls.append(i) or 0, window=1000, block=10)
+    quiet.thread.join(5)
+    assert not quiet.thread.is_alive() and len(calls) == ReadAhead.PATIENCE  # nothing to read: it stopped
+    calls.clear()
+    busy = ReadAhead(list(range(1000)), lambda i: calls.append(i) or 1, window=1000, block=10)
+    busy.thread.join(5)
+    assert len(calls) == 100  # every block of the order was warmed
 
 
 def test_batch_readers_keep_float32_rule_of_bf16_all_stores(tmp_path):

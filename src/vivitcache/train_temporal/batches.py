@@ -21,7 +21,6 @@ The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) a
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +123,12 @@ class StoreBatches(StoreReader):
         slot_bytes = self.chunk_frames * self.rule.dim * np.dtype(self.rule.dtype).itemsize
         self.slots = max(1, self.cache_bytes // slot_bytes)
         self._slab: np.ndarray | None = None  # [slots, chunk_frames, Din], allocated on the first random read
-        self._where: OrderedDict[int, int] = OrderedDict()  # chunk key → slot, least recently used first
+        # the cache's index, as arrays so that a batch's chunks are looked up in one vectorised pass (a dict cost
+        # ~0.6 us per chunk: 0.2 ms for the ~350 chunks of a T=32 batch, as much as the gather itself)
+        self._keys_held = np.zeros(0, dtype=np.int64)  # [C] sorted chunk keys in the cache
+        self._slot_held = np.zeros(0, dtype=np.int64)  # [C] their slots
+        self._last_use = np.zeros(self.slots, dtype=np.int64)  # [slots] the batch count when each slot was last used
+        self._uses = 0
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
         self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
@@ -133,7 +137,7 @@ class StoreBatches(StoreReader):
     @property
     def cached_bytes(self) -> int:
         """Bytes of chunks held in the cache now (never more than `cache_bytes`, or one slot)."""
-        return 0 if self._slab is None else len(self._where) * self._slab[0].nbytes
+        return 0 if self._slab is None else len(self._keys_held) * self._slab[0].nbytes
 
     def table(self, video_ids: list[str]) -> VideoTable:
         return VideoTable.build(self._store, video_ids)
@@ -153,30 +157,37 @@ class StoreBatches(StoreReader):
         return (table.part[rows][:, None] << 32) + frames // self.chunk_frames, frames  # chunk keys [B, n]
 
     def _fill(self, keys: np.ndarray) -> np.ndarray:
-        """Slots holding chunk keys `keys` ([U] sorted, unique, at most `slots`): read the missing ones. Lock held."""
+        """Slots holding chunk keys `keys` ([U] sorted, unique, at most `slots`): read the missing ones, evicting the
+        least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held."""
         if self._slab is None:
             self._slab = np.empty((self.slots, self.chunk_frames, self.rule.dim), dtype=self.rule.dtype)
+        self._uses += 1
+        held = self._keys_held
+        at = np.minimum(np.searchsorted(held, keys), max(len(held) - 1, 0))  # [U]
+        hit = held[at] == keys if len(held) else np.zeros(len(keys), dtype=bool)
         slots = np.empty(len(keys), dtype=np.int64)
-        missing = []
-        for j, key in enumerate(keys.tolist()):  # one dict look-up per chunk of the batch, not per clip
-            slot = self._where.get(key)
-            if slot is None:
-                missing.append(j)
-            else:
-                self._where.move_to_end(key)
-                slots[j] = slot
+        slots[hit] = self._slot_held[at[hit]]
+        self._last_use[slots[hit]] = self._uses
+        missing = keys[~hit]  # sorted
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        if not missing:
-            return slots
-        free = self.slots - len(self._where)
-        missing_keys = keys[missing]
-        for j, key in zip(missing, missing_keys.tolist()):  # hits were just moved to the end: never evicted here
-            slots[j] = len(self._where) if free > 0 else self._where.popitem(last=False)[1]
-            free -= 1
-            self._where[key] = int(slots[j])
-        self._read(missing_keys, slots[missing])
-        return slots
+        if not len(missing):
+            return slots, 0
+        fresh = min(len(missing), self.slots - len(held))
+        new = np.arange(len(held), len(held) + fresh, dtype=np.int64)  # never used yet: slots fill in order
+        if fresh < len(missing):  # full: evict the least recently used (this call's hits are the most recent)
+            victims = np.argpartition(self._last_use[self._slot_held], len(missing) - fresh - 1)[: len(missing) - fresh]
+            new = np.concatenate([new, self._slot_held[victims]])
+            keep = np.ones(len(held), dtype=bool)
+            keep[victims] = False
+            self._keys_held, self._slot_held = self._keys_held[keep], self._slot_held[keep]
+        where = np.searchsorted(self._keys_held, missing)
+        self._keys_held = np.insert(self._keys_held, where, missing)
+        self._slot_held = np.insert(self._slot_held, where, new)
+        self._last_use[new] = self._uses
+        slots[~hit] = new
+        self._read(missing, new)
+        return slots, len(missing)
 
     def _read(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Decode chunks `keys` (sorted) into `slots`: one zarr read per run of consecutive chunks of a part."""
@@ -209,7 +220,7 @@ class StoreBatches(StoreReader):
         within = frames % self.chunk_frames  # [B, n]
         with self._lock:
             for lo in range(0, len(unique), self.slots):  # one round unless the batch needs more chunks than slots
-                slots = self._fill(unique[lo : lo + self.slots])  # [<= slots]
+                slots, _ = self._fill(unique[lo : lo + self.slots])  # [<= slots]
                 flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
                 if lo == 0 and len(unique) <= self.slots:
                     return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]: one gather
@@ -217,9 +228,10 @@ class StoreBatches(StoreReader):
                 out[mask] = np.take(flat, slots[inverse[mask] - lo] * self.chunk_frames + within[mask], axis=0)
         return out
 
-    def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> None:
-        """Read the chunks of these clips into the cache (the read-ahead thread calls this)."""
+    def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> int:
+        """Read the chunks of these clips into the cache (the read-ahead thread calls this); returns how many had to
+        be read."""
         keys, _ = self._keys(table, rows, indices)
         unique = np.unique(keys)[: self.slots]
         with self._lock:
-            self._fill(unique)
+            return self._fill(unique)[1]

@@ -67,7 +67,11 @@ def collate_batch(batch):
 
 class ReadAhead:
     """A daemon thread that calls `warm(indices)` for the samples of `order`, at most `window` ahead of the consumer,
-    `block` samples per call."""
+    `block` samples per call. It stops early once `PATIENCE` calls in a row read nothing (`warm` returned 0): the
+    cache then holds what this pass needs, and the thread would only take the GIL from the loader (a gather that
+    releases it waits up to the switch interval to get it back)."""
+
+    PATIENCE = 8
 
     def __init__(self, order: list[int], warm, window: int, block: int = 1):
         self.order, self.warm, self.window, self.block = order, warm, window, block
@@ -79,7 +83,7 @@ class ReadAhead:
         self.thread.start()
 
     def _run(self) -> None:
-        k = 0
+        k = idle = 0
         while k < len(self.order):
             with self.cond:
                 self.cond.wait_for(lambda: self.stopped or k <= self.consumed + self.window)
@@ -90,8 +94,11 @@ class ReadAhead:
             if k >= len(self.order):
                 return
             try:
-                self.warm(self.order[k:stop])
+                read = self.warm(self.order[k:stop])
             except Exception:  # noqa: BLE001 — the reading path raises the same error with its context
+                return
+            idle = idle + 1 if read == 0 else 0
+            if idle >= self.PATIENCE:
                 return
             k = stop
 
@@ -252,15 +259,16 @@ class TokenClipDataset(Dataset):
         self.stop_read_ahead()
         self._walk = list(order)
 
-    def _warm(self, indices: list[int]) -> None:
+    def _warm(self, indices: list[int]) -> int | None:
+        """Warm the reader's cache for these samples: the chunks read (batch readers), or None (per-clip readers)."""
         rows = np.asarray(indices, dtype=np.int64)
         idx, _ = self.clip_indices(rows)
         idx = idx.reshape(len(rows), -1)
         if self.table is not None:
-            self.features.warm(self.table, rows, idx)
-        else:
-            for r, i in zip(indices, idx):
-                self.features.warm(self.videos[r].id, i)
+            return self.features.warm(self.table, rows, idx)
+        for r, i in zip(indices, idx):
+            self.features.warm(self.videos[r].id, i)
+        return None
 
     def _follow(self, index: int) -> None:
         if (self.read_ahead <= 0 or get_worker_info() is not None or not hasattr(self.features, "warm")
