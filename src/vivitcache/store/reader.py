@@ -18,8 +18,10 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from vivitcache.store.dtypes import decode_tokens
 from vivitcache.store.index import VIDEO_FIELDS, open_index, read_commit, read_commit_digest
@@ -80,6 +82,7 @@ class TokenStore:
         self.problems = self._index.problems  # parts left out because their commit record is damaged (strict=False)
         self._arrays: dict[tuple[str, str], CheckedArray] = {}
         self._checked: set[str] = set()
+        self._shards_checked: set[str] = set()  # parts whose shard checksums `read_shards` checked
 
     @classmethod
     def open(cls, path, strict: bool = True) -> TokenStore:
@@ -182,13 +185,13 @@ class TokenStore:
         self._checked.add(part_id)
 
     # ---- tokens ---------------------------------------------------------------------------------------------------
-    def _array(self, part_id: str, name: str) -> CheckedArray:
-        key = (part_id, name)
+    def _array(self, part_id: str, name: str, fast: bool = False) -> CheckedArray:
+        key = (part_id, name, fast)
         arr = self._arrays.get(key)
         if arr is None:
             self._check_part(part_id)
             folder = self.path / PARTS / part_id / name
-            pipeline = codec_pipeline()
+            pipeline = codec_pipeline() if fast else None
             try:
                 with _OPEN_LOCK, zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else nullcontext():
                     raw = zarr.open_array(store=str(folder), mode="r")  # keeps the pipeline it was opened with
@@ -201,22 +204,39 @@ class TokenStore:
         """The tokens array [F_part, K, D] of one part (stored dtype: float16, or uint16 bf16 bits), checked."""
         return self._array(part_id, TOKENS)
 
-    def prefetch_tokens(self, part_id: str) -> int:
-        """Read the part's token files once, front to back in 8 MiB requests, and drop the bytes: afterwards zarr
-        decodes them from the page cache. Returns the bytes read.
+    def read_shards(self, part_id: str) -> int:
+        """Read the part's token shard files front to back, each in one pass, and check every crc32c in them
+        (`check_shard`); afterwards `part_tokens` decodes them from the page cache. Once per part and process:
+        returns the bytes read (0 when already done).
 
-        Hand-written because zarr (zarrs too) reads a cold shard as many chunk-sized requests, some in parallel,
-        which defeats the kernel's read-ahead: measured on our 15 MiB shards, zarrs read them cold at 0.8-0.95
-        GB/s against 1.5-1.7 GB/s for plain sequential reads of the same files (BENCHMARKS.md, "Stage-2 loader")."""
-        self._check_part(part_id)
-        folder = self.path / PARTS / part_id / TOKENS
-        buffer = _prefetch_buffer()
+        Hand-written reads because zarr (zarrs too) reads a cold shard as many chunk-sized requests, some in
+        parallel, which defeats the kernel's read-ahead: measured on our 15 MiB shards, zarrs read them cold at
+        0.8-0.95 GB/s against 1.5-1.7 GB/s for plain sequential reads of the same files (BENCHMARKS.md)."""
+        if part_id in self._shards_checked:
+            return 0
+        arr = self.tokens_array(part_id)  # checks the part's files first
+        sharding = arr.metadata.codecs[0]
+        if arr.shards is None:  # not sharded: zarr's pipeline (the fallback of `part_tokens`) checks every chunk
+            return 0
+        inner = int(np.prod(arr.shards)) // int(np.prod(sharding.chunk_shape))  # inner chunks per shard
         total = 0
-        for f in sorted(f for f in (folder / "c").rglob("*") if f.is_file()):
-            with open(f, "rb", buffering=0) as fh:
-                while n := fh.readinto(buffer):
-                    total += n
+        for f in sorted(f for f in (arr.folder / "c").rglob("*") if f.is_file()):
+            data = _read_whole(f)  # [bytes] uint8, read-only
+            try:
+                check_shard(data, inner, isinstance(sharding.codecs[-1], Crc32cCodec))
+            except ValueError as e:
+                raise StoreDamageError(f"part {part_id}: {f}: unreadable ({e}) ({REPAIR_HINT})") from None
+            total += len(data)
+        self._shards_checked.add(part_id)
         return total
+
+    def part_tokens(self, part_id: str) -> np.ndarray:
+        """Every token of a part, read whole: [F_part, K, D] in the stored dtype. Its shards' checksums are checked
+        first (`read_shards`, once per process); then zarrs decodes them (`codec_pipeline`), 10-17x faster than
+        zarr's own pipeline on our shards."""
+        self.read_shards(part_id)
+        checked = part_id in self._shards_checked  # sharded, every checksum checked: zarrs may decode it
+        return self._array(part_id, TOKENS, fast=checked)[:]
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """Stored values → floats: identity for fp16, bf16 bits → float32."""
@@ -266,23 +286,57 @@ _OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a 
 
 
 def codec_pipeline() -> str | None:
-    """The codec pipeline a `TokenStore` opens its arrays with: zarrs' (Rust; reads the same format, checks the same
-    crc32c) when installed and not turned off with VIVITCACHE_ZARRS=0. Measured on our shards (BENCHMARKS.md,
-    "Stage-2 loader"): whole parts 6.6-15x faster than zarr's default pipeline (3.4-4.9 vs 0.23-0.74 GB/s, page
-    cache warm), single 64-frame chunks 3.1-4.7x faster."""
+    """The codec pipeline `TokenStore.part_tokens` decodes whole parts with: zarrs' (Rust, the same format) when
+    installed and not turned off with VIVITCACHE_ZARRS=0; measured on our shards (BENCHMARKS.md, "Stage-2 loader"):
+    10-17x faster than zarr's default pipeline. Every other read (slices, chunks) stays on zarr's own pipeline,
+    which checks each chunk's crc32c: zarrs does not on reads smaller than a shard (`check_shard`)."""
     if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
         return None
     return "zarrs.ZarrsCodecPipeline"
 
 
 _THREAD = threading.local()
+_EMPTY = 2**64 - 1  # an inner chunk never written (offset and nbytes)
 
 
-def _prefetch_buffer() -> bytearray:
-    """One 8 MiB buffer per thread for `prefetch_tokens` (a fresh one per call would cost page faults each time)."""
-    if not hasattr(_THREAD, "buffer"):
-        _THREAD.buffer = bytearray(8 << 20)
-    return _THREAD.buffer
+def _read_whole(f: Path) -> np.ndarray:
+    """File `f`'s bytes as a read-only uint8 array over a buffer reused by this thread (a fresh one per file would
+    cost page faults each time)."""
+    n = f.stat().st_size
+    buffer = getattr(_THREAD, "buffer", None)
+    if buffer is None or len(buffer) < n:
+        buffer = _THREAD.buffer = bytearray(max(n, 8 << 20))
+    view, done = memoryview(buffer), 0
+    with open(f, "rb", buffering=0) as fh:
+        while done < n and (got := fh.readinto(view[done : min(n, done + (8 << 20))])):
+            done += got
+    data = np.frombuffer(buffer, dtype=np.uint8, count=done)
+    data.flags.writeable = False
+    return data
+
+
+def check_shard(data: np.ndarray, inner_chunks: int, chunk_crc: bool) -> None:
+    """ValueError unless every crc32c of one shard file (`data`, read-only uint8) matches: its index's and, with
+    `chunk_crc`, each inner chunk's.
+
+    Hand-written because zarrs (0.2.3) decodes a shard without checking its inner chunks' crc32c whenever a read
+    covers less than the whole shard, and a part's last shard is always partly filled, so zarrs would hand out
+    flipped bytes as tokens (tests/test_loader.py shows it). The layout is the zarr v3 sharding codec's, index at the
+    end: `inner_chunks` pairs of little-endian uint64 (offset, nbytes; 2**64 - 1 for a chunk never written), then the
+    index's crc32c; each inner chunk ends with the crc32c of the bytes before it."""
+    size = inner_chunks * 16
+    if len(data) < size + 4:
+        raise ValueError(f"{len(data)} bytes: shorter than its shard index")
+    index = data[-size - 4 : -4]
+    if google_crc32c.value(index) != int.from_bytes(data[-4:].tobytes(), "little"):
+        raise ValueError("crc32c checksum mismatch in the shard index")
+    pairs = np.frombuffer(index.tobytes(), dtype="<u8").reshape(-1, 2)  # [inner_chunks, (offset, nbytes)]
+    for offset, nbytes in pairs[pairs[:, 0] != _EMPTY].tolist():
+        if nbytes < 4 * chunk_crc or offset + nbytes > len(data) - size - 4:
+            raise ValueError(f"inner chunk at byte {offset} runs past the data")
+        chunk = data[offset : offset + nbytes]
+        if chunk_crc and google_crc32c.value(chunk[:-4]) != int.from_bytes(chunk[-4:].tobytes(), "little"):
+            raise ValueError(f"crc32c checksum mismatch in the inner chunk at byte {offset}")
 
 
 class CheckedArray:

@@ -13,7 +13,8 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
   then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
   in one request each.
 
-The store opens its token arrays through `zarrs`' codec pipeline when it is installed (`store.reader.codec_pipeline`).
+Whole parts are decoded through `zarrs`' codec pipeline when it is installed (`TokenStore.part_tokens`, after its
+own checksum pass); chunk reads go through zarr's pipeline, which checks each chunk's crc32c.
 
 The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) are the reference these must equal.
 """
@@ -68,7 +69,7 @@ def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> N
 
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
     """Frame features of a whole part: [F_part, Din] in `rule.dtype`. Each shard file is read in one request."""
-    return rule(store.decode(store.tokens_array(part_id)[:]))  # [F_part, Din]
+    return rule(store.decode(store.part_tokens(part_id)))  # [F_part, Din]
 
 
 class MemoryBatches:
@@ -147,9 +148,9 @@ class StoreBatches(StoreReader):
         return read_part(self._store, self.rule, self._part_ids[number])
 
     def prefetch(self, number: int) -> None:
-        """Bring a part's shard files into the page cache with plain sequential reads (`part` then decodes them
-        from memory)."""
-        self._store.prefetch_tokens(self._part_ids[number])
+        """Read a part's shard files with plain sequential reads and check their checksums (`part` then decodes them
+        from the page cache)."""
+        self._store.read_shards(self._part_ids[number])
 
     # ---- random access ------------------------------------------------------------------------------------------
     def _keys(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
