@@ -206,14 +206,11 @@ class TokenStore:
 
     def read_shards(self, part_id: str) -> int:
         """Read the part's token shard files front to back, each in one pass, and check every crc32c in them
-        (`check_shard`); afterwards `part_tokens` decodes them from the page cache. Once per part and process:
-        returns the bytes read (0 when already done).
+        (`check_shard`); afterwards `part_tokens` decodes them from the page cache. Returns the bytes read.
 
         Hand-written reads because zarr (zarrs too) reads a cold shard as many chunk-sized requests, some in
         parallel, which defeats the kernel's read-ahead: measured on our 15 MiB shards, zarrs read them cold at
         0.8-0.95 GB/s against 1.5-1.7 GB/s for plain sequential reads of the same files (BENCHMARKS.md)."""
-        if part_id in self._shards_checked:
-            return 0
         arr = self.tokens_array(part_id)  # checks the part's files first
         sharding = arr.metadata.codecs[0]
         if arr.shards is None:  # not sharded: zarr's pipeline (the fallback of `part_tokens`) checks every chunk
@@ -232,9 +229,10 @@ class TokenStore:
 
     def part_tokens(self, part_id: str) -> np.ndarray:
         """Every token of a part, read whole: [F_part, K, D] in the stored dtype. Its shards' checksums are checked
-        first (`read_shards`, once per process); then zarrs decodes them (`codec_pipeline`), 10-17x faster than
-        zarr's own pipeline on our shards."""
-        self.read_shards(part_id)
+        first (`read_shards`, unless this process did already); then zarrs decodes them (`codec_pipeline`), 10-17x
+        faster than zarr's own pipeline on our shards."""
+        if part_id not in self._shards_checked:
+            self.read_shards(part_id)
         checked = part_id in self._shards_checked  # sharded, every checksum checked: zarrs may decode it
         return self._array(part_id, TOKENS, fast=checked)[:]
 
