@@ -322,6 +322,8 @@ def test_sequential_resumes_mid_epoch_with_the_same_batches(store):
     rest = list(sampler)
     assert rest == order[12:]
     assert all(torch.equal(x, y) for x, y in zip(_batches(resumed, rest, 4), expected[3:]))
+    first_load = (int(resumed.plan(2, 1).piece_of[rest[0]]), int(resumed.table.part[rest[0]]))
+    assert resumed._sequential.schedule[0] == first_load  # it reads ahead from where it resumed, not from the start
 
 
 def test_sequential_epochs_reuse_the_slab_and_read_ahead_without_changing_a_value(store):

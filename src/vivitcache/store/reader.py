@@ -7,7 +7,9 @@ written lives under `staging/` and appears atomically when its writer commits.
 A reader never hands out tokens it has not checked the way `verify --quick` does: the first time a process touches a
 part, its commit record is read and compared with the index, and every file the record lists is checked for
 presence and size (a deleted shard would otherwise read as zeros, a truncated one may too). Reads go through zarr,
-which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file.
+which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Whole parts
+(`part_tokens`) are decoded by zarrs instead, which is much faster but does not check crc32c on partly filled
+shards, so their shard files are first read and checked here (`read_shards`, `check_shard`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class TokenStore:
         self.created: str | None = root.get("created")
         self._index = open_index(path, strict=strict)
         self.problems = self._index.problems  # parts left out because their commit record is damaged (strict=False)
-        self._arrays: dict[tuple[str, str], CheckedArray] = {}
+        self._arrays: dict[tuple[str, str, bool], CheckedArray] = {}  # (part, array, through zarrs)
         self._checked: set[str] = set()
         self._shards_checked: set[str] = set()  # parts whose shard checksums `read_shards` checked
 

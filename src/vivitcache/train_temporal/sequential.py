@@ -112,7 +112,7 @@ class SequentialClips:
 
     `read_part(number)` gives a part's frame features [F_part, Din]; `make_clips(rows, feats)` gathers the training
     clips of dataset rows `rows` from it: [n, T, Din]; `prefetch(number)` (optional) brings a part's files into the
-    page cache with plain sequential reads.
+    page cache with plain sequential reads (and checks their checksums).
 
     Read-ahead, on `READ_THREADS` background threads (file reads and zarrs' decoding release the GIL): at the first
     batch the process works out the parts it will read, in order (`schedule`: its rank's samples, the batches its
@@ -154,15 +154,16 @@ class SequentialClips:
         self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
-    def _plan_reads(self, rank: int) -> None:
-        """`schedule`: the loads of this process, (piece, part) in first-needed order over its samples (a batch
-        comes from one piece; a part is loaded once per piece that needs it). The DataLoader hands batch j to
-        worker j % workers."""
-        order = np.asarray(self.plan.rank_order(rank), dtype=np.int64)
+    def _plan_reads(self, first: int) -> None:
+        """`schedule`: the loads of this process, (piece, part) in first-needed order over its samples from `first`
+        (the first one asked for: a resumed epoch starts mid-way) on; a batch comes from one piece, and a part is
+        loaded once per piece that needs it. The DataLoader hands batch j to worker j % workers."""
+        order = np.asarray(self.plan.rank_order(int(self.plan.piece_of[first]) // self.plan.streams), dtype=np.int64)
         workers, me = self.workers
         if workers > 1:
             batch = np.arange(len(order)) // self.plan.batch
             order = order[batch % workers == me]
+        order = order[int(np.argmax(order == first)) :]
         self.schedule = list(dict.fromkeys(zip(self.plan.piece_of[order].tolist(), self.part[order].tolist())))
         self._at = {load: k for k, load in enumerate(self.schedule)}
         self._read_ahead(-1)
@@ -181,7 +182,7 @@ class SequentialClips:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Training clips of dataset rows `rows` [B] (in this epoch's order for this process): [B, T, Din]."""
         if self.schedule is None and len(rows):
-            self._plan_reads(int(self.plan.piece_of[rows[0]]) // self.plan.streams)
+            self._plan_reads(int(rows[0]))
         missing = rows[self.slot_of[rows] < 0]
         for number in dict.fromkeys(self.part[missing].tolist()):  # parts in first-needed order
             self._load(number, missing[self.part[missing] == number])
