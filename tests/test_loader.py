@@ -123,7 +123,7 @@ def test_clip_rule_randomness_is_splitmix64_of_seed_epoch_index_and_counter():
         expected = [_splitmix((run + (int(i) + 1) * golden) % m) for i in rows]
         keys = clip_keys(seed, epoch, rows)
         assert keys.tolist() == expected
-        got = clip_frames.uniforms(keys, 2, 5)  # [4, 5]
+        got = clip_frames.draws(keys, (2, 5))[0]  # [4, 5]
         for b, key in enumerate(expected):
             bits = [_splitmix((key + ((2 << 32) + j) * golden) % m) for j in range(1, 6)]
             assert got[b].tolist() == [(x >> 11) * 2.0**-53 for x in bits]

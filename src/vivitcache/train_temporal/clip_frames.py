@@ -75,18 +75,13 @@ def _counters(draws: tuple[tuple[int, int], ...]) -> np.ndarray:
 
 
 def draws(keys: np.ndarray, *wanted: tuple[int, int]) -> list[np.ndarray]:
-    """`uniforms(keys, stream, n)` for each (stream, n) of `wanted`, hashed in one pass (one numpy pipeline for the
-    batch instead of one per stream): a list of [B, n] float64."""
+    """For each (stream, n) of `wanted`, the first n uniform numbers in [0, 1) of that stream of every clip's key
+    (53 random bits each), hashed in one pass for the whole batch: a list of [B, n] float64."""
     bits = _mix(keys[:, None] + _counters(wanted)[None, :])  # [B, sum n]
     bits >>= _S11
     u = bits.astype(np.float64)
     u *= 2.0**-53
     return np.split(u, np.cumsum([n for _, n in wanted])[:-1], axis=1)
-
-
-def uniforms(keys: np.ndarray, stream: int, n: int) -> np.ndarray:
-    """n uniform numbers in [0, 1) per clip from stream `stream` of its key: [B, n] float64 (53 random bits)."""
-    return draws(keys, (stream, n))[0]
 
 
 def _segments(num_frames: np.ndarray, T: int, offsets: np.ndarray) -> np.ndarray:
