@@ -114,8 +114,8 @@ class StoreBatches(StoreReader):
     """
 
     READ_THREADS = 8
-    """zarr reads in flight at once for the missing chunks of one batch (zarrs decodes without holding the GIL):
-    cold reads are bound by the storage's latency, not by a core."""
+    """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
+    bound by the storage's latency, not by a core."""
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)
