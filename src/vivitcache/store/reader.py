@@ -231,8 +231,8 @@ class TokenStore:
 
     def part_tokens(self, part_id: str) -> np.ndarray:
         """Every token of a part, read whole: [F_part, K, D] in the stored dtype. Its shards' checksums are checked
-        first (`read_shards`, unless this process did already); then zarrs decodes them (`codec_pipeline`), 12-19x
-        faster than zarr's own pipeline on our shards."""
+        first (`read_shards`, unless this process did already); then zarrs decodes them (`codec_pipeline`), much
+        faster than zarr's own pipeline on our shards (BENCHMARKS.md, "Stage-2 loader")."""
         if part_id not in self._shards_checked:
             self.read_shards(part_id)
         checked = part_id in self._shards_checked  # sharded, every checksum checked: zarrs may decode it
@@ -287,8 +287,8 @@ _OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a 
 
 def codec_pipeline() -> str | None:
     """The codec pipeline `TokenStore.part_tokens` decodes whole parts with: zarrs' (Rust, the same format) when
-    installed and not turned off with VIVITCACHE_ZARRS=0; measured on our shards (BENCHMARKS.md, "Stage-2 loader"):
-    12-19x faster than zarr's default pipeline. Every other read (slices, chunks) stays on zarr's own pipeline,
+    installed and not turned off with VIVITCACHE_ZARRS=0; on our shards it decodes many times faster than zarr's
+    default pipeline (measured in BENCHMARKS.md, "Stage-2 loader"). Every other read (slices, chunks) stays on zarr's own pipeline,
     which checks each chunk's crc32c: zarrs does not on reads smaller than a shard (`check_shard`)."""
     if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
         return None
