@@ -14,7 +14,7 @@ from vivitcache.hashing import state_dict_sha256
 from vivitcache.models.spatial import create_spatial
 from vivitcache.models.vivit import build_vivit
 from vivitcache.pretrain.image import ImagePretrainConfig, localisation_targets, run_image_pretrain
-from vivitcache.training.loop import build_optimizer
+from vivitcache.training.schedule import build_optimizer
 
 TINY = dict(model="vit-ti", img_size=32, patch_size=8, spatial_depth=2)
 

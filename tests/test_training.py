@@ -9,9 +9,11 @@ from torch.utils.data import Dataset
 
 from vivitcache.config import OptimConfig, RunConfig
 from vivitcache.training.checkpoint import CheckpointError, load_model_state, load_train_state, save_checkpoint
-from vivitcache.training.loop import Task, evaluate, fit, warmup_cosine
+from vivitcache.training.loop import Spec, Task, evaluate, fit, fit_many
+from vivitcache.training.schedule import warmup_cosine
 from vivitcache.training.metrics import topk_correct
 from vivitcache.training.sampler import ResumableSampler
+from vivitcache.training.state import ResumeWorldSizeError, TrainState
 
 
 class Blobs(Dataset):
@@ -138,3 +140,49 @@ def test_topk_and_view_averaged_eval():
     model = nn.Linear(4, 3)
     res = evaluate(model, lambda m, x: m(x), Blobs(12, views=3), 3, torch.device("cpu"), batch_size=5)
     assert res["val_videos"] == 12 and sum(map(sum, res["confusion"])) == 12
+
+
+def _rewrite_state(run_dir, **changes):
+    path = run_dir / "checkpoint/state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, **changes}))
+
+
+def test_resume_on_another_world_size_is_refused_mid_epoch_and_allowed_at_an_epoch_end(tmp_path):
+    # a mid-epoch checkpoint says which samples of the epoch were dealt over its world size: refused elsewhere
+    fit(_task(), OptimConfig(epochs=1, batch_size=8), RunConfig(out=str(tmp_path / "mid"), checkpoint_every=3))
+    _rewrite_state(tmp_path / "mid", world_size=2, epoch=0, step_in_epoch=3, step=3)
+    with pytest.raises(ResumeWorldSizeError, match=r"3 steps into epoch 1 with 2 process\(es\), and this run has 1"):
+        fit(_task(), OptimConfig(epochs=1, batch_size=8), RunConfig(out=str(tmp_path / "mid"), resume=True))
+    # at an epoch end nothing of the next epoch is seen yet: any world size continues, and it is recorded
+    fit(_task(), OptimConfig(epochs=1, batch_size=8), RunConfig(out=str(tmp_path / "end")))
+    _rewrite_state(tmp_path / "end", world_size=2)
+    summary = fit(_task(), OptimConfig(epochs=2, batch_size=8), RunConfig(out=str(tmp_path / "end"), resume=True))
+    assert summary["steps"] == 16  # the second epoch trained, on this run's one process, which is recorded
+    assert json.loads((tmp_path / "end/checkpoint/state.json").read_text())["world_size"] == 1
+
+
+def test_train_state_round_trips_and_keeps_the_best_eval():
+    state = TrainState(world_size=1)
+    for top1 in (0.5, 0.75, 0.6):
+        state.record_eval({"val_top1": top1})
+        state.finish_epoch()
+    loaded = TrainState()
+    loaded.load_state_dict({**state.state_dict(), "scheduler": {"ignored": True}})
+    assert loaded == state and (loaded.best_val_top1, loaded.epoch, loaded.last_eval) == (0.75, 3, {"val_top1": 0.6})
+
+
+def test_fit_many_gives_each_model_what_fit_gives_it_alone(tmp_path):
+    # two models with other learning rates on one stream of batches: each equals its own run bit for bit, even
+    # though dropout draws from the RNG (each member has its own stream)
+    fast, slow = OPTIM, OptimConfig(epochs=2, batch_size=8, lr=3e-3, warmup_epochs=0.5)
+    alone = [fit(_task(), optim, RunConfig(out=str(tmp_path / f"alone{i}"))) for i, optim in enumerate((fast, slow))]
+    shared = _task()
+    tasks = [shared, _task()]
+    tasks[1].train_set, tasks[1].val_set = shared.train_set, shared.val_set
+    together = fit_many([Spec(t, o, tmp_path / f"many{i}") for i, (t, o) in enumerate(zip(tasks, (fast, slow)))],
+                        RunConfig(out=str(tmp_path)))
+    for i in range(2):
+        a, b = load_model_state(tmp_path / f"alone{i}"), load_model_state(tmp_path / f"many{i}")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert together[i]["val_top1"] == alone[i]["val_top1"] and together[i]["steps"] == alone[i]["steps"]

@@ -35,7 +35,7 @@ from vivitcache.errors import ConfigError
 from vivitcache.models.spatial import create_spatial
 from vivitcache.progress import make_progress
 from vivitcache.provenance import now_iso, provenance
-from vivitcache.training.loop import warmup_cosine
+from vivitcache.training.schedule import warmup_cosine
 from vivitcache.training.runtime import seed_everything
 
 
