@@ -106,6 +106,14 @@ def _batch_size(value: str) -> int | None:
     return int(value)
 
 
+def _int_list(option: str, value: str) -> list[int]:
+    """A comma list of integers (`--layers -1,-4,-7,-10`)."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] or [-1]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: give comma-separated integers, e.g. -1,-4,-7,-10") from None
+
+
 # ---------------------------------------------------------------------------------------------------- options
 DataOpt = Annotated[str, typer.Option("--data", help="Class-per-folder dir, CSV path,label[,split], Kinetics CSV, or SSv2 JSON.")]
 VideoRootOpt = Annotated[Optional[str], typer.Option(help="Video folder for Kinetics CSV / SSv2 JSON annotations.")]
@@ -311,7 +319,9 @@ def extract(
     labels: LabelsOpt = None,
     fps: FpsOpt = None,
     stride: StrideOpt = None,
-    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token. Default: the --checkpoint's frame token, else pooled.")] = None,
+    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token; grid = pooled, then the patch tokens average-pooled to --grid x --grid cells. Default: the --checkpoint's frame token, else pooled.")] = None,
+    grid: Annotated[Optional[int], typer.Option(help="With --tokens grid: N of the N x N cells (default 4; 1 + N² tokens per frame and block).")] = None,
+    layers: Annotated[str, typer.Option(help="Blocks whose tokens are stored side by side, e.g. -1,-4,-7,-10 (the last, -1, included); each normed as timm's forward_intermediates(norm=True).")] = "-1",
     dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
     batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
@@ -334,7 +344,8 @@ def extract(
         data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
         spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value if tokens else None, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
+        stride=stride, tokens=tokens.value if tokens else None, grid=grid, layers=_int_list("--layers", layers),
+        dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
         strict=strict, repair=repair,
@@ -486,7 +497,8 @@ def info(
         ("model", fp.get("model")),
         ("weights sha256", str(fp.get("weights_sha256", ""))[:16] + "…"),
         ("tokens", f"{data['layout']['tokens']} (K={data['layout']['tokens_per_frame']}, D={data['layout']['dim']}, "
-                   f"{data['layout']['dtype']})"),
+                   f"{data['layout']['dtype']}" + "".join(f", {key} {data['layout'][key]}" for key in ("grid", "layers")
+                                                          if key in data["layout"]) + ")"),
         ("videos", data["videos"]),
         ("frames", data["frames"]),
         ("failed", data["failed"]),
