@@ -49,6 +49,18 @@ class Adapter(str, Enum):
     none = "none"
 
 
+class TrainAdapter(str, Enum):
+    mlp = "mlp"
+    linear = "linear"
+    none = "none"
+    attn = "attn"
+
+
+class AttnQuery(str, Enum):
+    pooled = "pooled"
+    learned = "learned"
+
+
 class Precision(str, Enum):
     auto = "auto"
     bf16 = "bf16"
@@ -376,6 +388,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
     init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
+    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter.mlp,
+    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery.pooled,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
     epochs: EpochsOpt = TRAIN.optim.epochs,
@@ -407,14 +421,14 @@ def train(
     overwrite: OverwriteOpt = False,
 ):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
-    from vivitcache.config import OptimConfig, RunConfig
+    from vivitcache.config import ModelConfig, OptimConfig, RunConfig
     from vivitcache.train_temporal import AugmentConfig, run_train
 
     resume = _resume(resume, resume_mode)
     cfg = TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
-        val_store=str(val_store) if val_store else None,
+        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value), val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
