@@ -37,9 +37,17 @@ from vivitcache.config import DataConfig, ModelConfig, OptimConfig, PretrainConf
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def key(cfg: RecipesConfig) -> dict:
-    """The settings a result depends on: a stored result is reused only under the same key."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in ("out", "recipes", "quick")}
+def key(cfg: RecipesConfig, letter: str | None = None) -> dict:
+    """The settings the result of recipe `letter` (None: the shared stage 1) depends on: a stored result is reused
+    only under the same key (so changing the stage-1 budget redoes (b) and (c) only, and (d)'s tokens (d) only)."""
+    unused = {"out", "recipes", "quick"}
+    if letter in ("a", "d"):
+        unused |= {"stage1_frames", "stage1_epochs"}
+    if letter is None:
+        unused |= {"frames", "epochs"}
+    if letter != "d":
+        unused |= {"d_tokens", "d_adapter"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in unused}
 
 
 def optim(cfg: RecipesConfig, epochs: int) -> OptimConfig:
@@ -169,7 +177,7 @@ def frozen_stage2(cfg: RecipesConfig, data: str, stage1_dir: str, out: Path) -> 
         val_set=VideoClipDataset(val, cfg.frames, train=False, views=cfg.eval_views, **common),
         num_classes=len(dataset.classes),
         config=RunRecord(stage="recipe-b", model=model.cfg, classes=dataset.classes,
-                         settings={"recipes": key(cfg), "init": stage1_dir, "data": data}).to_json(),
+                         settings={"recipes": key(cfg, "b"), "init": stage1_dir, "data": data}).to_json(),
         title="recipe (b) stage 2, spatial frozen on the fly", frames_per_sample=cfg.frames,
     )
     return fit(task, optim(cfg, cfg.epochs), run_cfg(cfg, out))
@@ -240,19 +248,20 @@ def in_process(cfg: RecipesConfig, fn: Callable, *args) -> dict:
         return pool.submit(_in_child, cfg.threads, fn, *args).result()
 
 
-def kept_or_run(cfg: RecipesConfig, folder: Path, result_file: Path, make: Callable[[], dict]) -> dict:
-    """The stored result when it was made under this config's key; else `folder` emptied and `make()` run and
+def kept_or_run(cfg: RecipesConfig, letter: str | None, folder: Path, result_file: Path,
+                make: Callable[[], dict]) -> dict:
+    """The stored result when it was made under this step's key; else `folder` emptied and `make()` run and
     stored (written last: a result file means the step finished)."""
     try:
         stored = json.loads(result_file.read_text())
-        if stored["key"] == key(cfg):
+        if stored["key"] == key(cfg, letter):
             return {**stored, "kept": True}
     except (OSError, ValueError, KeyError):
         pass
     shutil.rmtree(folder, ignore_errors=True)
     result_file.unlink(missing_ok=True)
     folder.mkdir(parents=True)
-    result = {**make(), "key": key(cfg)}
+    result = {**make(), "key": key(cfg, letter)}
     result_file.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return {**result, "kept": False}
 
@@ -285,13 +294,13 @@ def run_recipes(cfg: RecipesConfig) -> dict:
     weights, image = image_weights(cfg, data, out)
     stage1 = None
     if set(cfg.recipes) & {"b", "c"}:
-        stage1 = kept_or_run(cfg, out / "stage1", out / "stage1.json",
+        stage1 = kept_or_run(cfg, None, out / "stage1", out / "stage1.json",
                              lambda: {**in_process(cfg, stage1_step, cfg, data, weights, out / "stage1"),
                                       "run": str(out / "stage1")})
     results = {}
     for letter in sorted(cfg.recipes):
         folder = out / "recipes" / RECIPES[letter]
-        results[letter] = kept_or_run(cfg, folder, folder / "result.json",
+        results[letter] = kept_or_run(cfg, letter, folder, folder / "result.json",
                                       lambda: in_process(cfg, STEPS[letter], cfg, data, weights, stage1, folder))
     shared = {"data": data, "weights": weights, "image_checkpoint": image, "stage1": stage1,
               "load_average": {"before": load_before, "after": _load()}}

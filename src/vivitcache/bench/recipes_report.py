@@ -129,6 +129,7 @@ def plot(report: dict, png: Path) -> Path:
     ax.set_xlabel("cumulative wall time (s)")
     ax.set_ylabel("val top-1 (%)")
     ax.set_ylim(0, 101)
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("time to accuracy (dotted: end of each phase; dotted curve: stage-1 model at its own clip length)",
