@@ -279,7 +279,10 @@ def image_weights(cfg: RecipesConfig, data: str, out: Path) -> tuple[str, dict |
             return str(path), record
     except (OSError, ValueError, KeyError):
         pass
-    return str(path), in_process(cfg, image_step, cfg, data, path)
+    from vivitcache.demo.run import torch_threads
+
+    with torch_threads(cfg.threads or None):  # in this process: its time and memory are in no recipe
+        return str(path), image_step(cfg, data, path)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
