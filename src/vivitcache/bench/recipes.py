@@ -262,7 +262,7 @@ def kept_or_run(cfg: RecipesConfig, letter: str | None, folder: Path, result_fil
     result_file.unlink(missing_ok=True)
     folder.mkdir(parents=True)
     result = {**make(), "key": key(cfg, letter)}
-    result_file.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "kept": False}
 
 

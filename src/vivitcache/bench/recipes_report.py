@@ -18,6 +18,9 @@ TITLES = {
 }
 """Recipe letter → a short title (table and plot)."""
 
+PHASES = ("train", "stage1", "extract", "stage2")
+"""Every phase name, in the order they run (a JSON tool may have sorted a stored result's keys)."""
+
 GOALS = {"c_time_vs_a": 0.25, "c_top1_points_below_a": 1.0, "b_time_vs_a": 0.5}
 """The issue's goals at T=32: (c) within 1 point of (a)'s final top-1 in ≤ 0.25× its time; (b) about 0.5× (a)."""
 
@@ -146,7 +149,8 @@ def write_report(cfg: RecipesConfig, results: dict[str, dict], shared: dict, out
 
     dataset = load_annotations(shared["data"], seed=cfg.seed)
     report = {
-        **{RECIPES[k]: {**r, "title": TITLES[k]} for k, r in results.items()},
+        **{RECIPES[k]: {**r, "title": TITLES[k], "phases": {p: r["phases"][p] for p in PHASES if p in r["phases"]}}
+           for k, r in results.items()},
         "vs_a": compare(results),
         "config": cfg.to_dict(),
         "command": cfg.command(),
@@ -160,7 +164,7 @@ def write_report(cfg: RecipesConfig, results: dict[str, dict], shared: dict, out
     }
     files = {"json": out / "recipes.json", "md": out / "recipes.md", "png": out / "recipes.png"}
     md = markdown(report, cfg)
-    files["json"].write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    files["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     files["md"].write_text(md)
     plot(report, files["png"])
     return {**report, "markdown": md, "files": {k: str(v) for k, v in files.items()}}
