@@ -192,10 +192,11 @@ def recipe_b(cfg: RecipesConfig, data: str, weights: str, stage1: dict, out: Pat
 
 
 def cached_stage2(cfg: RecipesConfig, store: Path, out: Path, init: str | None, data: str) -> dict:
-    """`vivitcache train --store STORE --frames T [--init STAGE1]` (without init: the split of `data`)."""
+    """`vivitcache train --store STORE --frames T` with `--init STAGE1` ((c): its adapter), or without ((d): the
+    split of `data`, `d_adapter`)."""
     from vivitcache.train_temporal import TrainConfig, run_train
 
-    model = ModelConfig(temporal_depth=cfg.temporal_depth, adapter=cfg.d_adapter)
+    model = ModelConfig(temporal_depth=cfg.temporal_depth, **({} if init else {"adapter": cfg.d_adapter}))
     return run_train(TrainConfig(store=str(store), frames=cfg.frames, init=init, model=model,
                                  splits=None if init else data, split_seed=None if init else cfg.seed,
                                  optim=optim(cfg, cfg.epochs), run=run_cfg(cfg, out)))
