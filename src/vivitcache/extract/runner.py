@@ -356,7 +356,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
         progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
                         sum(r["failures"] for r in committed))
     with disk_errors(store.path):
-        store.consolidate()  # incremental; writes nothing when the index is fresh (a finished store may be read-only)
+        # Incremental; writes nothing when the index is fresh (a finished store may be read-only). Parts this run
+        # published are re-read even if indexed: it may have re-created a vanished or repaired one under its id.
+        store.consolidate(reread={r["part_id"] for r in results if r["committed"]})
 
     seconds = time.perf_counter() - start
     part_sizes = {j.part_id: j.records for j in jobs}

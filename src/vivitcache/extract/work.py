@@ -86,8 +86,8 @@ def plan_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
                 legacy[part_id] = _videos_of(store.path, view, part_id)
             store.move_aside(part_id)
             work.repaired.append(part_id)
-        log.warning("moved %d damaged part(s) aside to %s/damaged/; re-extracting their videos", len(damaged),
-                    store.path)
+        log.warning("%d damaged or missing part(s) (damaged ones moved aside to %s/damaged/); re-extracting their "
+                    "videos", len(damaged), store.path)
         view = open_index(store.path, strict=False)
     committed = set(view.ids()) | {f["id"] for f in view.failures()}
     # Labels are data about a video, not its tokens: a changed label is recorded, never silently kept stale.

@@ -209,11 +209,11 @@ class StoreWriter:
             ids.update(f["id"] for f in view.failures())
         return ids
 
-    def consolidate(self, force: bool = False) -> dict:
-        """Bring the columnar index up to date (incremental; nothing is written when it is fresh).
-
-        Returns {parts, videos, written}."""
-        return update_index(self.path, force=force)
+    def consolidate(self, force: bool = False, reread: set[str] | frozenset[str] = frozenset()) -> dict:
+        """Bring the columnar index up to date (incremental; nothing is written when it is fresh); `reread`: parts
+        published by this run, whose records are read again if the index already lists an older part of that id;
+        `force`: rebuild from every commit record. Returns {parts, videos, written}."""
+        return update_index(self.path, force=force, reread=frozenset(reread))
 
     def claim(self, part_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_s: float | None = None) -> Claim:
         """A claim on a part (call `.acquire()`): keeps a second live writer from extracting it too."""
@@ -244,11 +244,14 @@ class StoreWriter:
                     tmp.unlink(missing_ok=True)
         return removed
 
-    def move_aside(self, part_id: str) -> Path:
-        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it.
+    def move_aside(self, part_id: str) -> Path | None:
+        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it
+        (None when the part's folder is gone already: nothing to keep).
 
         Kept for inspection, never read again; delete `damaged/` when done with it."""
         check_part_id(part_id)
+        if not (self.path / PARTS / part_id).exists():
+            return None
         folder = self.path / DAMAGED
         if not (folder / META).exists():
             folder.mkdir(exist_ok=True)
