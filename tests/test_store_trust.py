@@ -6,7 +6,9 @@ with a heartbeat in the future go stale; odd claim paths and read-only stores ar
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from test_extract import assert_same_store
-from test_store import build_store
+from test_store import CLASSES, FINGERPRINT, build_store, make_layout, write_part
 from test_store_extract import extracted  # noqa: F401 — the module-scoped fixture: 8 videos, 2 parts
 from vivitcache.cli import app
 from vivitcache.extract import run_extract
-from vivitcache.store import StoreDamageError, TokenStore, verify_store
+from vivitcache.store import StoreDamageError, StoreWriter, TokenStore, verify_store
 from vivitcache.store.index import index_state
+from vivitcache.store.writer import plan_parts
 
 runner = CliRunner()
 
@@ -119,3 +122,64 @@ def test_a_planned_part_not_in_parts_fails_verify(tmp_path, extracted):  # noqa:
     run_extract(replace(cfg, store=str(store)))
     assert verify_store(store) == [] and len(TokenStore.open(store)) == 8
 
+
+
+# ---- item 7: copies -----------------------------------------------------------------------------------------------
+def tree(path: Path) -> dict:
+    """{relative path: (size, mtime_ns)} of every file and folder: what a run that writes nothing leaves alone."""
+    out = {}
+    for d, dirs, files in os.walk(path):
+        for name in dirs + files:
+            st = os.stat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), path)] = (st.st_size if name in files else 0, st.st_mtime_ns)
+    return out
+
+
+def test_a_copied_store_keeps_a_fresh_index_and_open_reads_no_record(tmp_path, monkeypatch):
+    import vivitcache.store.index as index
+
+    path = indexed_store(tmp_path / "s.zarr")
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)  # new inodes, new folder mtimes: `cp -r`
+    assert index_state(copy) == "fresh"
+    read = []
+    real = index.read_commit_digest
+    monkeypatch.setattr(index, "read_commit_digest", lambda root, part: (read.append(part), real(root, part))[1])
+    store = TokenStore.open(copy)
+    assert read == [] and snapshot(store) == snapshot(TokenStore.open(path))
+
+
+def test_a_copied_finished_store_runs_extract_writing_nothing_also_read_only(tmp_path, extracted):  # noqa: F811
+    cfg, root = extracted
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(root / "good.zarr", copy)
+    before = tree(copy)
+    summary = run_extract(replace(cfg, store=str(copy)))
+    assert summary["done"] == 0 and summary["skipped"] == 8 and tree(copy) == before  # could have been read-only
+    mount = tmp_path / "ro.zarr"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(copy), str(mount)], capture_output=True).returncode != 0:
+        return  # the tree comparison above is the same rule without root
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], capture_output=True).returncode == 0
+        summary = run_extract(replace(cfg, store=str(mount)))
+        assert summary["done"] == 0 and summary["skipped"] == 8 and verify_store(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_the_repair_hint_names_the_verified_store_with_absolute_paths(tmp_path):
+    made = tmp_path / "made"
+    made.mkdir()
+    argv = ["/venv/bin/vivitcache", "extract", "--data", "labels.csv", "--store=s.zarr", "--checkpoint", "runs/one",
+            "--model", "vit-b"]
+    writer = StoreWriter.create_or_open(made / "s.zarr", FINGERPRINT, make_layout(), CLASSES,
+                                        {"argv": argv, "cwd": str(made)})
+    write_part(writer, plan_parts(["v00", "v01"], 2)[0])
+    moved = tmp_path / "elsewhere" / "moved.zarr"
+    shutil.copytree(made / "s.zarr", moved)
+    (part,) = TokenStore.open(moved).part_ids()
+    (moved / "parts" / part / "tokens" / "c" / "0" / "0" / "0").unlink()
+    hint = verify_store(moved, quick=True)[-1]
+    assert (f"vivitcache extract --data {made / 'labels.csv'} --store {moved} --checkpoint {made / 'runs/one'} "
+            "--model vit-b --repair") in hint

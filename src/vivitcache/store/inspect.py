@@ -70,14 +70,39 @@ def store_info(path) -> dict:
     }
 
 
+PATH_OPTIONS = ("--data", "--checkpoint", "--weights", "--video-root", "--labels")
+"""Options of `vivitcache extract` that name files: made absolute in the repair hint."""
+
+
 def _repair_hint(path: Path, root: dict) -> str:
-    """The repair command: the store's first `vivitcache extract` command line (from its provenance) + --repair."""
-    argv = (root.get("provenance") or {}).get("argv") or []
-    if len(argv) > 1 and argv[1] == "extract" and Path(str(argv[0])).name in ("vivitcache", "__main__.py"):
-        command = shlex.join(["vivitcache", *[str(a) for a in argv[1:] if a != "--repair"], "--repair"])
-        return (f"repair: `{command}` (the command that made this store, plus --repair) moves the damaged parts aside "
-                "and re-extracts exactly their videos")
+    """The repair command: the store's first `vivitcache extract` command line (from its provenance) + --repair,
+    run on THIS store (`path`: a copied or moved store must not repair the original) with absolute paths (relative
+    ones resolved against the folder that command ran in, when the provenance recorded it)."""
+    prov = root.get("provenance") or {}
+    argv = [str(a) for a in prov.get("argv") or []]
+    if len(argv) > 1 and argv[1] == "extract" and Path(argv[0]).name in ("vivitcache", "__main__.py"):
+        command = shlex.join(["vivitcache", *_absolute_args(argv[1:], path, prov.get("cwd")), "--repair"])
+        return (f"repair: `{command}` (the command that made this store, on this store, plus --repair) moves the "
+                "damaged parts aside and re-extracts exactly their videos")
     return REPAIR.format(path=path)
+
+
+def _absolute_args(args: list[str], store: Path, cwd: str | None) -> list[str]:
+    """`args` with `--store` set to `store` and the file options made absolute against `cwd` (kept when unknown)."""
+    out: list[str] = []
+    it = iter(a for a in args if a != "--repair")
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name == "--store" or name in PATH_OPTIONS:
+            value = value if eq else next(it, "")
+            if name == "--store":
+                value = str(store)
+            elif cwd and not os.path.isabs(os.path.expanduser(value)):
+                value = os.path.join(cwd, value)
+            out += [name, value]
+        else:
+            out.append(arg)
+    return out
 
 
 def _index_note(state: str) -> str:
