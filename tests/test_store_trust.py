@@ -183,3 +183,37 @@ def test_the_repair_hint_names_the_verified_store_with_absolute_paths(tmp_path):
     hint = verify_store(moved, quick=True)[-1]
     assert (f"vivitcache extract --data {made / 'labels.csv'} --store {moved} --checkpoint {made / 'runs/one'} "
             "--model vit-b --repair") in hint
+
+
+# ---- item 4: the failure ledger retries changed sources -----------------------------------------------------------
+def test_a_ledgered_video_is_retried_when_its_source_changed_and_with_retry_failed(tmp_path, make_video):
+    from vivitcache.extract import ExtractConfig
+
+    data = tmp_path / "data"
+    make_video(data / "good.mp4", frames=4)
+    (data / "broken.mp4").write_bytes(b"not a video at all")
+    (data / "labels.csv").write_text("path,label\ngood.mp4,a\nlate.mp4,a\nbroken.mp4,b\n")  # late.mp4: not copied yet
+    cfg = ExtractConfig(data=str(data / "labels.csv"), store=str(tmp_path / "s.zarr"), model="vit-ti", img_size=32,
+                        patch_size=8, spatial_depth=1, workers=0, progress=False, videos_per_part=2)
+
+    def ledger():
+        return sorted(f["id"] for f in TokenStore.open(cfg.store).failures())
+
+    first = run_extract(cfg)
+    assert first["done"] == 1 and ledger() == ["broken", "late"]
+    again = run_extract(cfg)  # nothing changed: nothing retried
+    assert again["retried"] == 0 and again["done"] == 0 and again["skipped"] == 3
+    shutil.copy(data / "good.mp4", data / "late.mp4")  # the copy arrived
+    third = run_extract(cfg)
+    assert third["retried"] == 1 and third["done"] == 1 and ledger() == ["broken"]
+    assert run_extract(cfg)["retried"] == 0  # broken.mp4 unchanged: not retried
+    forced = run_extract(replace(cfg, retry_failed=True))
+    assert forced["retried"] == 1 and forced["failed"] == 1 and ledger() == ["broken"]
+    assert run_extract(cfg)["retried"] == 0  # its newest ledger entry (of the retry) is what counts now
+    shutil.copy(data / "good.mp4", data / "broken.mp4")  # fixed in place
+    fixed = run_extract(cfg)
+    assert fixed["retried"] == 1 and fixed["done"] == 1 and ledger() == []
+    store = TokenStore.open(cfg.store)
+    assert store.ids() == ["broken", "good", "late"] and store.duplicates == [] and verify_store(cfg.store) == []
+    result = runner.invoke(app, ["extract", "--help"], terminal_width=200)
+    assert "--retry-failed" in result.output

@@ -370,6 +370,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
         "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
         "labels_updated": work.labels_updated,
+        "retried": work.retried,
         "repaired_parts": work.repaired,
         "failed": sum(r["failures"] for r in results if r["committed"]),
         "frames": frames,

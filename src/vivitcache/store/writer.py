@@ -51,6 +51,7 @@ from vivitcache.store.layout import (
     StoreLayout,
     check_part_id,
     group_meta,
+    source_stat,
     host_name,
     new_token,
     parse_staging_name,
@@ -146,6 +147,11 @@ def _files(path: Path) -> dict[str, int]:
             if rel != META:
                 out[rel.replace(os.sep, "/")] = os.stat(full).st_size
     return dict(sorted(out.items()))
+
+
+def _failure(video_id: str, source, error) -> dict:
+    """A ledger entry; the source's stat, taken now, lets a later run see the file changed (`extract/work.py`)."""
+    return {"id": video_id, "source": str(source), "error": str(error), "source_stat": source_stat(str(source))}
 
 
 class StoreWriter:
@@ -411,13 +417,13 @@ class PartWriter:
         self._flushed, self._pending, self._pending_n = flushed, pending, pending_n
         del self._shard_digests[digests:]
         self._current = None
-        self._failures.append({"id": cur["id"], "source": cur["source"], "error": str(error)})
+        self._failures.append(_failure(cur["id"], cur["source"], error))
 
     def add_failure(self, video_id: str, source: str, error: str) -> None:
         """Record a video that could not be processed at all (it gets no tokens)."""
         self._check_open()
         self._claim_id(video_id)
-        self._failures.append({"id": video_id, "source": str(source), "error": str(error)})
+        self._failures.append(_failure(video_id, source, error))
 
     @property
     def frames(self) -> int:
