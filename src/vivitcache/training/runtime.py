@@ -56,6 +56,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 of torchrun (its RANK), or the only process (readable before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class Distributed:
     """Process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a single process otherwise."""
 
