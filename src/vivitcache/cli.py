@@ -327,6 +327,7 @@ def extract(
     seed: SeedOpt = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
 ):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
     from vivitcache.extract import ExtractConfig, run_extract
@@ -338,7 +339,7 @@ def extract(
         stride=stride, tokens=tokens.value if tokens else None, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair,
+        strict=strict, repair=repair, retry_failed=retry_failed,
     )
     summary = run_extract(cfg)
     console.print(
@@ -347,6 +348,8 @@ def extract(
     )
     if summary.get("repaired_parts"):
         console.print(f"repaired {len(summary['repaired_parts'])} damaged part(s) (moved aside to {store}/damaged/)")
+    if summary.get("retried"):
+        console.print(f"retried {summary['retried']} video(s) of the failure ledger (source changed, or --retry-failed)")
     if summary.get("labels_updated"):
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):

@@ -356,7 +356,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
         progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
                         sum(r["failures"] for r in committed))
     with disk_errors(store.path):
-        store.consolidate()  # incremental; writes nothing when the index is fresh (a finished store may be read-only)
+        # Incremental; writes nothing when the index is fresh (a finished store may be read-only). Parts this run
+        # published are re-read even if indexed: it may have re-created a vanished or repaired one under its id.
+        store.consolidate(reread={r["part_id"] for r in results if r["committed"]})
 
     seconds = time.perf_counter() - start
     part_sizes = {j.part_id: j.records for j in jobs}
@@ -368,6 +370,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
         "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
         "labels_updated": work.labels_updated,
+        "retried": work.retried,
         "repaired_parts": work.repaired,
         "failed": sum(r["failures"] for r in results if r["committed"]),
         "frames": frames,
