@@ -50,6 +50,18 @@ class Adapter(str, Enum):
     none = "none"
 
 
+class TrainAdapter(str, Enum):
+    mlp = "mlp"
+    linear = "linear"
+    none = "none"
+    attn = "attn"
+
+
+class AttnQuery(str, Enum):
+    pooled = "pooled"
+    learned = "learned"
+
+
 class Precision(str, Enum):
     auto = "auto"
     bf16 = "bf16"
@@ -105,6 +117,14 @@ def _batch_size(value: str) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"--batch-size {value!r}: give a number >= 1 or auto")
     return int(value)
+
+
+def _int_list(option: str, value: str) -> list[int]:
+    """A comma list of integers (`--layers -1,-4,-7,-10`)."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] or [-1]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: give comma-separated integers, e.g. -1,-4,-7,-10") from None
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -312,7 +332,9 @@ def extract(
     labels: LabelsOpt = None,
     fps: FpsOpt = None,
     stride: StrideOpt = None,
-    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token. Default: the --checkpoint's frame token, else pooled.")] = None,
+    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token; grid = pooled, then the patch tokens average-pooled to --grid x --grid cells. Default: the --checkpoint's frame token, else pooled.")] = None,
+    grid: Annotated[Optional[int], typer.Option(help="With --tokens grid: N of the N x N cells (default 4; 1 + N² tokens per frame and block).")] = None,
+    layers: Annotated[str, typer.Option(help="Blocks whose tokens are stored side by side, e.g. -1,-4,-7,-10 (the last, -1, included); each normed as timm's forward_intermediates(norm=True).")] = "-1",
     dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
     batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
@@ -336,7 +358,8 @@ def extract(
         data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
         spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value if tokens else None, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
+        stride=stride, tokens=tokens.value if tokens else None, grid=grid, layers=_int_list("--layers", layers),
+        dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
         strict=strict, repair=repair, retry_failed=retry_failed,
@@ -364,10 +387,11 @@ def train_config(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
     init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
+    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter.mlp,
+    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery.pooled,
+    temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
-    adapter: Annotated[Adapter, typer.Option(help="With --init none: adapter kind (a stage-1 run brings its own).")] = Adapter(TRAIN.model.adapter),
-    temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks.")] = TRAIN.model.temporal_depth,
     temporal_dim: Annotated[Optional[int], typer.Option(help="With --init none: temporal width (default: the frame feature's).")] = TRAIN.model.temporal_dim,
     temporal_heads: Annotated[Optional[int], typer.Option(help="With --init none: temporal heads (default: width // 64).")] = TRAIN.model.temporal_heads,
     drop_rate: Annotated[float, typer.Option(help="Dropout in the temporal transformer and before the head.")] = TRAIN.model.drop_rate,
@@ -409,8 +433,9 @@ def train_config(
     return TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
-        model=ModelConfig(adapter=adapter.value, temporal_depth=temporal_depth, temporal_dim=temporal_dim,
-                          temporal_heads=temporal_heads, drop_rate=drop_rate, drop_path_rate=drop_path_rate),
+        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth,
+                          temporal_dim=temporal_dim, temporal_heads=temporal_heads, drop_rate=drop_rate,
+                          drop_path_rate=drop_path_rate),
         val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
@@ -426,7 +451,8 @@ def train_config(
 @app.command(
     name="train",
     epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
-    "--out runs/stage2   |   torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
+    "--out runs/stage2   |   vivitcache train --store runs/grid.zarr --init none --adapter attn --out runs/attn   |   "
+    "torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
 )
 @user_errors
 @functools.wraps(train_config, assigned=())  # train_config's options, its own name and help
@@ -565,7 +591,8 @@ def info(
         ("model", fp.get("model")),
         ("weights sha256", str(fp.get("weights_sha256", ""))[:16] + "…"),
         ("tokens", f"{data['layout']['tokens']} (K={data['layout']['tokens_per_frame']}, D={data['layout']['dim']}, "
-                   f"{data['layout']['dtype']})"),
+                   f"{data['layout']['dtype']}" + "".join(f", {key} {data['layout'][key]}" for key in ("grid", "layers")
+                                                          if key in data["layout"]) + ")"),
         ("videos", data["videos"]),
         ("frames", data["frames"]),
         ("failed", data["failed"]),
