@@ -34,7 +34,8 @@ from vivitcache.train_temporal.run import build_task, prepare_data, split_source
 from vivitcache.training.checkpoint import write_json
 from vivitcache.training.loop import Spec, fit_many
 from vivitcache.models.tokens import frame_feature_dim
-from vivitcache.training.runtime import is_main_process, resolve_device, seed_everything, world_size
+from vivitcache.device import resolve_device
+from vivitcache.training.runtime import is_main_process, seed_everything, world_size
 
 PLAN = "sweep_plan.json"
 """The sweep's configs as `train` arguments, written first: `--resume` reads them back."""

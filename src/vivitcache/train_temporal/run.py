@@ -24,7 +24,8 @@ from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
 from vivitcache.training.loop import Task, call_model, evaluate, fit
-from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything, world_size
+from vivitcache.device import autocast_dtype, resolve_device
+from vivitcache.training.runtime import seed_everything, world_size
 
 
 def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[VideoEntry]:
@@ -80,10 +81,10 @@ def split_videos(store: TokenStore, splits: str | None, video_root: str | None, 
     return [v for v in videos if split_of.get(v.id) == "train"], [v for v in videos if split_of.get(v.id) == "val"]
 
 
-def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float, ids=None):
+def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float):
     """The batch reader: everything in memory, or streamed from the store (`train_temporal/batches.py`)."""
     if in_memory:
-        return MemoryBatches(store_path, frame_token, ids)
+        return MemoryBatches(store_path, frame_token)
     return StoreBatches(store_path, frame_token, int(cache_mb * 2**20))
 
 

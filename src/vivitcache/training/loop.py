@@ -26,7 +26,8 @@ from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CHECKPOINT_DIR
 from vivitcache.training.member import Member
 from vivitcache.training.metrics import plot_curves, topk_correct, write_summary
-from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
+from vivitcache.device import autocast, autocast_dtype, resolve_device
+from vivitcache.training.runtime import Distributed, PeakMemory
 from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
