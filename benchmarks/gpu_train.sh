@@ -37,7 +37,7 @@ $PY - <<'EOF'
 import json, os, time
 import torch
 from vivitcache.config import ModelConfig
-from vivitcache.train_temporal.init import build_token_model
+from vivitcache.train_temporal.build import build_token_model
 from vivitcache.device import autocast, autocast_dtype
 dev = torch.device(os.environ["DEVICE"])
 T, D, B, steps = (int(os.environ[k]) for k in ("T", "DIM", "BATCH", "STEPS"))

@@ -29,7 +29,7 @@ from vivitcache.sweep.halving import halving
 from vivitcache.sweep.memory import check_fits
 from vivitcache.sweep.report import write_report
 from vivitcache.train_temporal.config import TrainConfig
-from vivitcache.train_temporal.init import build_stage2_model
+from vivitcache.train_temporal.build import build_stage2_model
 from vivitcache.train_temporal.run import build_task, prepare_data, split_source
 from vivitcache.training.checkpoint import write_json
 from vivitcache.training.loop import Spec, fit_many

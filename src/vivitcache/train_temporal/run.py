@@ -21,7 +21,7 @@ from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
-from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
+from vivitcache.train_temporal.build import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
 from vivitcache.training.loop import Task, call_model, evaluate, fit
 from vivitcache.device import autocast_dtype, resolve_device
