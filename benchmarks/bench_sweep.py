@@ -29,7 +29,7 @@ from vivitcache.store import StoreLayout, StoreWriter
 from vivitcache.store.writer import plan_parts
 
 CONFIG = ["--init", "none", "--frames", "32", "--batch-size", "32", "--temporal-dim", "384", "--temporal-heads", "6",
-          "--device", "cpu", "--eval-views", "1", "--read", "random"]
+          "--eval-views", "1", "--read", "random"]
 GRID = {"--lr": ["3e-4", "1e-3"], "--weight-decay": ["0.05", "0.1"], "--temporal-depth": ["1", "2"]}
 
 
@@ -81,13 +81,14 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=600)
     ap.add_argument("--frames-per-video", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine.")
     ap.add_argument("--dir", type=Path, default=None, help="Scratch folder (default: a temp dir, removed).")
     a = ap.parse_args()
     scratch = Path(a.dir or tempfile.mkdtemp(prefix="bench_sweep_"))
     store = scratch / "tokens.zarr"
     if not store.exists():
         make_store(store, a.videos, a.frames_per_video)
-    common = ["--store", str(store), *CONFIG, "--epochs", str(a.epochs)]
+    common = ["--store", str(store), *CONFIG, "--epochs", str(a.epochs), "--device", a.device]
     sweep_args = [token for option, values in GRID.items() for token in (option, ",".join(values))]
     sweep_s = timed(["sweep", "--out", str(scratch / "sweep"), "--overwrite", *common, *sweep_args])
     report = json.loads((scratch / "sweep" / "sweep.json").read_text())
@@ -108,6 +109,7 @@ def main() -> None:
         "videos": a.videos,
         "frames_per_video": a.frames_per_video,
         "epochs": a.epochs,
+        "device": a.device,
         "sweep_s": sweep_s,
         "sweep_train_s": report["seconds"],
         "separate_s": separate,
@@ -115,6 +117,9 @@ def main() -> None:
         "speedup": separate / sweep_s,
         "train_speedup": sum(r["train_seconds"] for r in rows) / report["seconds"],
         "loader_epoch_s": loader,
+        # the loader's share of training time: one read per epoch in the sweep, one per config and epoch apart
+        "read_share_sweep": loader * a.epochs / report["seconds"],
+        "read_share_separate": loader * a.epochs * len(rows) / sum(r["train_seconds"] for r in rows),
         "max_abs_val_top1_diff": max(abs(r["val_top1_alone"] - r["val_top1_sweep"]) for r in rows),
         "rows": rows,
         "load_avg_1min": os.getloadavg()[0],

@@ -203,6 +203,7 @@ def test_cli_errors_are_one_line(store, tmp_path):
         (["--lr", "1e-3,2e-3"], "Missing option '--store'"),  # each config is parsed as `train` parses it
         (["--store", str(store), "--lr", "abc,1e-3"], "config c00-lrabc: Invalid value for '--lr'"),
         (["--store", str(store), "--nope", "1"], "--nope: not an option"),
+        (["--store", str(store), "--frames", "8,0"], "config c01-frames0: --frames 0: must be at least 1"),
     ]
     for args, message in cases:
         result = _sweep(tmp_path / "s", *args)

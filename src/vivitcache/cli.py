@@ -480,6 +480,8 @@ def _train_parser():
             return command.main(args=argv, prog_name="vivitcache train", standalone_mode=False)
         except typer.TyperException as e:  # typer's click: usage errors and bad values
             raise ConfigError(f"config {name}: {e.format_message()}") from None
+        except ConfigError as e:  # a value out of its range (the config dataclasses' checks)
+            raise ConfigError(f"config {name}: {e}") from None
 
     options = [p for p in command.params if p.param_type_name == "option"]
     return parse, options
