@@ -333,6 +333,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     in_process = cfg.workers == 0 and not cfg.scheduler
     settings = PartSettings(
         preprocess=source.preprocess, fps=source.fps, stride=source.stride, tokens=source.layout.tokens,
+        grid=source.layout.grid, layers=source.layout.layers,
         store_dtype=cfg.dtype, batch_size=cfg.batch_size, device=placement.device(in_process),
         decode_threads=cfg.decode_threads or devices.default_decode_threads(len(devices.usable_cpus()),
                                                                             placement.gpus is not None),

@@ -129,6 +129,7 @@ class StoreBatches(StoreReader):
         self._keys_held = np.zeros(0, dtype=np.int64)  # [C] sorted chunk keys in the cache
         self._slot_held = np.zeros(0, dtype=np.int64)  # [C] their slots
         self._last_use = np.zeros(self.slots, dtype=np.int64)  # [slots] the batch count when each slot was last used
+        self._free = np.arange(self.slots, dtype=np.int64)  # slots holding no chunk, lowest first
         self._uses = 0
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
@@ -157,9 +158,12 @@ class StoreBatches(StoreReader):
         frames = table.offset[rows][:, None] + indices  # [B, n] frame numbers in each video's part
         return (table.part[rows][:, None] << 32) + frames // self.chunk_frames, frames  # chunk keys [B, n]
 
-    def _fill(self, keys: np.ndarray) -> np.ndarray:
+    def _fill(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
         """Slots holding chunk keys `keys` ([U] sorted, unique, at most `slots`): read the missing ones, evicting the
-        least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held."""
+        least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held.
+
+        The cache's index learns a chunk only once its read succeeded: a failed read (damage, a vanished file) leaves
+        the chunk missing, so the next call reads it again and raises again, never serving a slot's old bytes."""
         if self._slab is None:
             self._slab = np.empty((self.slots, self.chunk_frames, self.rule.dim), dtype=self.rule.dtype)
         self._uses += 1
@@ -174,20 +178,24 @@ class StoreBatches(StoreReader):
         self.misses += len(missing)
         if not len(missing):
             return slots, 0
-        fresh = min(len(missing), self.slots - len(held))
-        new = np.arange(len(held), len(held) + fresh, dtype=np.int64)  # never used yet: slots fill in order
-        if fresh < len(missing):  # full: evict the least recently used (this call's hits are the most recent)
-            victims = np.argpartition(self._last_use[self._slot_held], len(missing) - fresh - 1)[: len(missing) - fresh]
-            new = np.concatenate([new, self._slot_held[victims]])
+        evict = len(missing) - len(self._free)
+        if evict > 0:  # full: evict the least recently used (this call's hits are the most recent)
+            victims = np.argpartition(self._last_use[self._slot_held], evict - 1)[:evict]
+            self._free = np.concatenate([self._free, self._slot_held[victims]])
             keep = np.ones(len(held), dtype=bool)
             keep[victims] = False
             self._keys_held, self._slot_held = self._keys_held[keep], self._slot_held[keep]
+        new, self._free = self._free[: len(missing)], self._free[len(missing) :]
+        try:
+            self._read(missing, new)
+        except BaseException:
+            self._free = np.concatenate([new, self._free])  # read again next time: nothing was learnt
+            raise
         where = np.searchsorted(self._keys_held, missing)
         self._keys_held = np.insert(self._keys_held, where, missing)
         self._slot_held = np.insert(self._slot_held, where, new)
         self._last_use[new] = self._uses
         slots[~hit] = new
-        self._read(missing, new)
         return slots, len(missing)
 
     def _read(self, keys: np.ndarray, slots: np.ndarray) -> None:

@@ -16,7 +16,8 @@ same array.
 Background prefetch: with DataLoader workers (`--workers N`, spawn context) each worker reads its own batches
 ahead (the DataLoader's prefetch). Without workers, a read-ahead thread walks the sample order `fit` (or
 `evaluate`) hands over from its sampler (`follow`) and reads the chunks of the next clips into the cache while the
-model trains (random reads only). It only warms the cache: values never depend on it.
+model trains (random reads only). It only warms the cache: values never depend on it, and an error it meets
+(a damaged part ahead) is raised to the consumer at its next batch.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class ReadAhead:
         self.position = {index: k for k, index in enumerate(order)}
         self.consumed = -1  # position in `order` of the latest sample handed out
         self.stopped = False
+        self.error: Exception | None = None  # what stopped the thread, raised to the consumer by `consumed_sample`
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="vivitcache-read-ahead", daemon=True)
         self.thread.start()
@@ -95,7 +97,8 @@ class ReadAhead:
                 return
             try:
                 read = self.warm(self.order[k:stop])
-            except Exception:  # noqa: BLE001 — the reading path raises the same error with its context
+            except Exception as e:  # noqa: BLE001 — any failure is the consumer's: raised at its next sample
+                self.error = e
                 return
             idle = idle + 1 if read == 0 else 0
             if idle >= self.PATIENCE:
@@ -103,6 +106,10 @@ class ReadAhead:
             k = stop
 
     def consumed_sample(self, index: int) -> None:
+        """The consumer reads sample `index` now; raises what made the thread fail (a damaged part ahead)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         with self.cond:
             self.consumed = max(self.consumed, self.position.get(index, self.consumed))
             self.cond.notify()

@@ -26,7 +26,8 @@ from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CHECKPOINT_DIR
 from vivitcache.training.member import Member
 from vivitcache.training.metrics import plot_curves, topk_correct, write_summary
-from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
+from vivitcache.device import autocast, autocast_dtype, resolve_device
+from vivitcache.training.runtime import Distributed, PeakMemory
 from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -150,10 +151,14 @@ class Spec:
     task: Task
     optim: OptimConfig
     out: Path
+    rng: torch.Tensor | None = None
+    """CPU RNG state the member's stream starts from (None: the state at `fit_many`). A sweep builds every model
+    first, so it captures each one's state right after its build: where a separate run's stream would start."""
 
 
 Prune = Callable[[int, list[Member]], list[Member]]
-"""(epochs done, members that finished that epoch and still train) → the members to stop now (a sweep's pruning)."""
+"""(epochs done, every member) → the members to stop now (a sweep's pruning). It is called once every member
+still training has finished that epoch and been evaluated, before their checkpoints are written."""
 
 
 def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
@@ -198,7 +203,7 @@ def fit_many(specs: list[Spec], run: RunConfig, prune: Prune | None = None, titl
                     console.print(f"note: {note}", highlight=False, soft_wrap=True)
         dist.barrier()
         members = [Member(spec.task, spec.optim, spec.out, dist, steps_per_epoch,
-                          {"config": spec.task.config, "provenance": provenance()}) for spec in specs]
+                          {"config": spec.task.config, "provenance": provenance()}, spec.rng) for spec in specs]
         for member in members:
             member.start(bool(run.resume) and (member.out / CHECKPOINT_DIR / "model.safetensors").is_file())
         return _train(members, run, micro, sampler, prune, title or specs[0].task.title)
@@ -237,8 +242,7 @@ def _train(members: list[Member], run: RunConfig, micro: int, sampler: Resumable
                         name = "" if len(members) == 1 else f"{m.out.name}: "
                         progress.console.print(f"{name}epoch {epoch + 1}: val top-1 {top1:.1f}%  top-5 {top5:.1f}%")
             if prune is not None:
-                finished = [m for m in members if m.state.stopped is None and m.state.epoch == epoch + 1]
-                for m in prune(epoch + 1, finished):
+                for m in prune(epoch + 1, members):
                     m.state.stopped = f"pruned after epoch {epoch + 1}"
             for m in todo:
                 m.save(time.perf_counter() - t0, mem.peak_bytes)

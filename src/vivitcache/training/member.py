@@ -41,7 +41,7 @@ class Member:
     """A model with its optimiser, warmup-cosine schedule and state, writing into its own run folder."""
 
     def __init__(self, task, optim: OptimConfig, out: Path, dist: Distributed, steps_per_epoch: int,
-                 ckpt_config: dict):
+                 ckpt_config: dict, rng: torch.Tensor | None = None):
         self.task, self.optim, self.out, self.dist = task, optim, Path(out), dist
         self.ckpt_config = ckpt_config
         self.model = task.model.to(dist.device)
@@ -52,7 +52,7 @@ class Member:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=dist.is_main)
         self.state = TrainState(world_size=dist.world)
-        self.rng = torch.get_rng_state()
+        self.rng = torch.get_rng_state() if rng is None else rng
         self.cuda_rng = torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None
         self.train_model = self.model
         self.loss: torch.Tensor | None = None
