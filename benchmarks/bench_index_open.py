@@ -106,7 +106,8 @@ def main() -> None:
         crc_s, nbytes = crc_seconds(path)
         result = {"videos": args.videos, "videos_per_part": args.videos_per_part, "index_bytes": nbytes,
                   "warm_open_s": warm, "cold_open_s": cold,
-                  "rss_open_mb": runs[-1]["rss_open_mb"], "private_rss_open_mb": runs[-1]["private_rss_open_mb"], "crc_s": crc_s, "load": os.getloadavg()}
+                  "rss_open_mb": runs[-1]["rss_open_mb"], "private_rss_open_mb": runs[-1]["private_rss_open_mb"],
+                  "crc_s": crc_s, "load": os.getloadavg()}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=2))

@@ -1,5 +1,6 @@
-"""Claims: `claims/<part_id>.claim`, created with O_EXCL by the writer about to extract a part, kept alive by a
-heartbeat (the file's mtime, touched every `heartbeat_s`), removed when the part is committed or given up.
+"""Claims: `claims/<part_id>.claim`, created whole (owner record written, then link(2)) by the writer about to
+extract a part, kept alive by a heartbeat (the file's mtime, touched every `heartbeat_s`), removed when the part is
+committed or given up.
 
 A second live writer skips a part whose claim is fresh (and says whose: `Claim.holder`), and takes over a claim that
 is stale: its writer is a dead process on this host, or its heartbeat is older than `timeout_s` (a writer on another
@@ -98,23 +99,33 @@ class Claim:
                 folder.mkdir(exist_ok=True)
                 write_json_atomic(folder / META, group_meta({}))
             for _ in range(5):
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    if not self._take_over_if_stale():
-                        return False
-                    continue
-                return self._hold(fd)
+                if self._create():
+                    return self._hold()
+                if not self._take_over_if_stale():
+                    return False
         except OSError as e:
             raise StoreError(f"cannot claim part {self.part_id}: {e.filename or self.path}: {e.strerror or e} (a "
                              "claim is a file in STORE/claims/; remove what is in the way)") from None
         return False
 
-    def _hold(self, fd: int) -> bool:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.owner, f)
-            f.flush()
-            os.fsync(f.fileno())
+    def _create(self) -> bool:
+        """Publish the claim with its owner record in one step: written to a temporary file, then hard-linked to the
+        claim path (link(2) fails if the path exists, like O_EXCL, also on NFS). A claim created empty and filled
+        afterwards could be left empty by a kill, and an empty claim cannot say its writer is dead."""
+        tmp = self.path.with_name(f".{self.part_id}.new.{self.owner['token']}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.owner, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _hold(self) -> bool:
         self.held = True
         self._thread = threading.Thread(target=self._beat, name=f"claim-{self.part_id}", daemon=True)
         self._thread.start()

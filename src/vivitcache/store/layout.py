@@ -7,8 +7,8 @@ STORE.zarr/
   parts/zarr.json           group holding the committed parts
   parts/<part_id>/          one group per PART (a group of videos written by exactly one writer)
       zarr.json             the COMMIT RECORD: group attributes["vivitcache_commit"] = {part_id, videos: [{id, label,
-                            offset, num_frames, source, fps}], failures: [{id, source, error, source_stat}], frames, bytes,
-                            disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
+                            offset, num_frames, source, fps}], failures: [{id, source, error, source_stat}],
+                            frames, bytes, disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
       tokens                zarr array [F_part, K, D] float16 (or uint16 holding bfloat16 bits), sharded along frames
       frame_times           zarr array [F_part] float64, presentation time in seconds of every stored frame
   staging/zarr.json         group holding parts being written

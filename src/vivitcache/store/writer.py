@@ -276,8 +276,8 @@ def _classes_hint(have: dict, wanted: dict) -> str:
     if have["classes"] == wanted["classes"]:
         return ""
     missing = [c for c in have["classes"] if c not in wanted["classes"]]
-    what = f"your annotations lack {len(missing)} of its classes ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); " \
-        if missing else ""
+    named = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    what = f"your annotations lack {len(missing)} of its classes ({named}); " if missing else ""
     return (f"{what}pass `--labels FILE` naming the store's classes in its order (a JSON list, or one name per line; "
             "`vivitcache info STORE --json` shows them) so every label keeps its index")
 
