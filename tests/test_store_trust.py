@@ -5,10 +5,13 @@ with a heartbeat in the future go stale; odd claim paths and read-only stores ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from test_store import CLASSES, FINGERPRINT, build_store, make_layout, write_par
 from test_store_extract import extracted  # noqa: F401 — the module-scoped fixture: 8 videos, 2 parts
 from vivitcache.cli import app
 from vivitcache.extract import run_extract
-from vivitcache.store import StoreDamageError, StoreWriter, TokenStore, verify_store
+from vivitcache.store import StoreDamageError, StoreError, StoreWriter, TokenStore, verify_store
 from vivitcache.store.index import index_state
 from vivitcache.store.writer import plan_parts
 
@@ -217,3 +220,116 @@ def test_a_ledgered_video_is_retried_when_its_source_changed_and_with_retry_fail
     assert store.ids() == ["broken", "good", "late"] and store.duplicates == [] and verify_store(cfg.store) == []
     result = runner.invoke(app, ["extract", "--help"], terminal_width=200)
     assert "--retry-failed" in result.output
+
+
+# ---- item 6: claims -------------------------------------------------------------------------------------------------
+def foreign_claim(path: Path, part: str, mtime: float, host="elsewhere", pid=4242) -> Path:
+    claim = path / "claims" / f"{part}.claim"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_text(json.dumps({"part_id": part, "host": host, "pid": pid, "token": "t"}))
+    os.utime(claim, (mtime, mtime))
+    return claim
+
+
+def test_a_heartbeat_in_the_future_goes_stale_once_seen_unchanged_for_the_timeout(tmp_path):
+    writer = StoreWriter.create_or_open(tmp_path / "s.zarr", FINGERPRINT, make_layout(), CLASSES)
+    timeout = 1.0
+    claim = foreign_claim(writer.path, "p1", time.time() + 3600)  # the other host's clock is an hour ahead
+    first = writer.claim("p1", timeout_s=timeout)
+    assert not first.acquire() and first.holder["host"] == "elsewhere" and first.holder["age_s"] < -3000
+    time.sleep(timeout + 0.3)
+    os.utime(claim, (time.time() + 3700,) * 2)  # a live skewed writer: its heartbeat moved
+    assert not writer.claim("p1", timeout_s=timeout).acquire()
+    time.sleep(timeout + 0.3)  # now unchanged for longer than the timeout: its writer is gone
+    taker = writer.claim("p1", timeout_s=timeout)
+    assert taker.acquire() and taker.took_over["host"] == "elsewhere"
+    taker.release()
+    assert sorted(p.name for p in (writer.path / "claims").iterdir()) == ["zarr.json"]
+
+
+def test_an_odd_claim_path_is_one_store_error(tmp_path):
+    writer = StoreWriter.create_or_open(tmp_path / "s.zarr", FINGERPRINT, make_layout(), CLASSES)
+    (writer.path / "claims" / "p1.claim").mkdir(parents=True)
+    with pytest.raises(StoreError, match="p1.claim: a claim must be a plain file, this is a folder"):
+        writer.claim("p1").acquire()
+    os.symlink("nowhere", writer.path / "claims" / "p2.claim")
+    with pytest.raises(StoreError, match="this is a symlink"):
+        writer.claim("p2").acquire()
+    shutil.rmtree(writer.path / "claims")
+    (writer.path / "claims").write_text("a file where the claims folder goes")
+    with pytest.raises(StoreError, match="cannot claim part p3"):
+        writer.claim("p3").acquire()
+
+
+def extract_args(cfg, store: Path) -> list[str]:
+    return ["extract", "--data", cfg.data, "--store", str(store), "--model", "vit-ti", "--img-size", "32",
+            "--patch-size", "8", "--spatial-depth", "2", "--workers", "0", "--batch-size", "7",
+            "--videos-per-part", "4"]
+
+
+def test_extract_names_the_claims_it_skips_and_claim_timeout_takes_them_over(tmp_path, extracted):  # noqa: F811
+    cfg, root = extracted
+    store = tmp_path / "s.zarr"
+    shutil.copytree(root / "good.zarr", store)
+    part = TokenStore.open(store).part_ids()[0]
+    shutil.rmtree(store / "parts" / part)  # work for the next run
+    (store / "claims" / f"{part}.claim").mkdir(parents=True)
+    result = runner.invoke(app, extract_args(cfg, store), terminal_width=400)
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "a claim must be a plain file" in lines[0], result.output
+    assert "Traceback" not in result.output
+    (store / "claims" / f"{part}.claim").rmdir()
+    foreign_claim(store, part, time.time() - 2)
+    result = runner.invoke(app, extract_args(cfg, store), terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert re.search(f"part {part} claimed by host elsewhere pid 4242, heartbeat [2-9] s ago", result.output)
+    assert "--claim-timeout 120 s" in result.output
+    result = runner.invoke(app, extract_args(cfg, store) + ["--claim-timeout", "1"], terminal_width=400)
+    assert result.exit_code == 0 and "done 4" in result.output, result.output
+    assert verify_store(store) == []
+    bad = runner.invoke(app, extract_args(cfg, store) + ["--claim-timeout", "0"], terminal_width=400)
+    assert bad.exit_code == 2 and "claim_timeout_s must be > 0" in bad.output
+
+
+# ---- item 9 (store side): `vivitcache index` on a read-only store, a class subset ---------------------------------
+def test_vivitcache_index_writes_nothing_while_fresh_and_a_failed_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import vivitcache.store.index as index
+
+    path = indexed_store(tmp_path / "s.zarr")
+    before = tree(path)
+    result = runner.invoke(app, ["index", str(path)])
+    assert result.exit_code == 0 and "nothing to write" in result.output and tree(path) == before
+    (segment,) = [p for p in (path / "index").iterdir() if p.is_dir()]
+    flip_bit(segment / "label" / "c" / "0")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path / "index"))
+
+    monkeypatch.setattr(index, "write_segment", read_only)
+    result = runner.invoke(app, ["index", str(path)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "read-only file system" in lines[0], result.output
+    monkeypatch.undo()
+    result = runner.invoke(app, ["index", str(path)])
+    assert result.exit_code == 0 and index_state(path) == "fresh"
+
+
+def test_annotations_lacking_some_classes_are_refused_naming_labels(tmp_path, extracted):  # noqa: F811
+    cfg, root = extracted
+    store = tmp_path / "s.zarr"
+    shutil.copytree(root / "good.zarr", store)
+    classes = TokenStore.open(store).classes
+    rows = (Path(cfg.data).read_text().splitlines())
+    subset = tmp_path / "subset.csv"
+    subset.write_text("\n".join(rows[:4]) + "\n")  # the header and 3 videos: fewer classes than the store
+    args = extract_args(cfg, store)
+    args[args.index("--data") + 1] = str(subset)
+    result = runner.invoke(app, args, terminal_width=400)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--labels" in lines[0], result.output
+    assert "your annotations lack" in lines[0]
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")
+    result = runner.invoke(app, args + ["--labels", str(tmp_path / "classes.txt")], terminal_width=400)
+    assert result.exit_code == 0 and "done 0, skipped 3" in result.output, result.output

@@ -14,11 +14,12 @@ from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
 from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
 from vivitcache.config import PretrainConfig
+from vivitcache.extract.config import ExtractConfig
 from vivitcache.sweep.config import SweepConfig
 from vivitcache.train_temporal.config import TrainConfig
 
 # CLI defaults come from the stage configs, so a command and its config never disagree
-PRE, TRAIN, SWEEP = PretrainConfig(), TrainConfig(), SweepConfig()
+PRE, TRAIN, SWEEP, EXTRACT = PretrainConfig(), TrainConfig(), SweepConfig(), ExtractConfig()
 
 app = typer.Typer(
     name="vivitcache",
@@ -349,6 +350,7 @@ def extract(
     seed: SeedOpt = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
+    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds without a heartbeat after which another run's claim on a part is taken over (its writer presumed dead); a heartbeat in the future counts once seen unchanged this long.")] = EXTRACT.claim_timeout_s,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
 ):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
@@ -362,7 +364,7 @@ def extract(
         dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair, retry_failed=retry_failed,
+        strict=strict, repair=repair, retry_failed=retry_failed, claim_timeout_s=claim_timeout,
     )
     summary = run_extract(cfg)
     console.print(
@@ -376,8 +378,19 @@ def extract(
     if summary.get("labels_updated"):
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):
-        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run; "
-                      "re-run later to pick up any it leaves")
+        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run "
+                      f"({_claims_line(summary['claims'], claim_timeout)}); re-run later to pick up any it leaves",
+                      highlight=False, soft_wrap=True)
+
+
+def _claims_line(claims: list[dict], timeout: float) -> str:
+    """Who holds the claims a run skipped: the first one's part, host, pid and heartbeat age, and how many more."""
+    first = claims[0]
+    age = first.get("age_s")
+    when = "?" if age is None else f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future: clock skew?"
+    more = f", and {len(claims) - 1} more part(s)" if len(claims) > 1 else ""
+    return (f"part {first['part_id']} claimed by host {first.get('host')} pid {first.get('pid')}, heartbeat {when}"
+            f"{more}; a claim is taken over after --claim-timeout {timeout:g} s without a heartbeat")
 
 
 def train_config(
@@ -629,11 +642,24 @@ def verify(
 @app.command(name="index", epilog="Example: vivitcache index runs/tokens.zarr")
 @user_errors
 def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")]):
-    """Rebuild the store's columnar index from the parts' commit records (stores made before it, or a damaged one)."""
+    """Rebuild the store's columnar index from the parts' commit records (stores made before it, a damaged index, or
+    one listing parts that are gone); a fresh index is left as it is (a read-only store is fine)."""
+    from vivitcache.extract.work import disk_errors
     from vivitcache.store import StoreWriter
+    from vivitcache.store.index import index_state, open_index
 
-    result = StoreWriter.open(store).consolidate(force=True)
+    writer = StoreWriter.open(store)
+    if index_state(writer.path) == "fresh":
+        console.print(f"{store}: the index is fresh, nothing to write")
+        return
+    dropped = open_index(writer.path, strict=False).missing
+    with disk_errors(writer.path):
+        result = writer.consolidate(force=True)
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
+    if dropped:
+        console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick")

@@ -110,7 +110,8 @@ def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None
         return skipped
     claim = job.store.claim(job.part_id, timeout_s=job.claim_timeout_s)
     if not claim.acquire():  # a live writer is on it: do not do its work twice
-        return {**skipped, "already_committed": False, "claimed_elsewhere": True}
+        return {**skipped, "already_committed": False, "claimed_elsewhere": True,
+                "claimed_by": {"part_id": job.part_id, **(claim.holder or {})}}
     try:
         if writer.already_committed:  # committed between our first look and our claim
             return skipped
@@ -370,6 +371,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         "done": sum(r["videos"] for r in results if r["committed"]),
         "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
         "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
+        "claims": [r["claimed_by"] for r in results if r.get("claimed_elsewhere")],
         "labels_updated": work.labels_updated,
         "retried": work.retried,
         "repaired_parts": work.repaired,

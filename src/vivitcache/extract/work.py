@@ -163,7 +163,8 @@ def _videos_of(root: Path, view, part_id: str) -> list[dict]:
     return [{"id": i, "path": s, "label": int(lb), "split": "train"} for i, s, lb in sorted(rows)]
 
 
-DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
 @contextmanager

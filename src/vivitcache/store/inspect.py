@@ -106,7 +106,9 @@ def _absolute_args(args: list[str], store: Path, cwd: str | None) -> list[str]:
 
 
 def _index_note(state: str) -> str:
-    return "old (written before the columnar index: run `vivitcache index STORE`)" if state == "old" else state
+    notes = {"old": "old (written before the columnar index: run `vivitcache index STORE`)",
+             "damaged": "damaged (not used, every commit record is read instead: run `vivitcache index STORE`)"}
+    return notes.get(state, state)
 
 
 def verify_store(path, checksums: bool = True, quick: bool = False, workers: int | None = None) -> list[str]:

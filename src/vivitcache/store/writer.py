@@ -190,7 +190,7 @@ class StoreWriter:
         diff = fingerprint_diff(have, wanted)
         if diff:
             context = f"store {path} was made with different settings"
-            raise FingerprintMismatchError(diff, context, "store has", "you asked for")
+            raise FingerprintMismatchError(diff, context, "store has", "you asked for", _classes_hint(have, wanted))
         return writer
 
     @classmethod
@@ -269,6 +269,17 @@ class StoreWriter:
     def part(self, part_id: str) -> PartWriter:
         """A writer for one part; use it as a context manager (commits on clean exit, discards on exception)."""
         return PartWriter(self, check_part_id(part_id))
+
+
+def _classes_hint(have: dict, wanted: dict) -> str:
+    """What to do when only the class list differs, e.g. annotations that hold a subset of the store's classes."""
+    if have["classes"] == wanted["classes"]:
+        return ""
+    missing = [c for c in have["classes"] if c not in wanted["classes"]]
+    what = f"your annotations lack {len(missing)} of its classes ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); " \
+        if missing else ""
+    return (f"{what}pass `--labels FILE` naming the store's classes in its order (a JSON list, or one name per line; "
+            "`vivitcache info STORE --json` shows them) so every label keeps its index")
 
 
 def _staging_entries(root: Path) -> list[os.DirEntry]:
