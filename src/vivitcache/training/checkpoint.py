@@ -212,6 +212,17 @@ def load_config(run: str | Path) -> dict:
     return _read_json(checkpoint_path(run) / "config.json")
 
 
+def check_same_data(run: str | Path, saved: dict, config: dict) -> None:
+    """CheckpointError, one line, when a resumed run's data (`data_sha256` of its record: the videos, frame counts
+    and labels it trains and validates on) is not the data it started on: a store that grew, lost a part or was
+    relabelled since. A resumed run must be the uninterrupted one."""
+    if "data_sha256" in saved and saved["data_sha256"] != config.get("data_sha256"):
+        store = config.get("store") or saved.get("store") or "its store"
+        raise CheckpointError(f"--resume: {run} was started on other data than {store} holds now (videos, frame "
+                              "counts or labels changed since); a resumed run must continue the same data: start a "
+                              "new run with another --out, or replace this one with --overwrite")
+
+
 def load_model_state(run: str | Path) -> dict[str, torch.Tensor]:
     """The model tensors of a run's checkpoint (no pickle involved)."""
     return _read_tensors(checkpoint_path(run) / "model.safetensors")
