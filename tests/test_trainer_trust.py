@@ -3,26 +3,39 @@ workers that outlive their trainer, a checkpoint on a full disk, options out of 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_failure_modes import invoke, tiny_store
 
+import vivitcache
+from vivitcache.training import runtime
+
 TRAIN = ["train", "--frames", "4", "--epochs", "1", "--batch-size", "2", "--device", "cpu"]
 
 
-def add_videos(store, ids: list[str], frames: int = 12) -> None:
-    """Commit one more part holding videos `ids` into a `tiny_store` (a store that grew since a run started)."""
+def add_videos(store, ids: list[str], frames: int = 12, per_part: int = 100, seed: int = 1) -> Path:
+    """Commit videos `ids` into a `tiny_store`-like store (created if need be), `per_part` videos a part."""
     from vivitcache.store import StoreLayout, StoreWriter
+    from vivitcache.store.writer import plan_parts
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     writer = StoreWriter.create_or_open(store, {"model": "vit-ti", "weights_sha256": "0" * 64},
                                         StoreLayout("cls", 1, 16, "fp16", shard_frames=32, chunk_frames=8),
                                         ["a", "b"], {})
-    with writer.part("grown") as pw:
-        for vid in ids:
-            pw.begin_video(vid, 0, f"{vid}.mp4", 25.0)
-            pw.append(rng.normal(size=(frames, 1, 16)).astype(np.float32), np.arange(frames) / 25.0)
-            pw.end_video()
+    for part in plan_parts(ids, per_part):
+        with writer.part(part.part_id) as pw:
+            for k, vid in enumerate(part.ids):
+                pw.begin_video(vid, k % 2, f"{vid}.mp4", 25.0)
+                pw.append(rng.normal(size=(frames, 1, 16)).astype(np.float32), np.arange(frames) / 25.0)
+                pw.end_video()
+    return Path(store)
 
 
 def error_line(result, code=2) -> str:
@@ -43,3 +56,65 @@ def test_resume_on_a_store_that_grew_is_refused_in_one_line(tmp_path):
         assert "start a new run with another --out" in line
     assert invoke(*TRAIN, "--store", store, "--out", tmp_path / "new").exit_code == 0  # as the message says
     assert invoke(*TRAIN, "--store", store, "--out", out, "--overwrite").exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------- workers die with it
+def children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):  # not a process, or gone
+            continue
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_dataloader_workers_die_with_a_killed_trainer(tmp_path):
+    """`kill -9` of `train --workers 2`: its workers (and spawn's resource tracker) are gone within seconds. Before
+    `die_with_parent` they lived on for 10 s to minutes (torch's watchdog looks between batches only)."""
+    store = add_videos(tmp_path / "s.zarr", [f"v{i:03d}" for i in range(400)], frames=8)  # 200 steps an epoch
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(vivitcache.__file__).parents[1])}  # this checkout's sources
+    trainer = subprocess.Popen([sys.executable, "-m", "vivitcache", "train", "--store", str(store), "--out", str(out),
+                                "--frames", "4", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+                                "--workers", "2", "--read", "random"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120  # the workers run once the first train row (step 10) is logged
+        while "train" not in ((out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""):
+            assert trainer.poll() is None and time.monotonic() < deadline, "the trainer never got going"
+            time.sleep(0.1)
+        workers = children(trainer.pid)
+        assert len(workers) >= 2  # two workers (and the resource tracker)
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if alive(w)]
+    finally:
+        trainer.kill()
+        for w in workers:  # started by this test: never leave them behind, even when it fails
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def test_the_parent_watch_fallback_exits_once_the_parent_is_gone(monkeypatch):
+    """Where prctl is missing, a thread polls the parent pid; it exits the worker (os._exit) once the pid changes."""
+    exits = []
+    monkeypatch.setattr(runtime.os, "_exit", exits.append)
+    monkeypatch.setattr(runtime, "PARENT_POLL_S", 0.01)
+    runtime._watch_parent(os.getppid() + 1)  # "the parent" is not this process's parent: as if it died
+    assert exits == [1]

@@ -26,7 +26,9 @@ from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CHECKPOINT_DIR
 from vivitcache.training.member import Member
 from vivitcache.training.metrics import plot_curves, topk_correct, write_summary
-from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
+from vivitcache.training.runtime import (
+    Distributed, PeakMemory, autocast, autocast_dtype, resolve_device, worker_init_fn,
+)
 from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -86,6 +88,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         generator=generator,
         collate_fn=getattr(dataset, "collate_fn", None),
         pin_memory=pin,
+        worker_init_fn=worker_init_fn(workers),  # workers die with this process, even by kill -9
     )
 
 
