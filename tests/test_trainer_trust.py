@@ -4,6 +4,7 @@ workers that outlive their trainer, a checkpoint on a full disk, options out of 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from test_failure_modes import invoke, tiny_store
 
 import vivitcache
+from vivitcache.train_temporal.config import TrainConfig
 from vivitcache.training import runtime
 
 TRAIN = ["train", "--frames", "4", "--epochs", "1", "--batch-size", "2", "--device", "cpu"]
@@ -118,3 +120,30 @@ def test_the_parent_watch_fallback_exits_once_the_parent_is_gone(monkeypatch):
     monkeypatch.setattr(runtime, "PARENT_POLL_S", 0.01)
     runtime._watch_parent(os.getppid() + 1)  # "the parent" is not this process's parent: as if it died
     assert exits == [1]
+
+
+# ------------------------------------------------------------------------------------------------- smaller items
+def test_a_full_disk_while_checkpointing_is_one_error_line_and_leaves_no_temp(tmp_path):
+    """safetensors reports a write error as SafetensorError, not OSError. A file-size limit stands in for a full
+    disk: writes past it fail with EFBIG (SIGXFSZ ignored), as they fail with ENOSPC on a full one."""
+    store, out = tiny_store(tmp_path / "s.zarr"), tmp_path / "run"
+
+    def small_files():  # in the child only: the limit and the ignored signal are inherited through exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))  # the model file is larger
+
+    env = {**os.environ, "PYTHONPATH": str(Path(vivitcache.__file__).parents[1]), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-m", "vivitcache", *TRAIN, "--store", str(store), "--out", str(out)],
+                            env=env, preexec_fn=small_files, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert errors == [f"error: {out}: cannot write a checkpoint (I/O error: File too large (os error 27)); any "
+                      "previous one is kept"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # no .checkpoint.tmp*, no checkpoint
+
+
+@pytest.mark.parametrize("value", ["-5", "nan"])
+def test_cache_mb_below_zero_is_refused(tmp_path, value):
+    result = invoke(*TRAIN, "--store", tiny_store(tmp_path / "s.zarr"), "--out", tmp_path / "run", "--cache-mb", value)
+    assert f"--cache-mb {float(value)}: must be at least 0 (0: one chunk)" in error_line(result)
+    assert TrainConfig(store="s.zarr", cache_mb=0).cache_mb == 0  # the documented least: one chunk

@@ -126,10 +126,10 @@ def save_checkpoint(
         for name in ("model.safetensors", "train.safetensors"):
             _fsync(tmp / name)
         _fsync(tmp)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({e.strerror or e}); the previous one is "
-                              "kept") from e
+        why = getattr(e, "strerror", None) or str(e).removeprefix("Error while serializing: ")
+        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({why}); any previous one is kept") from e
     old = run_dir / f"{OLD_PREFIX}{os.getpid()}"
     if final.exists():
         os.rename(final, old)
