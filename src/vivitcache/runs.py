@@ -59,6 +59,8 @@ class Stage2Made:
     """Their video root."""
     split_seed: int | None = None
     """The seed of the hashed split."""
+    data_sha256: str | None = None
+    """Identity of the videos it trains and validates on (`dataset.videos_sha256`): `--resume` refuses another."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ model trains (random reads only). It only warms the cache: values never depend o
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -44,6 +45,15 @@ class VideoEntry:
     """Frames stored for it."""
     label: int
     """Class index."""
+
+
+def videos_sha256(*splits: list[VideoEntry]) -> str:
+    """Identity of the data a run uses: sha256 of (split, id, frames, label) of every video of `splits`, in order.
+    A store that grew, lost a part or was relabelled since the run started gives another value."""
+    digest = hashlib.sha256()
+    for k, videos in enumerate(splits):
+        digest.update("".join(f"{k}\t{v.id}\t{v.num_frames}\t{v.label}\n" for v in videos).encode())
+    return digest.hexdigest()
 
 
 def resolve_read(read: str, in_memory: bool, workers: int, streams: int, feature_bytes: int, cache_bytes: int) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 
 from vivitcache.config import OptimConfig
 from vivitcache.training.checkpoint import (
-    CheckpointError, load_config, load_model_state, load_train_state, save_checkpoint,
+    CheckpointError, check_same_data, load_config, load_model_state, load_train_state, save_checkpoint,
 )
 from vivitcache.training.metrics import MetricsLog, topk_correct
 from vivitcache.training.runtime import Distributed
@@ -30,6 +30,7 @@ def check_resume_config(out: Path, config: dict) -> None:
     except CheckpointError as e:
         raise CheckpointError(f"--resume: {e}") from e
     # how a run was started is not what it is: resume and overwrite may differ between launches
+    check_same_data(out, saved, config)
     strip = lambda c: {**c, "run": {**c["run"], "resume": False, "overwrite": False}}  # noqa: E731
     if strip(saved) != strip(config):
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
