@@ -237,7 +237,7 @@ def _train(members: list[Member], run: RunConfig, micro: int, sampler: Resumable
                 results = evaluate_many([m.model for m in todo], task.forward, task.val_set, task.num_classes,
                                         dist.device, micro, dtype, dist, run.workers)
                 for m, result in zip(todo, results):
-                    m.record_eval(result)
+                    m.record_eval(result, m.state.seconds + time.perf_counter() - t0)
                     if dist.is_main:
                         top1, top5 = 100 * result["val_top1"], 100 * result["val_top5"]
                         name = "" if len(members) == 1 else f"{m.out.name}: "

@@ -130,9 +130,11 @@ class Member:
                      frames_per_s=rate * self.task.frames_per_sample)
         return f"loss {loss_value:.3f} acc {acc:.2f} {rate:.1f} clips/s"
 
-    def record_eval(self, result: dict) -> None:
+    def record_eval(self, result: dict, seconds: float) -> None:
+        """Keep the evaluation and log it with the run's wall time so far (`seconds`: training and evaluation since the
+        run began, earlier processes of a resumed run included): time-to-accuracy curves read it."""
         self.state.record_eval(result)
-        self.log.log(kind="eval", step=self.state.step, epoch=self.state.epoch,
+        self.log.log(kind="eval", step=self.state.step, epoch=self.state.epoch, seconds=seconds,
                      **{k: v for k, v in result.items() if k != "confusion"})
 
     def save(self, seconds: float, peak_bytes: int) -> None:
