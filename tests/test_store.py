@@ -33,7 +33,7 @@ from vivitcache.store.fingerprint import check_fingerprint, fingerprint_diff
 from vivitcache.store.inspect import bytes_per_frame, estimate_store_bytes, format_bytes
 from vivitcache.store.writer import plan_parts
 from vivitcache.store.dtypes import bf16_bits_to_float32, float32_to_bf16_bits
-from vivitcache.store.layout import host_name
+from vivitcache.lease import host_name
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 K, D = 3, 8

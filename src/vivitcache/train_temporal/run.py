@@ -159,7 +159,7 @@ def build_task(cfg: TrainConfig, data: Stage2Data, model, made: dict) -> Task:
         # the split as resolved (given, or the stage-1 run's annotations): what `eval` needs to find it again
         splits=os.path.abspath(splits) if splits else None,
         video_root=os.path.abspath(video_root) if video_root else None, split_seed=seed,
-        data_sha256=videos_sha256(train_videos, val_videos),
+        data_sha256=videos_sha256(data.train_videos, data.val_videos),
     )
     # the model as built (what `predict` and `eval` rebuild)
     record = RunRecord(stage=2, model=model.cfg, classes=list(store.classes), settings=cfg.to_dict(), stage2=made2)
