@@ -97,8 +97,8 @@ class TrainConfig(Serialisable):
     """Token-space augmentation of training clips."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20))
     """Optimiser settings (stage 2 defaults to 20 epochs: an epoch on tokens is cheap)."""
-    run: RunConfig = field(default_factory=RunConfig)
-    """Run folder, seed, device, workers, eval views, checkpointing, resume."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/stage2"))
+    """Run folder (default runs/stage2), seed, device, workers, eval views, checkpointing, resume."""
 
     def __post_init__(self):
         if self.init in ("", "none", "None"):
