@@ -22,6 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_readers import ChunkCache, InMemoryFeatures, StreamedFeatures
+
 from vivitcache.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.sampling import view_indices
@@ -34,7 +36,6 @@ from vivitcache.train_temporal import InitError, TrainConfig, build_stage2_model
 from vivitcache.train_temporal.clip_frames import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset
-from vivitcache.train_temporal.features import ChunkCache, InMemoryFeatures, StreamedFeatures
 from vivitcache.train_temporal.run import labelled_videos, split_source, split_videos
 from vivitcache.training.checkpoint import load_config, load_model_state, save_checkpoint
 from vivitcache.training.sampler import ResumableSampler
