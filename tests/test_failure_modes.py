@@ -68,7 +68,7 @@ def same_weights(a, b) -> bool:
 
 
 def metrics(folder) -> list[dict]:
-    drop = ("clips_per_s", "frames_per_s")
+    drop = ("clips_per_s", "frames_per_s", "seconds")  # timings
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in open(Path(folder) / "metrics.jsonl")]
 
 

@@ -51,6 +51,7 @@ from vivitcache.store.layout import (
     StoreLayout,
     check_part_id,
     group_meta,
+    source_stat,
     host_name,
     new_token,
     parse_staging_name,
@@ -148,6 +149,11 @@ def _files(path: Path) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _failure(video_id: str, source, error) -> dict:
+    """A ledger entry; the source's stat, taken now, lets a later run see the file changed (`extract/work.py`)."""
+    return {"id": video_id, "source": str(source), "error": str(error), "source_stat": source_stat(str(source))}
+
+
 class StoreWriter:
     """Write access to one store: checks its fingerprint once, hands out `PartWriter`s. Picklable (a path + records)."""
 
@@ -184,7 +190,7 @@ class StoreWriter:
         diff = fingerprint_diff(have, wanted)
         if diff:
             context = f"store {path} was made with different settings"
-            raise FingerprintMismatchError(diff, context, "store has", "you asked for")
+            raise FingerprintMismatchError(diff, context, "store has", "you asked for", _classes_hint(have, wanted))
         return writer
 
     @classmethod
@@ -209,11 +215,11 @@ class StoreWriter:
             ids.update(f["id"] for f in view.failures())
         return ids
 
-    def consolidate(self, force: bool = False) -> dict:
-        """Bring the columnar index up to date (incremental; nothing is written when it is fresh).
-
-        Returns {parts, videos, written}."""
-        return update_index(self.path, force=force)
+    def consolidate(self, force: bool = False, reread: set[str] | frozenset[str] = frozenset()) -> dict:
+        """Bring the columnar index up to date (incremental; nothing is written when it is fresh); `reread`: parts
+        published by this run, whose records are read again if the index already lists an older part of that id;
+        `force`: rebuild from every commit record. Returns {parts, videos, written}."""
+        return update_index(self.path, force=force, reread=frozenset(reread))
 
     def claim(self, part_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_s: float | None = None) -> Claim:
         """A claim on a part (call `.acquire()`): keeps a second live writer from extracting it too."""
@@ -244,11 +250,14 @@ class StoreWriter:
                     tmp.unlink(missing_ok=True)
         return removed
 
-    def move_aside(self, part_id: str) -> Path:
-        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it.
+    def move_aside(self, part_id: str) -> Path | None:
+        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it
+        (None when the part's folder is gone already: nothing to keep).
 
         Kept for inspection, never read again; delete `damaged/` when done with it."""
         check_part_id(part_id)
+        if not (self.path / PARTS / part_id).exists():
+            return None
         folder = self.path / DAMAGED
         if not (folder / META).exists():
             folder.mkdir(exist_ok=True)
@@ -260,6 +269,17 @@ class StoreWriter:
     def part(self, part_id: str) -> PartWriter:
         """A writer for one part; use it as a context manager (commits on clean exit, discards on exception)."""
         return PartWriter(self, check_part_id(part_id))
+
+
+def _classes_hint(have: dict, wanted: dict) -> str:
+    """What to do when only the class list differs, e.g. annotations that hold a subset of the store's classes."""
+    if have["classes"] == wanted["classes"]:
+        return ""
+    missing = [c for c in have["classes"] if c not in wanted["classes"]]
+    what = f"your annotations lack {len(missing)} of its classes ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); " \
+        if missing else ""
+    return (f"{what}pass `--labels FILE` naming the store's classes in its order (a JSON list, or one name per line; "
+            "`vivitcache info STORE --json` shows them) so every label keeps its index")
 
 
 def _staging_entries(root: Path) -> list[os.DirEntry]:
@@ -408,13 +428,13 @@ class PartWriter:
         self._flushed, self._pending, self._pending_n = flushed, pending, pending_n
         del self._shard_digests[digests:]
         self._current = None
-        self._failures.append({"id": cur["id"], "source": cur["source"], "error": str(error)})
+        self._failures.append(_failure(cur["id"], cur["source"], error))
 
     def add_failure(self, video_id: str, source: str, error: str) -> None:
         """Record a video that could not be processed at all (it gets no tokens)."""
         self._check_open()
         self._claim_id(video_id)
-        self._failures.append({"id": video_id, "source": str(source), "error": str(error)})
+        self._failures.append(_failure(video_id, source, error))
 
     @property
     def frames(self) -> int:

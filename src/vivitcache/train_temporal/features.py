@@ -23,7 +23,7 @@ class FeatureRule:
         self.stored_kind = store.layout.tokens
         self.frame_token = frame_token
         self.num_prefix_tokens, self.class_token = token_info(store.fingerprint)
-        self.dim = frame_feature_dim(store.layout.dim, frame_token)
+        self.dim = frame_feature_dim(store.layout.dim, frame_token, store.layout.tokens_per_frame)
         # the stored values themselves unless a mean over an `all` store's patches is computed (in float32)
         arithmetic = needs_arithmetic(self.stored_kind, frame_token)
         self.dtype = np.float16 if store.layout.dtype == "fp16" and not arithmetic else np.float32
