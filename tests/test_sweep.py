@@ -45,7 +45,7 @@ def _sweep(out, *args):
 
 
 def _rows(folder: Path, kind: str = "eval") -> list[dict]:
-    skip = ("clips_per_s", "frames_per_s")
+    skip = ("clips_per_s", "frames_per_s", "seconds")  # timings differ run to run
     return [{k: v for k, v in json.loads(line).items() if k not in skip}
             for line in (folder / "metrics.jsonl").open() if json.loads(line)["kind"] == kind]
 

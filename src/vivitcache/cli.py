@@ -236,7 +236,7 @@ def pretrain(
     label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
     spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
     accum_steps: AccumOpt = PRE.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(PRE.optim.precision),
     eval_views: ViewsOpt = PRE.run.eval_views,
     workers: WorkersOpt = PRE.run.workers,
     checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
@@ -395,13 +395,13 @@ def _claims_line(claims: list[dict], timeout: float) -> str:
 
 def train_config(
     store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
-    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = "none",
+    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = str(TRAIN.init).lower(),
     frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
-    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path(TRAIN.run.out),
+    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = ",".join(TRAIN.init_parts),
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
-    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter.mlp,
-    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery.pooled,
+    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter(TRAIN.model.adapter),
+    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery(TRAIN.model.attn_query),
     temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
@@ -418,7 +418,7 @@ def train_config(
     min_lr: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")] = TRAIN.optim.min_lr,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = TRAIN.optim.grad_clip,
     accum_steps: AccumOpt = TRAIN.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(TRAIN.optim.precision),
     temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
     frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
     token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
@@ -662,41 +662,73 @@ def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
                       highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick")
+@app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick   |   "
+             "vivitcache bench --recipes --out runs/recipes")
 @user_errors
 def bench(
-    out: Annotated[Path, typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md.")] = Path("runs/bench"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md (--recipes: recipes.json/.md/.png; default runs/bench, --recipes: runs/recipes).")] = None,
+    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage 1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (vit-ti at 32 px, 8 frames, 4×4 videos): under a minute.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick: vit-ti).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick: 32).")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick: 8).")] = None,
-    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick: 2).")] = None,
-    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick, --recipes: vit-ti).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick, --recipes: 32; 0: the model's).")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick, --recipes: 8; 0: the model's).")] = None,
+    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick, --recipes: 2; 0: all).")] = None,
+    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1; --recipes: 2).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip T in every mode (default 32; quick: 8).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1; --recipes: the epoch budget of every recipe's longest stage, 10).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4; --recipes: 16).")] = None,
     accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches per optimiser step (default 4; quick: 2).")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4).")] = None,
-    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4).")] = None,
-    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16).")] = None,
-    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick: 32).")] = None,
+    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4; --recipes: 8).")] = None,
+    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4; --recipes: 48).")] = None,
+    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16; --recipes: 64).")] = None,
+    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick, --recipes: 32).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Existing annotations instead of the synthetic videos.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default 0).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads per mode and for extraction (default 1; 0: torch's).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or auto, for every mode and extraction.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="--recipes: which recipes, letters of abcd (default all).")] = None,
+    stage1_epochs: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 epochs of (b) and (c).")] = None,
+    stage1_frames: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 frames per clip (default 8).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="--recipes: image checkpoint of the spatial ViT (default: made by image-pretrain).")] = None,
+    image_steps: Annotated[Optional[int], typer.Option(help="--recipes: image-pretrain steps when no --weights (default 600).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="--recipes: peak learning rate of every stage (default 1e-3).")] = None,
+    eval_views: Annotated[Optional[int], typer.Option(help="--recipes: temporal views per val video (default 1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="--recipes: DataLoader workers of every stage (GPU machines).")] = None,
+    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default pooled).")] = None,
+    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default mlp).")] = None,
 ):
-    """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c)."""
+    """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c).
+    With --recipes: whole recipes on the same data, val top-1 against wall time (recipes.json, .md, .png)."""
+    common = dict(out=None if out is None else str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
+                  temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, classes=classes,
+                  videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size, data=data,
+                  seed=seed, threads=threads, device=device)
+    recipe_only = dict(recipes=only, stage1_epochs=stage1_epochs, stage1_frames=stage1_frames, weights=weights,
+                       image_steps=image_steps, lr=lr, eval_views=eval_views, workers=workers, d_tokens=d_tokens,
+                       d_adapter=d_adapter)
+    if recipes:
+        if accum_steps is not None:
+            raise ConfigError("--accum-steps: not an option of --recipes")
+        _bench_recipes(quick, {**common, **recipe_only})
+        return
+    given = sorted(f"--{'only' if k == 'recipes' else k.replace('_', '-')}" for k, v in recipe_only.items()
+                   if v is not None)
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --recipes")
     from vivitcache.bench import BenchConfig, run_bench
 
-    cfg = BenchConfig.preset(
-        quick, out=str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-        temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps,
-        classes=classes, videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size,
-        data=data, seed=seed, threads=threads, device=device,
-    )
+    cfg = BenchConfig.preset(quick, accum_steps=accum_steps, **common)
     result = run_bench(cfg)
     print(result["markdown"])
     console.print(f"→ {result['files']['md']}, {result['files']['json']}")
+
+
+def _bench_recipes(quick: bool, options: dict) -> None:
+    from vivitcache.bench.recipes import RecipesConfig, run_recipes
+
+    result = run_recipes(RecipesConfig.preset(quick, **options))
+    print(result["markdown"])
+    console.print(f"→ {', '.join(result['files'].values())}")
 
 
 def main() -> None:

@@ -138,7 +138,7 @@ def frame_tokens(spatial: nn.Module, frames: torch.Tensor, kind: str, grid: int 
     prefix = spatial.num_prefix_tokens > 0  # timm pairs (patches, prefix) only for models that have prefix tokens
     outs = spatial.forward_intermediates(frames, indices=list(layers), norm=True, output_fmt="NLC",
                                          return_prefix_tokens=prefix, intermediates_only=True)  # ascending blocks
-    blocks = [torch.cat([p, x], dim=1) if prefix else x for x, p in (o if prefix else (o, None) for o in outs)]
+    blocks = [torch.cat([o[1], o[0]], dim=1) if prefix else o for o in outs]  # each [N, P + L, D]: prefix, patches
     return torch.cat([_block_tokens(spatial, x, kind, grid) for x in reversed(blocks)], dim=1)  # [N, K, D]
 
 

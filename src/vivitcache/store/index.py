@@ -58,6 +58,7 @@ from vivitcache.store.columns import (
     write_column,
     write_strings,
 )
+from vivitcache.lease import new_token
 from vivitcache.store.layout import (
     COMMIT_KEY,
     INDEX,
@@ -68,7 +69,6 @@ from vivitcache.store.layout import (
     StoreDamageError,
     StoreError,
     group_meta,
-    new_token,
     read_group_attrs,
     write_json_atomic,
 )

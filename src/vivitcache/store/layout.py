@@ -32,8 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,16 +190,6 @@ def check_part_id(part_id: str) -> str:
     if not isinstance(part_id, str) or not PART_ID_PATTERN.match(part_id):
         raise StoreError(f"invalid part id {part_id!r}: use 1-64 letters, digits, '_' or '-'")
     return part_id
-
-
-def host_name() -> str:
-    """This host's name, reduced to characters safe in a staging folder name."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-
-
-def new_token() -> str:
-    """A random id for one writer attempt (distinguishes two writers of the same part)."""
-    return uuid.uuid4().hex[:16]
 
 
 def staging_name(part_id: str, host: str, pid: int, token: str) -> str:

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vivitcache.provenance import now_iso
-from vivitcache.store.layout import META, STAGING, StoreError, group_meta, host_name, new_token, read_group_attrs, \
+from vivitcache.lease import host_name, new_token
+from vivitcache.store.layout import META, STAGING, StoreError, group_meta, read_group_attrs, \
     write_json_atomic
 
 PLAN = "plan"

@@ -34,7 +34,8 @@ from vivitcache import __version__, jsonio
 from vivitcache.provenance import now_iso
 from vivitcache.store.dtypes import encode_tokens
 from vivitcache.store.fingerprint import FingerprintMismatchError, canonical_json, fingerprint_diff
-from vivitcache.store.claims import DEFAULT_TIMEOUT_S, Claim, pid_alive
+from vivitcache.lease import host_name, new_token, owner_alive
+from vivitcache.store.claims import DEFAULT_TIMEOUT_S, Claim
 from vivitcache.store.index import open_index, update_index
 from vivitcache.store.layout import (
     COMMIT_KEY,
@@ -52,8 +53,6 @@ from vivitcache.store.layout import (
     check_part_id,
     group_meta,
     source_stat,
-    host_name,
-    new_token,
     parse_staging_name,
     read_group_attrs,
     staging_name,
@@ -236,7 +235,7 @@ class StoreWriter:
         me, now = host_name(), time.time()
         for entry in _staging_entries(self.path):
             owner = parse_staging_name(entry.name)
-            dead = owner is not None and owner["host"] == me and not pid_alive(owner["pid"])
+            dead = owner is not None and owner["host"] == me and not owner_alive(owner)
             try:
                 old = max_age_s is not None and now - _newest_mtime(Path(entry.path)) > max_age_s
             except FileNotFoundError:
@@ -299,7 +298,7 @@ def staging_dirs(root: Path) -> list[dict]:
             age = now - _newest_mtime(Path(entry.path))
         except FileNotFoundError:
             continue
-        stale = owner["host"] == me and not pid_alive(owner["pid"])
+        stale = owner["host"] == me and not owner_alive(owner)
         out.append({"name": entry.name, "part_id": owner["part_id"], "host": owner["host"], "pid": owner["pid"],
                     "age_s": round(age, 1), "stale": stale})
     return out

@@ -118,7 +118,8 @@ def _train_group(group: list[Built], sweep: SweepConfig, title: str) -> list[dic
     data = prepare_data(first, group[0].store, frame_token)
     try:
         micro = max(1, first.optim.batch_size // (world_size() * first.optim.accum_steps))
-        frame_values = frame_feature_dim(group[0].store.layout.dim, frame_token)
+        layout = group[0].store.layout
+        frame_values = frame_feature_dim(layout.dim, frame_token, layout.tokens_per_frame)
         check_fits([b.model for b in group], micro, frame_values, resolve_device(first.run.device))
         specs = [Spec(build_task(b.cfg, data, b.model, b.made), b.cfg.optim, Path(b.cfg.run.out), b.rng)
                  for b in group]

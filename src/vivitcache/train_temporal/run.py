@@ -19,7 +19,7 @@ from vivitcache.runs import RunRecord, Stage2Made
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore
 from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read, videos_sha256
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.build import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
@@ -159,6 +159,7 @@ def build_task(cfg: TrainConfig, data: Stage2Data, model, made: dict) -> Task:
         # the split as resolved (given, or the stage-1 run's annotations): what `eval` needs to find it again
         splits=os.path.abspath(splits) if splits else None,
         video_root=os.path.abspath(video_root) if video_root else None, split_seed=seed,
+        data_sha256=videos_sha256(data.train_videos, data.val_videos),
     )
     # the model as built (what `predict` and `eval` rebuild)
     record = RunRecord(stage=2, model=model.cfg, classes=list(store.classes), settings=cfg.to_dict(), stage2=made2)

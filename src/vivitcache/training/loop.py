@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vivitcache.config import OptimConfig, RunConfig
+from vivitcache.device import autocast, autocast_dtype, resolve_device
 from vivitcache.errors import ConfigError
 from vivitcache.progress import console, make_progress
 from vivitcache.provenance import provenance
@@ -26,8 +27,7 @@ from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CHECKPOINT_DIR
 from vivitcache.training.member import Member
 from vivitcache.training.metrics import plot_curves, topk_correct, write_summary
-from vivitcache.device import autocast, autocast_dtype, resolve_device
-from vivitcache.training.runtime import Distributed, PeakMemory
+from vivitcache.training.runtime import Distributed, PeakMemory, worker_init_fn
 from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -87,6 +87,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         generator=generator,
         collate_fn=getattr(dataset, "collate_fn", None),
         pin_memory=pin,
+        worker_init_fn=worker_init_fn(workers),  # workers die with this process, even by kill -9
     )
 
 
@@ -236,7 +237,7 @@ def _train(members: list[Member], run: RunConfig, micro: int, sampler: Resumable
                 results = evaluate_many([m.model for m in todo], task.forward, task.val_set, task.num_classes,
                                         dist.device, micro, dtype, dist, run.workers)
                 for m, result in zip(todo, results):
-                    m.record_eval(result)
+                    m.record_eval(result, m.state.seconds + time.perf_counter() - t0)
                     if dist.is_main:
                         top1, top5 = 100 * result["val_top1"], 100 * result["val_top5"]
                         name = "" if len(members) == 1 else f"{m.out.name}: "

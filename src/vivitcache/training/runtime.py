@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
+import signal
+import sys
 import threading
 import time
 
@@ -63,6 +67,41 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def worker_init_fn(workers: int):
+    """The DataLoader's `worker_init_fn` for `workers` processes: each dies with this one (`die_with_parent`)."""
+    return functools.partial(die_with_parent, os.getpid()) if workers > 0 else None
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """In a DataLoader worker (`worker_init_fn`, bound to the trainer's pid): the worker dies
+    when its trainer does, even by `kill -9`, instead of living on with its copy of the data.
+
+    torch's own watchdog only looks between batches and a worker can then hang at exit on its result queue, so: on
+    Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere, or if prctl fails, a
+    daemon thread polls the parent pid every `PARENT_POLL_S` seconds. Either way a parent already gone exits now."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="vivitcache-parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # not sys.exit: the worker's queues would wait for a reader that is gone
 
 
 def _rss_bytes() -> int:
