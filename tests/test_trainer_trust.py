@@ -137,7 +137,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_line_and_leaves_no_temp(tm
                             env=env, preexec_fn=small_files, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert errors == [f"error: {out}: cannot write a checkpoint (I/O error: File too large (os error 27)); any "
+    assert errors == [f"error: {out}: cannot write a checkpoint (I/O error: File too large (os error 27)); the "
                       "previous one is kept"]
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # no .checkpoint.tmp*, no checkpoint
 
