@@ -16,8 +16,11 @@ import pytest
 from test_failure_modes import invoke, tiny_store
 
 import vivitcache
+from vivitcache.config import OptimConfig, RunConfig
 from vivitcache.train_temporal.config import TrainConfig
+from vivitcache.train_temporal.run import run_train
 from vivitcache.training import runtime
+from vivitcache.training.metrics import MetricsLog
 
 TRAIN = ["train", "--frames", "4", "--epochs", "1", "--batch-size", "2", "--device", "cpu"]
 
@@ -137,7 +140,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_line_and_leaves_no_temp(tm
                             env=env, preexec_fn=small_files, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert errors == [f"error: {out}: cannot write a checkpoint (I/O error: File too large (os error 27)); any "
+    assert errors == [f"error: {out}: cannot write a checkpoint (I/O error: File too large (os error 27)); the "
                       "previous one is kept"]
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # no .checkpoint.tmp*, no checkpoint
 
@@ -147,3 +150,39 @@ def test_cache_mb_below_zero_is_refused(tmp_path, value):
     result = invoke(*TRAIN, "--store", tiny_store(tmp_path / "s.zarr"), "--out", tmp_path / "run", "--cache-mb", value)
     assert f"--cache-mb {float(value)}: must be at least 0 (0: one chunk)" in error_line(result)
     assert TrainConfig(store="s.zarr", cache_mb=0).cache_mb == 0  # the documented least: one chunk
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9 right after a metrics row was written (before any later checkpoint)."""
+
+
+def _rows(out: Path) -> list[tuple]:
+    return [(r["kind"], r["epoch"], r["step"]) for r in MetricsLog(out / "metrics.jsonl").rows()]
+
+
+def test_a_killed_and_resumed_sequential_run_logs_each_row_once(tmp_path, monkeypatch):
+    """Each checkpoint records how many metrics.jsonl lines belong to it, and `--resume` drops the later ones, so a
+    resumed `--read sequential` run writes the rows of the uninterrupted run, each once. (Issue 19 saw an eval row
+    twice; not reproduced on this code, by these kills nor by kill -9 at random points.)"""
+    store = tiny_store(tmp_path / "s.zarr", videos=12)
+
+    def train(out, resume=False):
+        run_train(TrainConfig(store=str(store), frames=4, read="sequential", optim=OptimConfig(epochs=2, batch_size=2),
+                              run=RunConfig(out=str(out), device="cpu", checkpoint_every=2, log_every=1,
+                                            resume=resume)))
+
+    train(tmp_path / "straight")
+    real_log = MetricsLog.log
+
+    def log_then_die(self, **row):
+        real_log(self, **row)
+        if row["kind"] == "eval":  # epoch 1's eval row is written, its checkpoint is not
+            raise _Killed
+
+    monkeypatch.setattr(MetricsLog, "log", log_then_die)
+    with pytest.raises(_Killed):
+        train(tmp_path / "run")
+    monkeypatch.setattr(MetricsLog, "log", real_log)
+    train(tmp_path / "run", resume=True)
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "straight")
+    assert [k for k, _, _ in _rows(tmp_path / "run")].count("eval") == 2

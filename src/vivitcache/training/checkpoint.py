@@ -129,7 +129,7 @@ def save_checkpoint(
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(tmp, ignore_errors=True)
         why = getattr(e, "strerror", None) or str(e).removeprefix("Error while serializing: ")
-        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({why}); any previous one is kept") from e
+        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({why}); the previous one is kept") from e
     old = run_dir / f"{OLD_PREFIX}{os.getpid()}"
     if final.exists():
         os.rename(final, old)
