@@ -62,8 +62,9 @@ class RecipesConfig:
     """Epoch budget of every recipe's longest stage: (a)'s only stage, the stage 2 of (b), (c), (d)."""
     stage1_frames: int = 8
     """Stage 1 of (b) and (c): frames per clip."""
-    stage1_epochs: int = 5
-    """Stage 1 of (b) and (c): epochs (BENCHMARKS.md, stage-1 budgets)."""
+    stage1_epochs: int = 2
+    """Stage 1 of (b) and (c): epochs. 2: the least time to (a)'s accuracy; 10 buys ~15 points of (c) for ~2× its
+    time (BENCHMARKS.md, stage-1 budgets)."""
     batch_size: int = 16
     """Clips per optimiser step in every stage."""
     lr: float = 1e-3
