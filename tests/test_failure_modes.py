@@ -214,7 +214,7 @@ def test_a_failed_checkpoint_write_keeps_the_last_one_and_partial_temps_are_clea
         real_save(tensors, path)
 
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
-    with pytest.raises(CheckpointError, match="cannot write a checkpoint \\(No space left on device\\); any previous one is kept"):
+    with pytest.raises(CheckpointError, match="cannot write a checkpoint \\(No space left on device\\); the previous one is kept"):
         fit(task(), OPTIM, run(out))
     monkeypatch.setattr(checkpoint, "save_file", real_save)
     assert sorted(os.listdir(out)) == ["checkpoint", "metrics.jsonl"]  # no temp folder, no lock
