@@ -79,7 +79,8 @@ def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
     when its trainer does, even by `kill -9`, instead of living on with its copy of the data.
 
     torch's own watchdog only looks between batches and a worker can then hang at exit on its result queue, so: on
-    Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere, or if prctl fails, a
+    Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG; strictly, when the thread that
+    started the worker ends: our DataLoaders are iterated on the main thread); elsewhere, or if prctl fails, a
     daemon thread polls the parent pid every `PARENT_POLL_S` seconds. Either way a parent already gone exits now."""
     armed = False
     if sys.platform.startswith("linux"):
