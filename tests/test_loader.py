@@ -24,6 +24,8 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
+from clip_readers import InMemoryFeatures, StreamedFeatures
+
 from vivitcache.config import ModelConfig, OptimConfig, RunConfig
 from vivitcache.data.sampling import view_indices
 from vivitcache.store import StoreError, StoreLayout, StoreWriter, TokenStore
@@ -36,7 +38,6 @@ from vivitcache.train_temporal import clip_frames
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import ReadAhead, TokenClipDataset, VideoEntry, collate_batch, resolve_read
-from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
 from vivitcache.train_temporal.sequential import plan_epoch
 from vivitcache.training.checkpoint import load_model_state
 from vivitcache.training.loop import to_device

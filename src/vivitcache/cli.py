@@ -14,10 +14,12 @@ from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
 from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
 from vivitcache.config import PretrainConfig
+from vivitcache.extract.config import ExtractConfig
+from vivitcache.sweep.config import SweepConfig
 from vivitcache.train_temporal.config import TrainConfig
 
 # CLI defaults come from the stage configs, so a command and its config never disagree
-PRE, TRAIN = PretrainConfig(), TrainConfig()
+PRE, TRAIN, SWEEP, EXTRACT = PretrainConfig(), TrainConfig(), SweepConfig(), ExtractConfig()
 
 app = typer.Typer(
     name="vivitcache",
@@ -47,6 +49,18 @@ class Adapter(str, Enum):
     mlp = "mlp"
     linear = "linear"
     none = "none"
+
+
+class TrainAdapter(str, Enum):
+    mlp = "mlp"
+    linear = "linear"
+    none = "none"
+    attn = "attn"
+
+
+class AttnQuery(str, Enum):
+    pooled = "pooled"
+    learned = "learned"
 
 
 class Precision(str, Enum):
@@ -104,6 +118,14 @@ def _batch_size(value: str) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"--batch-size {value!r}: give a number >= 1 or auto")
     return int(value)
+
+
+def _int_list(option: str, value: str) -> list[int]:
+    """A comma list of integers (`--layers -1,-4,-7,-10`)."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] or [-1]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: give comma-separated integers, e.g. -1,-4,-7,-10") from None
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -214,7 +236,7 @@ def pretrain(
     label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
     spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
     accum_steps: AccumOpt = PRE.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(PRE.optim.precision),
     eval_views: ViewsOpt = PRE.run.eval_views,
     workers: WorkersOpt = PRE.run.workers,
     checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
@@ -311,7 +333,9 @@ def extract(
     labels: LabelsOpt = None,
     fps: FpsOpt = None,
     stride: StrideOpt = None,
-    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token. Default: the --checkpoint's frame token, else pooled.")] = None,
+    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token; grid = pooled, then the patch tokens average-pooled to --grid x --grid cells. Default: the --checkpoint's frame token, else pooled.")] = None,
+    grid: Annotated[Optional[int], typer.Option(help="With --tokens grid: N of the N x N cells (default 4; 1 + N² tokens per frame and block).")] = None,
+    layers: Annotated[str, typer.Option(help="Blocks whose tokens are stored side by side, e.g. -1,-4,-7,-10 (the last, -1, included); each normed as timm's forward_intermediates(norm=True).")] = "-1",
     dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
     batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
@@ -326,6 +350,8 @@ def extract(
     seed: SeedOpt = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
+    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds without a heartbeat after which another run's claim on a part is taken over (its writer presumed dead); a heartbeat in the future counts once seen unchanged this long.")] = EXTRACT.claim_timeout_s,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
 ):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
     from vivitcache.extract import ExtractConfig, run_extract
@@ -334,10 +360,11 @@ def extract(
         data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
         spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value if tokens else None, dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
+        stride=stride, tokens=tokens.value if tokens else None, grid=grid, layers=_int_list("--layers", layers),
+        dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair,
+        strict=strict, repair=repair, retry_failed=retry_failed, claim_timeout_s=claim_timeout,
     )
     summary = run_extract(cfg)
     console.print(
@@ -346,35 +373,52 @@ def extract(
     )
     if summary.get("repaired_parts"):
         console.print(f"repaired {len(summary['repaired_parts'])} damaged part(s) (moved aside to {store}/damaged/)")
+    if summary.get("retried"):
+        console.print(f"retried {summary['retried']} video(s) of the failure ledger (source changed, or --retry-failed)")
     if summary.get("labels_updated"):
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):
-        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run; "
-                      "re-run later to pick up any it leaves")
+        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run "
+                      f"({_claims_line(summary['claims'], claim_timeout)}); re-run later to pick up any it leaves",
+                      highlight=False, soft_wrap=True)
 
 
-@app.command(
-    epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
-    "--out runs/stage2   |   torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
-)
-@user_errors
-def train(
+def _claims_line(claims: list[dict], timeout: float) -> str:
+    """Who holds the claims a run skipped: the first one's part, host, pid and heartbeat age, and how many more."""
+    first = claims[0]
+    age = first.get("age_s")
+    when = "?" if age is None else f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future: clock skew?"
+    more = f", and {len(claims) - 1} more part(s)" if len(claims) > 1 else ""
+    return (f"part {first['part_id']} claimed by host {first.get('host')} pid {first.get('pid')}, heartbeat {when}"
+            f"{more}; a claim is taken over after --claim-timeout {timeout:g} s without a heartbeat")
+
+
+def train_config(
     store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
-    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = "none",
+    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = str(TRAIN.init).lower(),
     frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
-    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path(TRAIN.run.out),
+    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = ",".join(TRAIN.init_parts),
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
+    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter(TRAIN.model.adapter),
+    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery(TRAIN.model.attn_query),
+    temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
+    temporal_dim: Annotated[Optional[int], typer.Option(help="With --init none: temporal width (default: the frame feature's).")] = TRAIN.model.temporal_dim,
+    temporal_heads: Annotated[Optional[int], typer.Option(help="With --init none: temporal heads (default: width // 64).")] = TRAIN.model.temporal_heads,
+    drop_rate: Annotated[float, typer.Option(help="Dropout in the temporal transformer and before the head.")] = TRAIN.model.drop_rate,
+    drop_path_rate: Annotated[float, typer.Option(help="Stochastic depth in the temporal transformer.")] = TRAIN.model.drop_path_rate,
     epochs: EpochsOpt = TRAIN.optim.epochs,
     batch_size: BatchOpt = TRAIN.optim.batch_size,
     lr: LrOpt = TRAIN.optim.lr,
     weight_decay: WeightDecayOpt = TRAIN.optim.weight_decay,
     warmup_epochs: WarmupOpt = TRAIN.optim.warmup_epochs,
     label_smoothing: SmoothingOpt = TRAIN.optim.label_smoothing,
+    min_lr: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")] = TRAIN.optim.min_lr,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = TRAIN.optim.grad_clip,
     accum_steps: AccumOpt = TRAIN.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(TRAIN.optim.precision),
     temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
     frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
     token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
@@ -395,26 +439,102 @@ def train(
     resume_mode: ResumeModeArg = None,
     overwrite: OverwriteOpt = False,
 ):
-    """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
-    from vivitcache.config import OptimConfig, RunConfig
-    from vivitcache.train_temporal import AugmentConfig, run_train
+    """The `TrainConfig` of a `vivitcache train` command line (also how `sweep` reads each of its configs)."""
+    from vivitcache.config import ModelConfig, OptimConfig, RunConfig
+    from vivitcache.train_temporal import AugmentConfig
 
-    resume = _resume(resume, resume_mode)
-    cfg = TrainConfig(
+    return TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
+        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth,
+                          temporal_dim=temporal_dim, temporal_heads=temporal_heads, drop_rate=drop_rate,
+                          drop_path_rate=drop_path_rate),
         val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
         optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, accum_steps=accum_steps,
-                          precision=precision.value),
+                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, min_lr=min_lr,
+                          grad_clip=grad_clip, accum_steps=accum_steps, precision=precision.value),
         run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
+                      checkpoint_every=checkpoint_every, resume=_resume(resume, resume_mode), overwrite=overwrite),
     )
-    summary = run_train(cfg)
-    _print_run_summary(out, summary)
+
+
+@app.command(
+    name="train",
+    epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
+    "--out runs/stage2   |   vivitcache train --store runs/grid.zarr --init none --adapter attn --out runs/attn   |   "
+    "torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
+)
+@user_errors
+@functools.wraps(train_config, assigned=())  # train_config's options, its own name and help
+def train(**options):
+    """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
+    from vivitcache.train_temporal import run_train
+
+    cfg = train_config(**options)
+    _print_run_summary(Path(cfg.run.out), run_train(cfg))
+
+
+class Prune(str, Enum):
+    none = "none"
+    halving = "halving"
+
+
+def _train_parser():
+    """`train`'s options as a click command that returns the TrainConfig (what `sweep` parses each config with)."""
+    parser = typer.Typer(add_completion=False)
+    parser.command()(train_config)
+    command = typer.main.get_command(parser)
+
+    def parse(name: str, argv: list[str]) -> TrainConfig:
+        try:
+            return command.main(args=argv, prog_name="vivitcache train", standalone_mode=False)
+        except typer.TyperException as e:  # typer's click: usage errors and bad values
+            raise ConfigError(f"config {name}: {e.format_message()}") from None
+        except ConfigError as e:  # a value out of its range (the config dataclasses' checks)
+            raise ConfigError(f"config {name}: {e}") from None
+
+    options = [p for p in command.params if p.param_type_name == "option"]
+    return parse, options
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Example: vivitcache sweep --out runs/sweep --store runs/tokens.zarr --frames 32 --epochs 10 "
+    "--lr 3e-4,1e-3,3e-3 --weight-decay 0.05,0.1 --temporal-depth 2,4 --prune halving   |   "
+    "vivitcache sweep --out runs/sweep --grid sweep.toml --store runs/tokens.zarr   |   "
+    "vivitcache sweep --out runs/sweep --resume",
+)
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Sweep folder: configs/<name>/ run folders, sweep.json, sweep.md, sweep.png.")] = Path(SWEEP.out),
+    grid: Annotated[Optional[Path], typer.Option(help="TOML grid: a \\[grid] table (lists multiplied out) and/or \\[\\[config]] tables.")] = None,
+    prune: Annotated[Prune, typer.Option(help="halving: stop the worse half of the configs at epochs E/2, E/4, … (successive halving).")] = Prune(SWEEP.prune),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue every unfinished config of the sweep in --out (train options may be left out).")] = SWEEP.resume,
+    overwrite: OverwriteOpt = SWEEP.overwrite,
+):
+    """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
+    the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
+    from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
+
+    parse, options = _train_parser()
+    kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
+                        valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
+    if resume and not ctx.args and grid is None:  # the sweep as it was started
+        configs, pruning = load_plan(out)
+    else:
+        configs, pruning = expand(list(ctx.args), grid, kinds), prune.value
+    cfg = SweepConfig(out=str(out), grid=str(grid) if grid else None, prune=pruning, resume=resume,
+                      overwrite=overwrite)
+    own = ["--resume", "auto"] if resume else ["--overwrite"] if overwrite else []
+    parsed = [(c, parse(c.name, [*c.args, "--out", str(out / "configs" / c.name), *own])) for c in configs]
+    content = run_sweep(cfg, parsed)
+    best = content["configs"][0]
+    console.print(f"best: {best['name']}  val top-1 {100 * (best['val_top1'] or 0):.1f}%  "
+                  f"({len(configs)} configs, {content['seconds']:.0f} s)  → {out / 'sweep.md'}", highlight=False)
 
 
 @app.command(name="eval", epilog="Example: vivitcache eval --store runs/tokens.zarr --checkpoint runs/stage2 --eval-views 2")
@@ -486,7 +606,8 @@ def info(
         ("model", fp.get("model")),
         ("weights sha256", str(fp.get("weights_sha256", ""))[:16] + "…"),
         ("tokens", f"{data['layout']['tokens']} (K={data['layout']['tokens_per_frame']}, D={data['layout']['dim']}, "
-                   f"{data['layout']['dtype']})"),
+                   f"{data['layout']['dtype']}" + "".join(f", {key} {data['layout'][key]}" for key in ("grid", "layers")
+                                                          if key in data["layout"]) + ")"),
         ("videos", data["videos"]),
         ("frames", data["frames"]),
         ("failed", data["failed"]),
@@ -521,11 +642,24 @@ def verify(
 @app.command(name="index", epilog="Example: vivitcache index runs/tokens.zarr")
 @user_errors
 def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")]):
-    """Rebuild the store's columnar index from the parts' commit records (stores made before it, or a damaged one)."""
+    """Rebuild the store's columnar index from the parts' commit records (stores made before it, a damaged index, or
+    one listing parts that are gone); a fresh index is left as it is (a read-only store is fine)."""
+    from vivitcache.extract.work import disk_errors
     from vivitcache.store import StoreWriter
+    from vivitcache.store.index import index_state, open_index
 
-    result = StoreWriter.open(store).consolidate(force=True)
+    writer = StoreWriter.open(store)
+    if index_state(writer.path) == "fresh":
+        console.print(f"{store}: the index is fresh, nothing to write")
+        return
+    dropped = open_index(writer.path, strict=False).missing
+    with disk_errors(writer.path):
+        result = writer.consolidate(force=True)
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
+    if dropped:
+        console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick   |   "

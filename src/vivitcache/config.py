@@ -66,9 +66,18 @@ class ModelConfig:
     frame_token: str = "pooled"
     """Per-frame feature handed to the temporal stage: `pooled` (the model's own embedding), `cls`, or either + mean patch token."""
     adapter: str = "mlp"
-    """Adapter between spatial and temporal: `mlp` (residual, zero-init = identity at start), `linear`, or `none`."""
+    """Adapter between spatial and temporal: `mlp` (residual, zero-init = identity at start), `linear`, `none`, or
+    `attn` (stage 2: a query cross-attends over each frame's stored tokens, `models/attn_adapter.py`)."""
     adapter_ratio: float = 0.5
     """Adapter hidden width as a fraction of the frame-feature width (mlp adapter only)."""
+    attn_query: str = "pooled"
+    """`attn` adapter: the query is the frame's pooled token (`pooled`) or a learned vector (`learned`)."""
+    attn_post: str = "mlp"
+    """`attn` adapter: the one-token adapter after it (`mlp`, `linear`, `none`; a stage-1 run's own with `--init`)."""
+    tokens_per_frame: int = 1
+    """`attn` adapter: K, the stored tokens per frame it attends over (the frame token is then `tokens`)."""
+    token_layers: int = 1
+    """`attn` adapter: blocks those K tokens come from (one learned embedding each; K / blocks cells each)."""
     temporal_dim: int | None = None
     """Temporal transformer width (None: same as the frame feature width)."""
     temporal_depth: int = 4

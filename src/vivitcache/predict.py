@@ -25,7 +25,7 @@ from vivitcache.runs import RunRecord
 from vivitcache.store import FingerprintMismatchError, TokenStore
 from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.store.dtypes import decode_tokens, encode_tokens
-from vivitcache.train_temporal.init import build_token_model
+from vivitcache.train_temporal.build import build_token_model
 from vivitcache.training.checkpoint import CheckpointError, load_model_state
 
 
@@ -95,7 +95,8 @@ def _features_on_the_fly(video: str, record: RunRecord, spec: SpatialSpec, views
     pixels = read_frames(video, unique, fps, stride, preprocess.resize_short, preprocess.interpolation)  # [U, h, w, 3]
     spatial = spec.build()
     kind = layout["tokens"]  # the store's own kind, so the rule below is the one the trainer applied
-    tokens = frame_tokens(spatial, preprocess(pixels), kind)  # [U, K, D]
+    grid, layers = layout.get("grid", 0), tuple(layout.get("layers", (-1,)))  # set in grid / several-block stores
+    tokens = frame_tokens(spatial, preprocess(pixels), kind, grid, layers)  # [U, K, D]
     tokens = torch.from_numpy(decode_tokens(encode_tokens(tokens.float().numpy(), layout["dtype"]), layout["dtype"]))
     feats = frame_features(tokens.float(), kind, record.model.frame_token, *token_info(fp))  # [U, Din]
     return feats[torch.from_numpy(inverse.reshape(idx.shape))]  # [V, T, Din]

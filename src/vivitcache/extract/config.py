@@ -45,6 +45,11 @@ class ExtractConfig:
     tokens: str | None = None
     """Tokens stored per frame: `pooled` (the model's own image embedding), `cls`, either + mean patch token, or `all`;
     None: the frame token of `checkpoint` (what `train --init` of that run reads), else `pooled`."""
+    grid: int | None = None
+    """With `tokens` = `grid`: N, the patch tokens are average-pooled to N x N cells (None: 4)."""
+    layers: list[int] = dataclasses.field(default_factory=lambda: [-1])
+    """Blocks whose tokens are stored, side by side (`-1,-4,-7,-10`; the last block -1 must be one): each normed by
+    the model's final norm, as timm's `forward_intermediates(norm=True)`. `[-1]`: the final features, as always."""
     dtype: str = "fp16"
     """Stored dtype: `fp16`, or `bf16` (for models whose tokens overflow fp16)."""
     batch_size: int | None = None
@@ -83,6 +88,9 @@ class ExtractConfig:
     """Token compression in the store: `none` or `zstd` (level 1)."""
     strict: bool = False
     """Raise `ExtractFailures` after finishing when any video could not be extracted (default: ledger and go on)."""
+    retry_failed: bool = False
+    """Extract every video of the annotations that is in the failure ledger again (without it: only those whose
+    source file changed since it failed: size, mtime or inode, or it appeared or vanished)."""
     repair: bool = False
     """Read every committed chunk back first (like `verify`), move damaged parts aside and re-extract their videos."""
     claim_timeout_s: float = 120.0
@@ -118,6 +126,10 @@ class ExtractConfig:
             bad(f"--stride must be >= 1, got {self.stride}")
         if self.tokens is not None and self.tokens not in TOKEN_KINDS:
             bad(f"--tokens {self.tokens!r}: use one of {', '.join(TOKEN_KINDS)}")
+        if self.grid is not None and (self.tokens != "grid" or self.grid < 1):
+            bad(f"--grid {self.grid}: goes with --tokens grid, and must be >= 1")
+        if not self.layers or any(isinstance(v, bool) or not isinstance(v, int) for v in self.layers):
+            bad(f"--layers {self.layers!r}: give block indices such as -1,-4,-7,-10")
         if self.dtype not in DTYPES:
             bad(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.compression not in COMPRESSIONS:
@@ -139,10 +151,11 @@ class ExtractConfig:
             bad(f"--device {self.device!r}: use auto, cpu or cuda")
 
     def chunk_frames_for_layout(self) -> int:
-        """Inner chunk length: as set, or 16 frames for `all` tokens and 64 for `cls`/`cls+mean`, capped by shards."""
+        """Inner chunk length: as set, or 16 frames for `all`, `grid` or several blocks and 64 for one-token kinds,
+        capped by shards."""
         if self.chunk_frames is not None:
             return self.chunk_frames
-        chunk = 16 if self.tokens == "all" else 64
+        chunk = 16 if self.tokens in ("all", "grid") or list(self.layers) != [-1] else 64
         while self.shard_frames and self.shard_frames % chunk:  # must divide the shard length
             chunk //= 2
         return max(chunk, 1)

@@ -42,7 +42,7 @@ from vivitcache.data.decoders import get_decoder
 from vivitcache.data.transforms import Preprocess
 from vivitcache.models.tokens import frame_tokens
 from vivitcache.store import PartWriter, StoreError
-from vivitcache.training.runtime import autocast, autocast_dtype
+from vivitcache.device import autocast, autocast_dtype
 
 Report = Callable[..., None]
 """`report(videos=0, frames=0, failed=0)`: progress counts, called as tokens are written (from the writer thread)."""
@@ -63,7 +63,7 @@ class PartSettings:
     stride: int | None
     """Frame sampling by stride (None: not by stride)."""
     tokens: str
-    """Token kind: cls, cls+mean or all."""
+    """Token kind (`store.layout.TOKEN_KINDS`)."""
     store_dtype: str
     """fp16 or bf16: bf16 model outputs are handed to the store unconverted when the store is bf16."""
     batch_size: int
@@ -78,6 +78,10 @@ class PartSettings:
     """torch intra-op threads for this worker (None: leave torch's setting)."""
     decoder: str = "pyav"
     """Video decoder (`data.decoders`): pyav or torchcodec."""
+    grid: int = 0
+    """N of `grid` tokens (0: not a grid)."""
+    layers: tuple[int, ...] = (-1,)
+    """Blocks the tokens come from, deepest first (`models.tokens.canonical_layers`)."""
     pad_batches: bool = False
     """Pad every batch to `batch_size` rows (one input shape, so a compiled model never recompiles)."""
 
@@ -441,7 +445,8 @@ class DeviceEncoder:
         else:
             x = staged
         with torch.inference_mode(), autocast(self.device, self.amp):
-            tokens = frame_tokens(self.model, self.normalize(x), self.settings.tokens)[:n]  # [n, K, D]
+            tokens = frame_tokens(self.model, self.normalize(x), self.settings.tokens, self.settings.grid,
+                                  self.settings.layers)[:n]  # [n, K, D]
         peak = tokens.detach().abs().amax().float() if self.dtype == torch.float16 else None  # [] overflow check
         tokens = tokens.to(self.dtype)
         if not self.cuda:

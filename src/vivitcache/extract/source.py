@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from vivitcache.data.decode import ORIENTATION
@@ -18,7 +19,7 @@ from vivitcache.data.transforms import Preprocess
 from vivitcache.extract.config import ExtractConfig, ExtractConfigError
 from vivitcache.hashing import state_dict_sha256
 from vivitcache.models.spatial import SpatialModelError, SpatialSpec, resolve_model_name
-from vivitcache.models.tokens import check_token_kind, has_class_token, tokens_per_frame
+from vivitcache.models.tokens import canonical_layers, check_token_kind, has_class_token, token_map, tokens_per_frame
 from vivitcache.store import StoreLayout
 from vivitcache.store.layout import SCHEMA
 
@@ -50,15 +51,17 @@ def _square(value) -> int | list[int]:
 
 def build_fingerprint(
     spatial: nn.Module, name: str, weights_sha256: str, preprocess: Preprocess, fps, stride, tokens: str, dtype: str,
-    decoder: str,
+    decoder: str, grid: int = 0, layers=(-1,),
 ) -> dict:
     """The content keys that make two stores interchangeable: same model, weights, pixels, sampling, tokens, dtype.
 
     The vivitcache version is deliberately NOT part of it (StoreWriter records it in the root attributes and each
     commit record): a resume with a newer vivitcache whose content keys are equal writes the same tokens and is
-    allowed. A change that alters the tokens must change one of these keys (or `schema`).
+    allowed. A change that alters the tokens must change one of these keys (or `schema`). `grid` and `layers` are
+    keys only when set, so one-token stores keep their fingerprints.
     """
-    return {
+    extra = ({"grid": grid} if grid else {}) | ({"layers": list(layers)} if tuple(layers) != (-1,) else {})
+    return extra | {
         "model": name,
         "img_size": _square(spatial.patch_embed.img_size),
         "patch_size": _square(spatial.patch_embed.patch_size),
@@ -105,18 +108,27 @@ def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
         weights=str(cfg.weights) if cfg.weights else None, pretrained=cfg.pretrained,
         checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
     )
-    model = spec.build()
+    spatial_part = run.part("spatial") if run is not None else None
+    model = spec.build(spatial_part)  # the run loaded above, not read again
     tokens = cfg.tokens or (run.model.frame_token if run is not None else "pooled")
     check_token_kind(model, tokens)
-    sha = state_dict_sha256(model)
-    if run is not None and sha != run.spatial_sha256:
-        raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")
+    grid = (cfg.grid or 4) if tokens == "grid" else 0
+    layers = canonical_layers(model, cfg.layers)
+    k = tokens_per_frame(model, tokens, grid, layers)  # also checks the grid fits the model's patch grid
+    if run is None:
+        sha = state_dict_sha256(model)
+    else:  # its hash is the run's when the model holds exactly the run's tensors (compared, not hashed twice)
+        built = model.state_dict()
+        if built.keys() != spatial_part.keys() or not all(torch.equal(built[k], spatial_part[k]) for k in built):
+            raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model differs from its checkpoint part")
+        sha = run.spatial_sha256
     spec = SpatialSpec(**{**spec.__dict__, "weights_sha256": sha})
     preprocess = Preprocess.from_dict(run.preprocess) if run is not None else Preprocess.from_timm(model, img_size)
-    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype, cfg.decoder)
+    fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype, cfg.decoder,
+                                    grid, layers)
     layout = StoreLayout(
-        tokens=tokens, tokens_per_frame=tokens_per_frame(model, tokens), dim=int(model.embed_dim),
+        tokens=tokens, tokens_per_frame=k, dim=int(model.embed_dim),
         dtype=cfg.dtype, shard_frames=cfg.shard_frames, chunk_frames=cfg.chunk_frames_for_layout(),
-        compression=cfg.compression,
+        compression=cfg.compression, grid=grid, layers=layers, token_map=token_map(tokens, grid, layers),
     )
     return ExtractSource(spec, preprocess, fps, stride, fingerprint, layout), model

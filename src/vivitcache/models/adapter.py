@@ -5,6 +5,7 @@ Kinds (a config choice, `ModelConfig.adapter`):
   stage-1 model keeps its function when an adapter is added. The default.
 - `linear`: x + W·LN(x), zero-initialised as well.
 - `none`: identity (the paper's "no adapter" ablation).
+- `attn`: K stored tokens per frame → one vector, then one of the above (`models/attn_adapter.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from timm.layers import Mlp
 from torch import nn
 
-ADAPTER_KINDS = ("mlp", "linear", "none")
+ADAPTER_KINDS = ("mlp", "linear", "none", "attn")
 
 
 class ResidualAdapter(nn.Module):
@@ -40,4 +41,4 @@ def build_adapter(kind: str, dim: int, hidden_ratio: float = 0.5) -> nn.Module:
         return nn.Identity()
     if kind in ("mlp", "linear"):
         return ResidualAdapter(dim, hidden_ratio, kind)
-    raise ValueError(f"unknown adapter {kind!r}: use one of {', '.join(ADAPTER_KINDS)}")
+    raise ValueError(f"unknown adapter {kind!r}: use one of {', '.join(ADAPTER_KINDS[:-1])} (attn: build_vivit)")

@@ -8,9 +8,20 @@ What a store keeps per frame (`extract --tokens`, the store's `layout.tokens`; n
 | `cls` | 1 | the class token after the final norm (models with a class token only) |
 | `pooled+mean`, `cls+mean` | 2 | that embedding, then the mean patch token |
 | `all` | P + L | `forward_features` as it is: P prefix tokens (class, registers, distillation) then L patch tokens |
+| `grid` (`--grid N`) | 1 + N² | the `pooled` embedding, then the patch tokens average-pooled (`adaptive_avg_pool2d`) to N x N cells, row by row |
+
+`--layers -1,-4,…` stores the same tokens from several blocks, deepest first (K = blocks x tokens per block): each
+block's tokens come from timm's `forward_intermediates(norm=True)` (the model's final norm applied to that block's
+output) through the same per-block rule, `pooled` through the model's own head (`forward_head(pre_logits=True)`).
+The last block (-1) is always stored first, so a store's first token is its one-token feature whatever the kind.
+The default `-1` runs `forward_features` as before: one-block stores are unchanged. `token_map` names every token
+(block, name), and is what the store's layout records. A grid needs at least N x N patches; a non-square patch grid
+is pooled to N x N all the same (cells then cover rectangles of patches).
 
 What the temporal stage sees per frame (`ModelConfig.frame_token`): `pooled`, `cls`, `pooled+mean` or `cls+mean`
-(the latter two are [pooled or cls ‖ mean patch], width 2·D). A frame token can be taken from any stored kind that
+(the latter two are [pooled or cls ‖ mean patch], width 2·D), or `tokens`: every stored token of the frame,
+flattened to width K·D (so every reader keeps handling [n, Din]; the attentive adapter views it as [K, D]).
+A one-token frame token on a store of several blocks or a grid reads the first (last-block) tokens. A frame token can be taken from any stored kind that
 holds its pieces: `cls` and `cls+mean` also from `all` (class token = prefix 0, mean over the patch tokens); `pooled`
 only from a store that kept it, since attention pooling needs the model's head.
 """
@@ -18,11 +29,12 @@ only from a store that kept it, since attention pooling needs the model's head.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vivitcache.errors import UserError
 
-from vivitcache.store.layout import FRAME_TOKENS, TOKEN_KINDS, TOKENS_PER_KIND
+from vivitcache.store.layout import FRAME_TOKENS, TOKEN_KINDS
 
 
 class TokenKindError(UserError, ValueError):
@@ -46,32 +58,94 @@ def check_token_kind(spatial: nn.Module, kind: str) -> None:
         )
 
 
-def tokens_per_frame(spatial: nn.Module, kind: str) -> int:
-    """K, the number of tokens stored per frame for a token kind."""
+ALL_TOKENS = "tokens"
+"""The frame token of the attentive adapter: every stored token of a frame, flattened [K·D]."""
+
+
+def canonical_layers(spatial: nn.Module, layers) -> tuple[int, ...]:
+    """`--layers` as offsets from the last block, deepest first (-1, -4, …); TokenKindError if out of range,
+    repeated, or without the last block (whose first token is the store's one-token feature)."""
+    depth = len(spatial.blocks)
+    if any(not -depth <= int(v) < depth for v in layers):
+        raise TokenKindError(f"--layers {','.join(map(str, layers))}: the model has {depth} blocks (use -{depth}..-1)")
+    offsets = [int(v) - depth if int(v) >= 0 else int(v) for v in layers]
+    if len(set(offsets)) != len(offsets) or -1 not in offsets:
+        raise TokenKindError(f"--layers {','.join(map(str, layers))}: give distinct blocks, the last one (-1) included")
+    return tuple(sorted(offsets, reverse=True))
+
+
+def check_grid(spatial: nn.Module, kind: str, grid: int) -> None:
+    """TokenKindError unless `grid` fits the kind (N >= 1 for `grid`, else 0) and the model's patch grid (>= N x N)."""
+    if (kind == "grid") != (grid > 0):
+        raise TokenKindError(f"--grid {grid}: a grid size goes with --tokens grid only (and --tokens grid needs one)")
+    if kind == "grid":
+        h, w = spatial.patch_embed.grid_size
+        if h < grid or w < grid:
+            raise TokenKindError(f"--grid {grid}: the model's patch grid is {h}x{w}, smaller than {grid}x{grid}; "
+                                 f"use --grid {min(h, w)} or less")
+
+
+def _names(kind: str, grid: int) -> list[str]:
+    """The tokens of one block, in stored order."""
+    if kind == "grid":
+        return ["pooled"] + [f"r{r}c{c}" for r in range(grid) for c in range(grid)]
+    return kind.split("+")
+
+
+def token_map(kind: str, grid: int = 0, layers=(-1,)) -> tuple[tuple[int, str], ...] | None:
+    """(block, name) of every stored token, or None for a one-block store of a fixed kind (the layout then holds
+    none, as before these kinds existed) and for `all`."""
+    if kind == "all" or (kind != "grid" and tuple(layers) == (-1,)):
+        return None
+    return tuple((layer, name) for layer in layers for name in _names(kind, grid))
+
+
+def tokens_per_frame(spatial: nn.Module, kind: str, grid: int = 0, layers=(-1,)) -> int:
+    """K, the number of tokens stored per frame for a token kind, grid and blocks."""
     check_token_kind(spatial, kind)
+    check_grid(spatial, kind, grid)
     if kind == "all":
+        if tuple(layers) != (-1,):
+            raise TokenKindError("--layers with --tokens all: store pooled or grid tokens of several blocks")
         return spatial.patch_embed.num_patches + spatial.num_prefix_tokens
-    return TOKENS_PER_KIND[kind]
+    return len(_names(kind, grid)) * len(layers)
 
 
-def frame_tokens(spatial: nn.Module, frames: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-frame tokens of the spatial model: frames [N, C, H, W] → [N, K, D] (K from `tokens_per_frame`)."""
-    x = spatial.forward_features(frames)  # [N, P + L, D]: P prefix tokens, then patches; final norm applied
+def _block_tokens(spatial: nn.Module, x: torch.Tensor, kind: str, grid: int) -> torch.Tensor:
+    """One block's normed tokens x [N, P + L, D] → the kind's tokens [N, k, D]."""
     if kind == "all":
         return x  # [N, P + L, D]
     first, _, mean = kind.partition("+")
-    if first == "pooled":
+    if first in ("pooled", "grid"):
         head = spatial.forward_head(x, pre_logits=True)  # [N, D], the model's own pooling
     else:
         head = x[:, 0]  # [N, D], class token (check_token_kind refuses models without one)
+    patches = x[:, spatial.num_prefix_tokens:]  # [N, L, D]
+    if kind == "grid":
+        h, w = spatial.patch_embed.grid_size
+        cells = F.adaptive_avg_pool2d(patches.unflatten(1, (h, w)).permute(0, 3, 1, 2), grid)  # [N, D, N_g, N_g]
+        return torch.cat([head[:, None], cells.flatten(2).transpose(1, 2)], dim=1)  # [N, 1 + N_g², D]
     if not mean:
         return head[:, None]  # [N, 1, D]
-    patches = x[:, spatial.num_prefix_tokens:].mean(dim=1)  # [N, D]
-    return torch.stack([head, patches], dim=1)  # [N, 2, D]
+    return torch.stack([head, patches.mean(dim=1)], dim=1)  # [N, 2, D]
+
+
+def frame_tokens(spatial: nn.Module, frames: torch.Tensor, kind: str, grid: int = 0, layers=(-1,)) -> torch.Tensor:
+    """Per-frame tokens of the spatial model: frames [N, C, H, W] → [N, K, D] (K from `tokens_per_frame`)."""
+    if tuple(layers) == (-1,):
+        x = spatial.forward_features(frames)  # [N, P + L, D]: P prefix tokens, then patches; final norm applied
+        return _block_tokens(spatial, x, kind, grid)
+    prefix = spatial.num_prefix_tokens > 0  # timm pairs (patches, prefix) only for models that have prefix tokens
+    outs = spatial.forward_intermediates(frames, indices=list(layers), norm=True, output_fmt="NLC",
+                                         return_prefix_tokens=prefix, intermediates_only=True)  # ascending blocks
+    blocks = [torch.cat([o[1], o[0]], dim=1) if prefix else o for o in outs]  # each [N, P + L, D]: prefix, patches
+    return torch.cat([_block_tokens(spatial, x, kind, grid) for x in reversed(blocks)], dim=1)  # [N, K, D]
 
 
 def _piece(tokens: torch.Tensor, stored_kind: str, piece: str, num_prefix_tokens: int, class_token: bool):
     """One piece (`pooled`, `cls` or `mean`) of the stored tokens [..., K, D] → [..., D]; None if not held."""
+    if stored_kind == "grid":
+        return tokens[..., 0, :] if piece == "pooled" else None  # [..., D]
     if stored_kind == "all":
         if piece == "mean":
             return tokens[..., num_prefix_tokens:, :].mean(dim=-2)  # [..., D]
@@ -90,6 +164,8 @@ def frame_features(
     `stored_kind` is how the tokens were stored, `frame_token` what the model takes; `num_prefix_tokens` and
     `class_token` describe an `all` store's prefix (`token_info` reads them from a store fingerprint).
     """
+    if frame_token == ALL_TOKENS:
+        return tokens.flatten(-2)  # [..., K·D]
     if frame_token not in FRAME_TOKENS:
         raise TokenKindError(f"unknown frame token {frame_token!r}: use one of {', '.join(FRAME_TOKENS)}")
     pieces = [_piece(tokens, stored_kind, p, num_prefix_tokens, class_token) for p in frame_token.split("+")]
@@ -107,13 +183,17 @@ def needs_arithmetic(stored_kind: str, frame_token: str) -> bool:
     return stored_kind == "all" and frame_token.endswith("+mean")
 
 
-def frame_feature_dim(spatial_dim: int, frame_token: str) -> int:
-    """Width of the per-frame feature for a spatial width D."""
+def frame_feature_dim(spatial_dim: int, frame_token: str, tokens_per_frame: int = 1) -> int:
+    """Width of the per-frame feature for a spatial width D (and K stored tokens, for `tokens`)."""
+    if frame_token == ALL_TOKENS:
+        return spatial_dim * tokens_per_frame
     return spatial_dim * len(frame_token.split("+"))
 
 
 def default_frame_token(stored_kind: str, class_token: bool = True) -> str:
     """The frame token a model trained on a store takes when none is asked for: the stored one itself."""
+    if stored_kind == "grid":
+        return "pooled"
     if stored_kind != "all":
         return stored_kind
     if not class_token:

@@ -2,6 +2,8 @@
 
     video [B, T, C, H, W] ─ spatial per frame ─► frame features [B, T, Din] ─ adapter ─ temporal ─► clip [B, D] ─ head
 
+(the `attn` adapter takes every stored token of a frame, Din = K·D, and gives one D-vector per frame)
+
 `forward_features` takes either pixels [B, T, C, H, W] (stage 1, predict on the fly) or frame features [B, T, Din]
 (stage 2 on cached tokens, built without its spatial model) and returns the clip feature; `forward_head` gives the
 logits. One `forward` for both inputs, because DistributedDataParallel synchronises gradients through `forward` only.
@@ -17,6 +19,7 @@ from torch import nn
 
 from vivitcache.config import ModelConfig
 from vivitcache.models.adapter import build_adapter
+from vivitcache.models.attn_adapter import AttnAdapter
 from vivitcache.models.spatial import create_spatial
 from vivitcache.models.tokens import check_token_kind, frame_feature_dim, frame_features, frame_tokens
 from vivitcache.models.temporal import TemporalTransformer
@@ -30,13 +33,19 @@ class ViViT(nn.Module):
     def __init__(self, cfg: ModelConfig, spatial: nn.Module | None, spatial_dim: int):
         super().__init__()
         if spatial is not None:
+            assert cfg.adapter != "attn", "the attn adapter takes stored tokens (stage 2), not pixels"
             check_token_kind(spatial, cfg.frame_token)  # e.g. `cls` on a model without a class token
         self.cfg = cfg
         self.spatial = spatial
-        in_dim = frame_feature_dim(spatial_dim, cfg.frame_token)
+        if cfg.adapter == "attn":  # [B, T, K·D] → [B, T, D]
+            in_dim = spatial_dim
+            self.adapter = AttnAdapter(spatial_dim, cfg.tokens_per_frame, cfg.token_layers, cfg.attn_query,
+                                       cfg.attn_post, cfg.adapter_ratio)
+        else:
+            in_dim = frame_feature_dim(spatial_dim, cfg.frame_token)
+            self.adapter = build_adapter(cfg.adapter, in_dim, cfg.adapter_ratio)
         dim = cfg.temporal_dim or in_dim
         heads = cfg.temporal_heads or max(1, dim // 64)
-        self.adapter = build_adapter(cfg.adapter, in_dim, cfg.adapter_ratio)
         self.temporal = TemporalTransformer(
             in_dim, dim, cfg.temporal_depth, heads, cfg.num_frames, cfg.drop_rate, cfg.drop_path_rate
         )

@@ -7,8 +7,8 @@ STORE.zarr/
   parts/zarr.json           group holding the committed parts
   parts/<part_id>/          one group per PART (a group of videos written by exactly one writer)
       zarr.json             the COMMIT RECORD: group attributes["vivitcache_commit"] = {part_id, videos: [{id, label,
-                            offset, num_frames, source, fps}], failures: [{id, source, error}], frames, bytes,
-                            disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
+                            offset, num_frames, source, fps}], failures: [{id, source, error, source_stat}],
+                            frames, bytes, disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
       tokens                zarr array [F_part, K, D] float16 (or uint16 holding bfloat16 bits), sharded along frames
       frame_times           zarr array [F_part] float64, presentation time in seconds of every stored frame
   staging/zarr.json         group holding parts being written
@@ -32,8 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +53,11 @@ TOKENS = "tokens"
 FRAME_TIMES = "frame_times"
 META = "zarr.json"
 
-TOKEN_KINDS = ("pooled", "cls", "pooled+mean", "cls+mean", "all")
+TOKEN_KINDS = ("pooled", "cls", "pooled+mean", "cls+mean", "all", "grid")
 """Stored token kinds: the model's own image embedding (`pooled`), the class token (`cls`), either followed by the
-mean of the patch tokens (`+mean`, K=2), or every token (`all`, prefix + patches, K>=2)."""
-FRAME_TOKENS = tuple(kind for kind in TOKEN_KINDS if kind != "all")
+mean of the patch tokens (`+mean`, K=2), every token (`all`, prefix + patches, K>=2), or the pooled embedding then
+the patch tokens average-pooled to an N x N grid (`grid`, K=1+N²); all but `all` may come from several blocks."""
+FRAME_TOKENS = tuple(kind for kind in TOKEN_KINDS if kind not in ("all", "grid"))
 """What a temporal model can take per frame: every stored kind but `all` (its meaning: `models/tokens.py`)."""
 TOKENS_PER_KIND = {"pooled": 1, "cls": 1, "pooled+mean": 2, "cls+mean": 2}
 """K fixed by the kind (`all` has K >= 2, the model's prefix + patch tokens)."""
@@ -106,6 +105,13 @@ class StoreLayout:
     read, so aim for chunks of ~100 KB-1 MB: 16 suits `all` tokens, `cls` tokens read faster with 64-256."""
     compression: str = "none"
     """`none` or `zstd` (level 1). fp16 tokens compress ~1.1x, bf16 ~1.3x; every chunk carries a crc32c either way."""
+    grid: int = 0
+    """N of a `grid` store (N x N cells of average-pooled patch tokens per block), 0 for the other kinds."""
+    layers: tuple[int, ...] = (-1,)
+    """Blocks the tokens come from, as offsets from the last (-1), deepest first; tokens stored block after block."""
+    token_map: tuple[tuple[int, str], ...] | None = None
+    """Which token is which, K entries (block, name: `pooled`, `cls`, `mean`, `rRcC` grid cell); None for a one-block
+    store of a fixed kind (written by `models.tokens.token_map`; a reader picks tokens by it, never by guessing)."""
 
     def __post_init__(self):
         def bad(msg: str):
@@ -121,7 +127,15 @@ class StoreLayout:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(f"{name}={value!r} must be a positive integer")
-        expected_k = TOKENS_PER_KIND.get(self.tokens)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.grid, *self.layers))
+        if not ints or not self.layers or self.layers[0] != -1 or list(self.layers) != sorted(set(self.layers))[::-1]:
+            bad(f"layers={list(self.layers)} must be distinct negative block offsets, deepest (-1) first")
+        if (self.tokens == "grid") != (self.grid > 0) or (self.tokens == "all" and self.layers != (-1,)):
+            bad(f"tokens={self.tokens!r} with grid={self.grid}, layers={list(self.layers)}")
+        if self.token_map is not None and len(self.token_map) != self.tokens_per_frame:
+            bad(f"token_map has {len(self.token_map)} entries for {self.tokens_per_frame} tokens per frame")
+        per_layer = 1 + self.grid**2 if self.tokens == "grid" else TOKENS_PER_KIND.get(self.tokens)
+        expected_k = None if per_layer is None else per_layer * len(self.layers)
         if expected_k is not None and self.tokens_per_frame != expected_k:
             bad(f"tokens={self.tokens!r} stores {expected_k} token(s) per frame, not {self.tokens_per_frame}")
         if self.tokens == "all" and self.tokens_per_frame < 2:
@@ -140,7 +154,16 @@ class StoreLayout:
         return "float16" if self.dtype == "fp16" else "uint16"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As JSON data; `grid`, `layers` and `token_map` only when set, so one-token stores keep their layout."""
+        out = dataclasses.asdict(self)
+        for key, default in (("grid", 0), ("layers", (-1,)), ("token_map", None)):
+            if out[key] == default:
+                del out[key]
+        if "token_map" in out:
+            out["token_map"] = [list(entry) for entry in out["token_map"]]
+        if "layers" in out:
+            out["layers"] = list(out["layers"])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> StoreLayout:
@@ -151,6 +174,11 @@ class StoreLayout:
         unknown = sorted(set(data) - names)
         if unknown:
             raise StoreError(f"invalid store layout: unknown key(s) {', '.join(unknown)}")
+        data = dict(data)
+        if "layers" in data:
+            data["layers"] = tuple(data["layers"])
+        if data.get("token_map") is not None:
+            data["token_map"] = tuple(tuple(entry) for entry in data["token_map"])
         try:
             return cls(**data)
         except TypeError as e:
@@ -164,16 +192,6 @@ def check_part_id(part_id: str) -> str:
     return part_id
 
 
-def host_name() -> str:
-    """This host's name, reduced to characters safe in a staging folder name."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-
-
-def new_token() -> str:
-    """A random id for one writer attempt (distinguishes two writers of the same part)."""
-    return uuid.uuid4().hex[:16]
-
-
 def staging_name(part_id: str, host: str, pid: int, token: str) -> str:
     return f"{part_id}.{host}.{pid}.{token}"
 
@@ -184,6 +202,16 @@ def parse_staging_name(name: str) -> dict | None:
     if len(bits) != 4 or not bits[2].isdigit():
         return None
     return {"part_id": bits[0], "host": bits[1], "pid": int(bits[2]), "token": bits[3]}
+
+
+def source_stat(source: str) -> dict | None:
+    """{size, mtime_ns, inode} of a video's source file (symlinks followed), None when it cannot be stat'ed (missing,
+    a broken link, not a path): what the failure ledger keeps, so that a later run retries a changed source."""
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def write_json_atomic(path: Path, data) -> None:

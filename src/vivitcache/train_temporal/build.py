@@ -15,7 +15,7 @@ import dataclasses
 from vivitcache.config import ModelConfig
 from vivitcache.errors import UserError
 from vivitcache.models.spatial import SpatialModelError, resolve_model_name
-from vivitcache.models.tokens import default_frame_token, token_info
+from vivitcache.models.tokens import ALL_TOKENS, default_frame_token, token_info
 from vivitcache.models.vivit import ViViT, build_vivit
 from vivitcache.runs import Stage1Run, load_stage1
 from vivitcache.store import FingerprintMismatchError, TokenStore
@@ -64,9 +64,21 @@ def check_stores_agree(store: TokenStore, other: TokenStore) -> None:
         raise FingerprintMismatchError(diff, f"stores {store.path} and {other.path} differ", "first has", "second has")
 
 
+def _attn_fields(cfg: TrainConfig, store: TokenStore, post: str) -> dict:
+    """The ModelConfig fields of an `attn` adapter over the store's tokens, then the one-token adapter `post`."""
+    layout = store.layout
+    if layout.tokens_per_frame < 2 or layout.tokens == "all":
+        raise InitError(f"--adapter attn: store {store.path} holds {layout.tokens} tokens ({layout.tokens_per_frame} per "
+                        "frame); extract one with --tokens grid (and/or --layers -1,-4,-7,-10)")
+    return dict(adapter="attn", attn_post=post, attn_query=cfg.model.attn_query, frame_token=ALL_TOKENS,
+                tokens_per_frame=layout.tokens_per_frame, token_layers=len(layout.layers))
+
+
 def _load_part(model: ViViT, part: str, stage1: Stage1Run) -> None:
+    # an attn adapter's one-token adapter (`post`) is the stage-1 run's adapter
+    target = model.adapter.post if part == "adapter" and model.cfg.adapter == "attn" else getattr(model, part)
     try:
-        getattr(model, part).load_state_dict(stage1.part(part))
+        target.load_state_dict(stage1.part(part))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise InitError(f"{stage1.path}: its {part} does not fit the stage-2 model ({first})") from None
@@ -79,12 +91,14 @@ def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[ViViT, dict
     """
     classes, dim = store.classes, store.layout.dim
     adapter = "none" if cfg.no_adapter else None
+    attn = cfg.model.adapter == "attn"
     if cfg.init is None:
         # the frame feature the store holds (pooled, cls, …; cls+mean from `all`), unless one is asked for
         frame_token = cfg.frame_token or default_frame_token(store.layout.tokens, token_info(store.fingerprint)[1])
+        one_token = {"adapter": adapter or cfg.model.adapter, "frame_token": frame_token}
         model_cfg = dataclasses.replace(
             cfg.model, spatial=store.fingerprint.get("model", cfg.model.spatial), num_frames=cfg.frames,
-            num_classes=len(classes), adapter=adapter or cfg.model.adapter, frame_token=frame_token,
+            num_classes=len(classes), **(_attn_fields(cfg, store, adapter or cfg.model.attn_post) if attn else one_token),
         )
         model = build_token_model(model_cfg, dim)
         made = {"init": None, "init_parts": [], "spatial_sha256": store.fingerprint.get("weights_sha256")}
@@ -97,10 +111,16 @@ def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[ViViT, dict
                 f"stage-1 run {cfg.init} has {len(stage1.classes)} classes {stage1.classes[:4]}…, store {store.path} "
                 f"has {len(classes)} {classes[:4]}…: its head cannot be used (leave head out of --init-parts)"
             )
+        first = "pooled" if store.layout.tokens == "grid" else store.layout.tokens.split("+")[0]
+        if attn and stage1.model.frame_token != first:
+            raise InitError(f"--adapter attn starts from the store's first token ({first}), stage-1 run {cfg.init} "
+                            f"reads {stage1.model.frame_token}: use --init none, or a run with frame token {first}")
         # built at the stage-1 clip length so the saved position embeddings load as they are, then resized
+        own = _attn_fields(cfg, store, adapter or stage1.model.adapter) if attn else {
+            "adapter": adapter or stage1.model.adapter}
         model_cfg = dataclasses.replace(
-            stage1.model, num_classes=len(classes), adapter=adapter or stage1.model.adapter,
-            drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate,
+            stage1.model, num_classes=len(classes), drop_rate=cfg.model.drop_rate,
+            drop_path_rate=cfg.model.drop_path_rate, **own,
         )
         model = build_token_model(model_cfg, dim)
         for part in parts:

@@ -1,0 +1,126 @@
+"""Richer frozen tokens: can a patch grid and an attentive adapter replace stage 1 (issue 20)?
+
+On the demo's synthetic motion dataset and models (`vivitcache.demo`: ViT-Ti 32 px patch 8, 2 blocks, image
+checkpoint 600 steps), three recipes from the same data, seed and image checkpoint, one run each:
+
+- (i)   image checkpoint → stage 1 (8 frames) → extract `pooled` → stage 2 (32 frames, mlp adapter, `--init` stage 1);
+- (ii)  image checkpoint → extract `grid` (4 x 4, ± both blocks) → stage 2 `--adapter attn`, `--init none`;
+- (iii) image checkpoint → stage 1 → extract `grid` from it → stage 2 `--adapter attn`, `--init` stage 1.
+
+Wall time of a recipe = the sum of its steps from the decoded dataset on (image checkpoint, stage 1, extraction,
+stage 2; the image checkpoint and stage 1 are run once and counted in every recipe that uses them). Val top-1 is
+stage 2's own validation at its last epoch (2 views), on the dataset's val split. Prints Markdown, writes JSON.
+
+    .venv/bin/python benchmarks/bench_tokens.py --out benchmarks/results/tokens.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from vivitcache.config import ModelConfig
+from vivitcache.data.synth import make_synth_dataset
+from vivitcache.demo.config import DemoConfig
+from vivitcache.demo.run import extract_config, image_config, stage1_config, stage2_config, torch_threads
+from vivitcache.extract import run_extract
+from vivitcache.pretrain import run_pretrain
+from vivitcache.pretrain.image import run_image_pretrain
+from vivitcache.store import TokenStore
+from vivitcache.train_temporal import run_train
+
+
+CPU: dict[str, float] = {}
+"""CPU seconds of each step (this process, all its threads): less sensitive than wall time to a shared machine."""
+
+
+def timed(seconds: dict, name: str, fn, *args, **kwargs):
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args, **kwargs)
+    seconds[name] = round(time.perf_counter() - start, 1)
+    CPU[name] = round(time.process_time() - cpu, 1)
+    print(f"{name}: {seconds[name]} s wall, {CPU[name]} s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
+    return result
+
+
+def extract(cfg: DemoConfig, labels: Path, store: Path, stage1: Path | None, image: Path, **tokens):
+    """`vivitcache extract` from the stage-1 run, or from the image checkpoint (`--weights`), with `tokens` settings."""
+    base = extract_config(cfg, labels, stage1 or Path("unused"), store)
+    if stage1 is None:
+        base = dataclasses.replace(base, checkpoint=None, model=cfg.model, img_size=cfg.img_size,
+                                   patch_size=cfg.patch_size, spatial_depth=cfg.spatial_depth, weights=str(image))
+    return run_extract(dataclasses.replace(base, workers=cfg.extract_workers, **tokens))
+
+
+def stage2(cfg: DemoConfig, labels: Path, store: Path, stage1: Path | None, out: Path, epochs: int, attn: bool):
+    """`vivitcache train` (from stage 1, or `--init none` with the demo's temporal depth), `--adapter attn` or mlp."""
+    train = stage2_config(cfg, store, stage1 or Path("unused"), out)
+    model = ModelConfig(temporal_depth=cfg.temporal_depth, adapter="attn" if attn else "mlp")
+    # the dataset's own train/val split for every recipe (without --init, train would hash its own split)
+    train = dataclasses.replace(train, init=str(stage1) if stage1 else None, model=model, splits=str(labels),
+                                optim=dataclasses.replace(train.optim, epochs=epochs))
+    return run_train(train)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="/tmp/bench_tokens")
+    ap.add_argument("--out", default="benchmarks/results/tokens.json")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: kind to a shared 2-core machine)")
+    ap.add_argument("--attn-epochs", type=int, default=None, help="stage-2 epochs of the attn recipes (default: (i)'s)")
+    ap.add_argument("--quick", action="store_true", help="the demo's --quick sizes (a smoke run, not a measurement)")
+    ap.add_argument("--recipes", default="i,ii,ii_layers,iii", help="which recipes (ii_long: ii with 3x the epochs)")
+    ap.add_argument("--reuse", default=None, help="JSON of an earlier run in --work: reuse its image checkpoint and "
+                    "stage 1 (their seconds taken from it) instead of training them again")
+    args = ap.parse_args()
+    cfg = DemoConfig(out=args.work, threads=args.threads, extract_workers=0, quick=args.quick)
+    attn_epochs = args.attn_epochs or cfg.stage2_epochs
+    root = Path(args.work).absolute()
+    labels, image, stage1 = root / "data" / "labels.csv", root / "image.safetensors", root / "stage1"
+    s: dict[str, float] = {}
+    rows = {}
+    with torch_threads(cfg.threads):
+        if not labels.exists():
+            timed(s, "synth", make_synth_dataset, root / "data", cfg.classes, cfg.videos_per_class, cfg.video_frames,
+                  cfg.video_size, cfg.seed, cfg.val_fraction)
+        if args.reuse:
+            prior = json.loads(Path(args.reuse).read_text())
+            s.update({k: prior["seconds"][k] for k in ("image", "stage1")})
+            CPU.update({k: prior.get("cpu_seconds", {}).get(k, float("nan")) for k in ("image", "stage1")})
+        else:
+            timed(s, "image", run_image_pretrain, image_config(cfg, labels, image))
+            timed(s, "stage1", run_pretrain, stage1_config(cfg, labels, stage1, image))
+        recipes = {  # name: (extract from stage 1?, token settings, attn adapter, stage-2 epochs)
+            "i": (True, {"tokens": "pooled"}, False, cfg.stage2_epochs),
+            "ii": (False, {"tokens": "grid", "grid": 4}, True, attn_epochs),
+            "ii_layers": (False, {"tokens": "grid", "grid": 4, "layers": [-1, -2]}, True, attn_epochs),
+            "iii": (True, {"tokens": "grid", "grid": 4}, True, attn_epochs),
+            "ii_long": (False, {"tokens": "grid", "grid": 4}, True, 3 * attn_epochs),
+        }
+        for name in args.recipes.split(","):
+            from_stage1, tokens, attn, epochs = recipes[name]
+            store = root / f"{name}.zarr"
+            timed(s, f"extract_{name}", extract, cfg, labels, store, stage1 if from_stage1 else None, image, **tokens)
+            summary = timed(s, f"stage2_{name}", stage2, cfg, labels, store, stage1 if from_stage1 else None,
+                            root / f"stage2_{name}", epochs, attn)
+            steps = ["image"] + ["stage1"] * from_stage1 + [f"extract_{name}", f"stage2_{name}"]
+            layout = TokenStore.open(store).layout
+            rows[name] = {"val_top1": summary["val_top1"], "seconds": round(sum(s[k] for k in steps), 1),
+                          "cpu_seconds": round(sum(CPU[k] for k in steps), 1),
+                          "steps": {k: s[k] for k in steps}, "bytes_per_frame": layout.frame_bytes,
+                          "tokens": tokens, "attn": attn, "epochs": epochs}
+    print("| recipe | val top-1 | wall s (steps) | CPU s | bytes / frame |\n|---|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {100 * r['val_top1']:.1f} % | {r['seconds']} ({r['steps']}) | {r['cpu_seconds']} | "
+              f"{r['bytes_per_frame']} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    Path(args.out).write_text(json.dumps({"rows": rows, "seconds": s, "cpu_seconds": CPU, "loadavg_end": load}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
