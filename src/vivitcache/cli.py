@@ -694,8 +694,8 @@ def bench(
     lr: Annotated[Optional[float], typer.Option(help="--recipes: peak learning rate of every stage (default 1e-3).")] = None,
     eval_views: Annotated[Optional[int], typer.Option(help="--recipes: temporal views per val video (default 1).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="--recipes: DataLoader workers of every stage (GPU machines).")] = None,
-    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default pooled).")] = None,
-    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default mlp).")] = None,
+    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default grid).")] = None,
+    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default attn).")] = None,
 ):
     """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c).
     With --recipes: whole recipes on the same data, val top-1 against wall time (recipes.json, .md, .png)."""

@@ -4,7 +4,7 @@
     (b) b_frozen_on_the_fly  stage 1 at `stage1_frames` end to end → stage 2 at T, spatial frozen, run on the fly
     (c) c_cached             the same stage 1 → extract once → stage 2 at T on the cached tokens
     (d) d_no_stage1          extract with the image checkpoint → stage 2 at T on cached tokens (`d_tokens`,
-                             `d_adapter`), temporal stage from scratch
+                             `d_adapter`: grid tokens, attn adapter), temporal stage from scratch
 
 Every recipe's longest stage trains `epochs` epochs; stage 1 trains `stage1_epochs`. Layout of OUT:
 

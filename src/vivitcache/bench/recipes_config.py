@@ -74,10 +74,10 @@ class RecipesConfig:
     eval_views: int = 1
     """Temporal views per val video in every per-epoch validation."""
     # ---- recipe (d): no stage 1
-    d_tokens: str = "pooled"
-    """(d): tokens extracted with the image checkpoint (`extract --tokens`)."""
-    d_adapter: str = "mlp"
-    """(d): adapter of its stage 2 (`train --adapter`)."""
+    d_tokens: str = "grid"
+    """(d): tokens extracted with the image checkpoint (`extract --tokens`; `pooled` for the one-token store)."""
+    d_adapter: str = "attn"
+    """(d): adapter of its stage 2 (`train --adapter`; `attn` reads every stored token of a frame, `mlp` one)."""
     # ---- runtime
     device: str = "cpu"
     """cpu, cuda or auto, for every stage and extraction."""
