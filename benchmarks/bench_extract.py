@@ -209,7 +209,7 @@ def bench_model_only(model_name: str, img_size, device: str, batch: int | None, 
     from vivitcache.data.transforms import Preprocess
     from vivitcache.extract.throughput import compile_spatial, largest_batch
     from vivitcache.models import create_spatial, frame_tokens
-    from vivitcache.training.runtime import autocast, autocast_dtype
+    from vivitcache.device import autocast, autocast_dtype
 
     dev = torch.device(device)
     torch.manual_seed(0)

@@ -58,9 +58,11 @@ from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.clip_frames import clip_keys, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, collate_batch
-from vivitcache.train_temporal.features import InMemoryFeatures, StreamedFeatures
 from vivitcache.training.loop import _loader
 from vivitcache.training.sampler import ResumableSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from clip_readers import InMemoryFeatures, StreamedFeatures  # noqa: E402 — the per-clip reference, kept with the tests
 
 
 # ---------------------------------------------------------------------------------------------------- store + cache

@@ -37,8 +37,8 @@ $PY - <<'EOF'
 import json, os, time
 import torch
 from vivitcache.config import ModelConfig
-from vivitcache.train_temporal.init import build_token_model
-from vivitcache.training.runtime import autocast, autocast_dtype
+from vivitcache.train_temporal.build import build_token_model
+from vivitcache.device import autocast, autocast_dtype
 dev = torch.device(os.environ["DEVICE"])
 T, D, B, steps = (int(os.environ[k]) for k in ("T", "DIM", "BATCH", "STEPS"))
 torch.manual_seed(0)

@@ -9,6 +9,7 @@ despite lossy coding: levels are 8 apart, coding error is at most about 2).
 from __future__ import annotations
 
 import importlib.util
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -165,3 +166,14 @@ def bbb_path() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same global RNG states (python, numpy, torch): model inits and draws that use the
+    global generators are the same on every run and machine. Tests that compare values seed their own draws too."""
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

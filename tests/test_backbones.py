@@ -120,7 +120,7 @@ def test_all_tokens_keep_every_prefix_and_patch_token(hf_cache, tmp_path):
     path = tmp_path / "dino.safetensors"
     save_file(hub_checkpoint(name, **overrides), str(path))
     model = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"], weights=path)
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     tokens = frame_tokens(model, x, "all")  # [2, 5 + 16, D]
     assert tokens.shape == (2, 5 + 16, 384) and model.num_prefix_tokens == 5
     ref = model.forward_features(x)
@@ -160,7 +160,7 @@ def test_distilled_heads_are_dropped_and_pooled_averages_both_tokens(tmp_path):
     save_file(state, str(tmp_path / "deit.safetensors"))
     model = create_spatial(name, overrides["img_size"], overrides["patch_size"], overrides["depth"],
                            weights=tmp_path / "deit.safetensors").eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     feats = model.forward_features(x)
     torch.testing.assert_close(frame_tokens(model, x, "pooled")[:, 0], (feats[:, 0] + feats[:, 1]) / 2)
 
@@ -294,7 +294,7 @@ def test_eva02_stage1_run_rebuilds_with_its_computed_buffers_and_a_stage1_file_l
     state = {f"spatial.{k}": v for k, v in spatial.state_dict().items()} | {"head.1.weight": torch.zeros(2, 4)}
     save_checkpoint(tmp_path / "run", state, {"config": {"stage": 1, "model": asdict(cfg), "classes": ["a", "b"],
                                                          "data": {"fps": None, "stride": None}, "preprocess": {}}})
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     want = frame_tokens(spatial, x, "pooled")
     spec = SpatialSpec(name, overrides["img_size"], overrides["patch_size"], overrides["depth"], checkpoint=str(tmp_path / "run"))
     torch.testing.assert_close(frame_tokens(spec.build(), x, "pooled"), want)

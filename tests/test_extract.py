@@ -307,7 +307,7 @@ def test_store_and_unexpected_errors_fail_the_part_not_the_ledger(tmp_path, make
     data = write_csv(tmp_path / "labels.csv", [(v.name, "a") for v in videos])
     cfg = tiny_cfg(data, tmp_path / "s.zarr", videos_per_part=3)
     real_tokens, real_chunks = pipeline.frame_tokens, pipeline.decode_chunks
-    monkeypatch.setattr(pipeline, "frame_tokens", lambda m, x, k: real_tokens(m, x, k) * float("nan"))
+    monkeypatch.setattr(pipeline, "frame_tokens", lambda *args: real_tokens(*args) * float("nan"))
     with pytest.raises(StoreError, match="NaN"):
         run_extract(cfg)
     monkeypatch.setattr(pipeline, "frame_tokens", real_tokens)

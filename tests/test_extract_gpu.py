@@ -4,10 +4,8 @@ decoders agreeing. Tiny models (vit-ti, 32 px) and videos."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

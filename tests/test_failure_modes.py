@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from vivitcache.errors import ConfigError
 from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CheckpointError, checkpoint_path, load_model_state
 from vivitcache.training.loop import Task, fit
+from vivitcache.lease import host_name
 from vivitcache.training.run_folder import RunFolderError, RunLock, RunLockedError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def same_weights(a, b) -> bool:
 
 
 def metrics(folder) -> list[dict]:
-    drop = ("clips_per_s", "frames_per_s")
+    drop = ("clips_per_s", "frames_per_s", "seconds")  # timings
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in open(Path(folder) / "metrics.jsonl")]
 
 
@@ -115,15 +115,15 @@ def _dead_pid() -> int:
 def test_a_live_lock_refuses_a_second_run_and_a_dead_one_is_taken_over(tmp_path, straight):
     out = tmp_path / "run"
     out.mkdir()
-    with RunLock.acquire(out):  # a live run (this process) writes into out
-        with pytest.raises(RunLockedError, match=f"in use by another run \\(host {socket.gethostname()}, pid "
+    with RunLock.acquire_folder(out):  # a live run (this process) writes into out
+        with pytest.raises(RunLockedError, match=f"in use by another run \\(host {host_name()}, pid "
                                                  f"{os.getpid()}"):
             fit(task(), OPTIM, run(out))
         assert not (out / "metrics.jsonl").exists()
     assert not (out / ".lock").exists()
 
     # kill -9 leaves its lock: same host, dead pid → taken over (it counts as a started run for --resume)
-    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "start": None}))
+    (out / ".lock").write_text(json.dumps({"host": host_name(), "pid": _dead_pid(), "start": None}))
     fit(task(), OPTIM, run(out, resume=True))
     assert same_weights(out, straight) and not (out / ".lock").exists()
 
@@ -143,8 +143,8 @@ def test_a_reused_pid_does_not_keep_a_dead_lock_alive(tmp_path):
     """In containers a requeued job often gets the pid of the dead one: the process start time tells them apart."""
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": "1"}))
-    with RunLock.acquire(out) as lock:
+    (out / ".lock").write_text(json.dumps({"host": host_name(), "pid": os.getpid(), "start": "1"}))
+    with RunLock.acquire_folder(out) as lock:
         assert lock.took_over["start"] == "1"
 
 
@@ -214,7 +214,7 @@ def test_a_failed_checkpoint_write_keeps_the_last_one_and_partial_temps_are_clea
         real_save(tensors, path)
 
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
-    with pytest.raises(CheckpointError, match="cannot write a checkpoint \\(No space left on device\\); the previous"):
+    with pytest.raises(CheckpointError, match="cannot write a checkpoint \\(No space left on device\\); the previous one is kept"):
         fit(task(), OPTIM, run(out))
     monkeypatch.setattr(checkpoint, "save_file", real_save)
     assert sorted(os.listdir(out)) == ["checkpoint", "metrics.jsonl"]  # no temp folder, no lock
@@ -508,7 +508,7 @@ def test_cli_run_folder_lock_resume_auto_and_a_damaged_checkpoint(tmp_path, cli_
     out = tmp_path / "run"
     assert invoke(*TRAIN, "--store", cli_store, "--out", out, "--resume", "auto").exit_code == 0
     assert "is not empty" in one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", out))
-    with RunLock.acquire(out):  # a second run into the same --out while one writes
+    with RunLock.acquire_folder(out):  # a second run into the same --out while one writes
         assert "in use by another run" in one_error_line(invoke(*TRAIN, "--store", cli_store, "--out", out,
                                                                 "--resume"))
     assert invoke(*TRAIN, "--store", cli_store, "--out", out, "--overwrite").exit_code == 0

@@ -173,8 +173,9 @@ def test_plan_never_re_cuts_a_planned_video_whatever_the_annotations_or_videos_p
 # ---- claims --------------------------------------------------------------------------------------------------------
 HOLD_CLAIM = textwrap.dedent("""
     import sys, time
+    import vivitcache.lease
+    vivitcache.lease.host_name = lambda: "another-host"  # a writer on another node: its pid cannot be checked here
     import vivitcache.store.claims as claims
-    claims.host_name = lambda: "another-host"  # a writer on another node: its pid cannot be checked from here
     claim = claims.Claim(sys.argv[1], "p1", timeout_s=float(sys.argv[2]), heartbeat_s=0.05)
     assert claim.acquire()
     print("held", flush=True)
@@ -205,7 +206,7 @@ def test_claims_skip_live_writers_and_take_over_after_the_heartbeat_timeout(tmp_
         proc.wait()
     # Same host: a dead writer's claim is taken over at once (its pid is known dead).
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from vivitcache.store.layout import host_name
+    from vivitcache.lease import host_name
     (writer.path / "claims" / "p2.claim").write_text(json.dumps({"host": host_name(), "pid": int(done.stdout),
                                                                  "token": "x"}))
     claim = writer.claim("p2", timeout_s=3600)

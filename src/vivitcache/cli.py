@@ -14,10 +14,12 @@ from vivitcache.errors import ConfigError, UserError
 from vivitcache.progress import console
 from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
 from vivitcache.config import PretrainConfig
+from vivitcache.extract.config import ExtractConfig
+from vivitcache.sweep.config import SweepConfig
 from vivitcache.train_temporal.config import TrainConfig
 
 # CLI defaults come from the stage configs, so a command and its config never disagree
-PRE, TRAIN = PretrainConfig(), TrainConfig()
+PRE, TRAIN, SWEEP, EXTRACT = PretrainConfig(), TrainConfig(), SweepConfig(), ExtractConfig()
 
 app = typer.Typer(
     name="vivitcache",
@@ -234,7 +236,7 @@ def pretrain(
     label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
     spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
     accum_steps: AccumOpt = PRE.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(PRE.optim.precision),
     eval_views: ViewsOpt = PRE.run.eval_views,
     workers: WorkersOpt = PRE.run.workers,
     checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
@@ -348,6 +350,8 @@ def extract(
     seed: SeedOpt = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
+    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds without a heartbeat after which another run's claim on a part is taken over (its writer presumed dead); a heartbeat in the future counts once seen unchanged this long.")] = EXTRACT.claim_timeout_s,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
 ):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
     from vivitcache.extract import ExtractConfig, run_extract
@@ -360,7 +364,7 @@ def extract(
         dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
         gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
         scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair,
+        strict=strict, repair=repair, retry_failed=retry_failed, claim_timeout_s=claim_timeout,
     )
     summary = run_extract(cfg)
     console.print(
@@ -369,38 +373,52 @@ def extract(
     )
     if summary.get("repaired_parts"):
         console.print(f"repaired {len(summary['repaired_parts'])} damaged part(s) (moved aside to {store}/damaged/)")
+    if summary.get("retried"):
+        console.print(f"retried {summary['retried']} video(s) of the failure ledger (source changed, or --retry-failed)")
     if summary.get("labels_updated"):
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):
-        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run; "
-                      "re-run later to pick up any it leaves")
+        console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run "
+                      f"({_claims_line(summary['claims'], claim_timeout)}); re-run later to pick up any it leaves",
+                      highlight=False, soft_wrap=True)
 
 
-@app.command(
-    epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
-    "--out runs/stage2   |   vivitcache train --store runs/grid.zarr --init none --adapter attn --out runs/attn   |   torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
-)
-@user_errors
-def train(
+def _claims_line(claims: list[dict], timeout: float) -> str:
+    """Who holds the claims a run skipped: the first one's part, host, pid and heartbeat age, and how many more."""
+    first = claims[0]
+    age = first.get("age_s")
+    when = "?" if age is None else f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future: clock skew?"
+    more = f", and {len(claims) - 1} more part(s)" if len(claims) > 1 else ""
+    return (f"part {first['part_id']} claimed by host {first.get('host')} pid {first.get('pid')}, heartbeat {when}"
+            f"{more}; a claim is taken over after --claim-timeout {timeout:g} s without a heartbeat")
+
+
+def train_config(
     store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
-    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = "none",
+    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = str(TRAIN.init).lower(),
     frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage2"),
-    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = "adapter,temporal,head",
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path(TRAIN.run.out),
+    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = ",".join(TRAIN.init_parts),
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
-    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter.mlp,
-    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery.pooled,
+    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter(TRAIN.model.adapter),
+    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery(TRAIN.model.attn_query),
     temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
     freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
     frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
+    temporal_dim: Annotated[Optional[int], typer.Option(help="With --init none: temporal width (default: the frame feature's).")] = TRAIN.model.temporal_dim,
+    temporal_heads: Annotated[Optional[int], typer.Option(help="With --init none: temporal heads (default: width // 64).")] = TRAIN.model.temporal_heads,
+    drop_rate: Annotated[float, typer.Option(help="Dropout in the temporal transformer and before the head.")] = TRAIN.model.drop_rate,
+    drop_path_rate: Annotated[float, typer.Option(help="Stochastic depth in the temporal transformer.")] = TRAIN.model.drop_path_rate,
     epochs: EpochsOpt = TRAIN.optim.epochs,
     batch_size: BatchOpt = TRAIN.optim.batch_size,
     lr: LrOpt = TRAIN.optim.lr,
     weight_decay: WeightDecayOpt = TRAIN.optim.weight_decay,
     warmup_epochs: WarmupOpt = TRAIN.optim.warmup_epochs,
     label_smoothing: SmoothingOpt = TRAIN.optim.label_smoothing,
+    min_lr: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")] = TRAIN.optim.min_lr,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = TRAIN.optim.grad_clip,
     accum_steps: AccumOpt = TRAIN.optim.accum_steps,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = Precision(TRAIN.optim.precision),
     temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
     frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
     token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
@@ -421,27 +439,102 @@ def train(
     resume_mode: ResumeModeArg = None,
     overwrite: OverwriteOpt = False,
 ):
-    """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
+    """The `TrainConfig` of a `vivitcache train` command line (also how `sweep` reads each of its configs)."""
     from vivitcache.config import ModelConfig, OptimConfig, RunConfig
-    from vivitcache.train_temporal import AugmentConfig, run_train
+    from vivitcache.train_temporal import AugmentConfig
 
-    resume = _resume(resume, resume_mode)
-    cfg = TrainConfig(
+    return TrainConfig(
         store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
         no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
-        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth),
+        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth,
+                          temporal_dim=temporal_dim, temporal_heads=temporal_heads, drop_rate=drop_rate,
+                          drop_path_rate=drop_path_rate),
         val_store=str(val_store) if val_store else None,
         splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
         read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
         augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
         optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, accum_steps=accum_steps,
-                          precision=precision.value),
+                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, min_lr=min_lr,
+                          grad_clip=grad_clip, accum_steps=accum_steps, precision=precision.value),
         run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
+                      checkpoint_every=checkpoint_every, resume=_resume(resume, resume_mode), overwrite=overwrite),
     )
-    summary = run_train(cfg)
-    _print_run_summary(out, summary)
+
+
+@app.command(
+    name="train",
+    epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
+    "--out runs/stage2   |   vivitcache train --store runs/grid.zarr --init none --adapter attn --out runs/attn   |   "
+    "torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
+)
+@user_errors
+@functools.wraps(train_config, assigned=())  # train_config's options, its own name and help
+def train(**options):
+    """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
+    from vivitcache.train_temporal import run_train
+
+    cfg = train_config(**options)
+    _print_run_summary(Path(cfg.run.out), run_train(cfg))
+
+
+class Prune(str, Enum):
+    none = "none"
+    halving = "halving"
+
+
+def _train_parser():
+    """`train`'s options as a click command that returns the TrainConfig (what `sweep` parses each config with)."""
+    parser = typer.Typer(add_completion=False)
+    parser.command()(train_config)
+    command = typer.main.get_command(parser)
+
+    def parse(name: str, argv: list[str]) -> TrainConfig:
+        try:
+            return command.main(args=argv, prog_name="vivitcache train", standalone_mode=False)
+        except typer.TyperException as e:  # typer's click: usage errors and bad values
+            raise ConfigError(f"config {name}: {e.format_message()}") from None
+        except ConfigError as e:  # a value out of its range (the config dataclasses' checks)
+            raise ConfigError(f"config {name}: {e}") from None
+
+    options = [p for p in command.params if p.param_type_name == "option"]
+    return parse, options
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Example: vivitcache sweep --out runs/sweep --store runs/tokens.zarr --frames 32 --epochs 10 "
+    "--lr 3e-4,1e-3,3e-3 --weight-decay 0.05,0.1 --temporal-depth 2,4 --prune halving   |   "
+    "vivitcache sweep --out runs/sweep --grid sweep.toml --store runs/tokens.zarr   |   "
+    "vivitcache sweep --out runs/sweep --resume",
+)
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Sweep folder: configs/<name>/ run folders, sweep.json, sweep.md, sweep.png.")] = Path(SWEEP.out),
+    grid: Annotated[Optional[Path], typer.Option(help="TOML grid: a \\[grid] table (lists multiplied out) and/or \\[\\[config]] tables.")] = None,
+    prune: Annotated[Prune, typer.Option(help="halving: stop the worse half of the configs at epochs E/2, E/4, … (successive halving).")] = Prune(SWEEP.prune),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue every unfinished config of the sweep in --out (train options may be left out).")] = SWEEP.resume,
+    overwrite: OverwriteOpt = SWEEP.overwrite,
+):
+    """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
+    the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
+    from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
+
+    parse, options = _train_parser()
+    kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
+                        valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
+    if resume and not ctx.args and grid is None:  # the sweep as it was started
+        configs, pruning = load_plan(out)
+    else:
+        configs, pruning = expand(list(ctx.args), grid, kinds), prune.value
+    cfg = SweepConfig(out=str(out), grid=str(grid) if grid else None, prune=pruning, resume=resume,
+                      overwrite=overwrite)
+    own = ["--resume", "auto"] if resume else ["--overwrite"] if overwrite else []
+    parsed = [(c, parse(c.name, [*c.args, "--out", str(out / "configs" / c.name), *own])) for c in configs]
+    content = run_sweep(cfg, parsed)
+    best = content["configs"][0]
+    console.print(f"best: {best['name']}  val top-1 {100 * (best['val_top1'] or 0):.1f}%  "
+                  f"({len(configs)} configs, {content['seconds']:.0f} s)  → {out / 'sweep.md'}", highlight=False)
 
 
 @app.command(name="eval", epilog="Example: vivitcache eval --store runs/tokens.zarr --checkpoint runs/stage2 --eval-views 2")
@@ -549,48 +642,93 @@ def verify(
 @app.command(name="index", epilog="Example: vivitcache index runs/tokens.zarr")
 @user_errors
 def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder).")]):
-    """Rebuild the store's columnar index from the parts' commit records (stores made before it, or a damaged one)."""
+    """Rebuild the store's columnar index from the parts' commit records (stores made before it, a damaged index, or
+    one listing parts that are gone); a fresh index is left as it is (a read-only store is fine)."""
+    from vivitcache.extract.work import disk_errors
     from vivitcache.store import StoreWriter
+    from vivitcache.store.index import index_state, open_index
 
-    result = StoreWriter.open(store).consolidate(force=True)
+    writer = StoreWriter.open(store)
+    if index_state(writer.path) == "fresh":
+        console.print(f"{store}: the index is fresh, nothing to write")
+        return
+    dropped = open_index(writer.path, strict=False).missing
+    with disk_errors(writer.path):
+        result = writer.consolidate(force=True)
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
+    if dropped:
+        console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick")
+@app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick   |   "
+             "vivitcache bench --recipes --out runs/recipes")
 @user_errors
 def bench(
-    out: Annotated[Path, typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md.")] = Path("runs/bench"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md (--recipes: recipes.json/.md/.png; default runs/bench, --recipes: runs/recipes).")] = None,
+    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage 1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (vit-ti at 32 px, 8 frames, 4×4 videos): under a minute.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick: vit-ti).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick: 32).")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick: 8).")] = None,
-    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick: 2).")] = None,
-    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick, --recipes: vit-ti).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick, --recipes: 32; 0: the model's).")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick, --recipes: 8; 0: the model's).")] = None,
+    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick, --recipes: 2; 0: all).")] = None,
+    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1; --recipes: 2).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip T in every mode (default 32; quick: 8).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1; --recipes: the epoch budget of every recipe's longest stage, 10).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4; --recipes: 16).")] = None,
     accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches per optimiser step (default 4; quick: 2).")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4).")] = None,
-    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4).")] = None,
-    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16).")] = None,
-    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick: 32).")] = None,
+    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4; --recipes: 8).")] = None,
+    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4; --recipes: 48).")] = None,
+    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16; --recipes: 64).")] = None,
+    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick, --recipes: 32).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Existing annotations instead of the synthetic videos.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default 0).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads per mode and for extraction (default 1; 0: torch's).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or auto, for every mode and extraction.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="--recipes: which recipes, letters of abcd (default all).")] = None,
+    stage1_epochs: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 epochs of (b) and (c).")] = None,
+    stage1_frames: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 frames per clip (default 8).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="--recipes: image checkpoint of the spatial ViT (default: made by image-pretrain).")] = None,
+    image_steps: Annotated[Optional[int], typer.Option(help="--recipes: image-pretrain steps when no --weights (default 600).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="--recipes: peak learning rate of every stage (default 1e-3).")] = None,
+    eval_views: Annotated[Optional[int], typer.Option(help="--recipes: temporal views per val video (default 1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="--recipes: DataLoader workers of every stage (GPU machines).")] = None,
+    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default grid).")] = None,
+    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default attn).")] = None,
 ):
-    """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c)."""
+    """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c).
+    With --recipes: whole recipes on the same data, val top-1 against wall time (recipes.json, .md, .png)."""
+    common = dict(out=None if out is None else str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
+                  temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, classes=classes,
+                  videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size, data=data,
+                  seed=seed, threads=threads, device=device)
+    recipe_only = dict(recipes=only, stage1_epochs=stage1_epochs, stage1_frames=stage1_frames, weights=weights,
+                       image_steps=image_steps, lr=lr, eval_views=eval_views, workers=workers, d_tokens=d_tokens,
+                       d_adapter=d_adapter)
+    if recipes:
+        if accum_steps is not None:
+            raise ConfigError("--accum-steps: not an option of --recipes")
+        _bench_recipes(quick, {**common, **recipe_only})
+        return
+    given = sorted(f"--{'only' if k == 'recipes' else k.replace('_', '-')}" for k, v in recipe_only.items()
+                   if v is not None)
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --recipes")
     from vivitcache.bench import BenchConfig, run_bench
 
-    cfg = BenchConfig.preset(
-        quick, out=str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-        temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps,
-        classes=classes, videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size,
-        data=data, seed=seed, threads=threads, device=device,
-    )
+    cfg = BenchConfig.preset(quick, accum_steps=accum_steps, **common)
     result = run_bench(cfg)
     print(result["markdown"])
     console.print(f"→ {result['files']['md']}, {result['files']['json']}")
+
+
+def _bench_recipes(quick: bool, options: dict) -> None:
+    from vivitcache.bench.recipes import RecipesConfig, run_recipes
+
+    result = run_recipes(RecipesConfig.preset(quick, **options))
+    print(result["markdown"])
+    console.print(f"→ {', '.join(result['files'].values())}")
 
 
 def main() -> None:

@@ -18,6 +18,22 @@ class VivitcacheError(Exception):
 class UserError(VivitcacheError):
     """Bad input or a state the user must act on; the message is one line that says what and where."""
 
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught "):
+            args = (self._from_worker(args[0]),)
+        super().__init__(*args)
+
+    @classmethod
+    def _from_worker(cls, message: str) -> str:
+        """torch re-raises a DataLoader worker's error in the main process as `type(e)("Caught <type> in DataLoader
+        worker process N.\nOriginal Traceback ...\n<module.type>: <message>")`: keep its one line and the worker."""
+        head, _, rest = message.partition("\nOriginal Traceback")
+        mark = f"\n{cls.__module__}.{cls.__qualname__}: "
+        if not rest or mark not in rest:
+            return message
+        where = head.removeprefix(f"Caught {cls.__name__} ").rstrip(".")
+        return f"{rest.rsplit(mark, 1)[1].strip()} ({where})"
+
 
 class ConfigError(UserError, ValueError):
     """An option or config field out of its range (e.g. `--batch-size 0`); the message names the option."""

@@ -25,7 +25,7 @@ from vivitcache.runs import RunRecord
 from vivitcache.store import FingerprintMismatchError, TokenStore
 from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.store.dtypes import decode_tokens, encode_tokens
-from vivitcache.train_temporal.init import build_token_model
+from vivitcache.train_temporal.build import build_token_model
 from vivitcache.training.checkpoint import CheckpointError, load_model_state
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import socket
 import subprocess
@@ -40,7 +41,8 @@ def now_iso() -> str:
 
 
 def provenance(argv: list[str] | None = None) -> dict:
-    """vivitcache version and commit, library versions, host, python, time and the command line."""
+    """vivitcache version and commit, library versions, host, python, time, the command line and the folder it ran
+    in (relative paths in `argv` are relative to `cwd`)."""
     return {
         "vivitcache": __version__,
         "git_commit": _git_commit(),
@@ -49,4 +51,5 @@ def provenance(argv: list[str] | None = None) -> dict:
         "host": socket.gethostname(),
         "time": now_iso(),
         "argv": list(sys.argv if argv is None else argv),
+        "cwd": os.getcwd(),
     }

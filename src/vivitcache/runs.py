@@ -11,6 +11,7 @@ init and the split `eval` and `predict` find again).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class Stage2Made:
     """Their video root."""
     split_seed: int | None = None
     """The seed of the hashed split."""
+    data_sha256: str | None = None
+    """Identity of the videos it trains and validates on (`dataset.videos_sha256`): `--resume` refuses another."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +156,9 @@ class Stage1Run:
         prefix = name + "."
         return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
 
-    @property
+    @functools.cached_property
     def spatial_sha256(self) -> str:
-        """Identity of the trained spatial weights (what a store made from this run records)."""
+        """Identity of the trained spatial weights (what a store made from this run records); hashed once."""
         return state_dict_sha256(self.part("spatial"))
 
 

@@ -1,5 +1,5 @@
 """Run once at main's HEAD (e3b2fed): fingerprints and layouts of one-token stores, for tests/test_tokens.py."""
-import json, sys, timm, torch
+import json, sys, timm
 from vivitcache.data.transforms import Preprocess
 from vivitcache.extract.source import build_fingerprint
 from vivitcache.models.tokens import tokens_per_frame

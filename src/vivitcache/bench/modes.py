@@ -195,7 +195,7 @@ class FrozenSpatialViViT(ViViT):
             return super().frame_features(video)  # [B, T, Din]
 
 
-def _build_from_stage1(model_cls: type[ViViT], stage1: Stage1Run) -> ViViT:
+def build_from_stage1(model_cls: type[ViViT], stage1: Stage1Run) -> ViViT:
     """The stage-1 run's whole ViViT (spatial included) as `model_cls`, with its weights."""
     m: ModelConfig = dataclasses.replace(stage1.model)
     # the one recipe every consumer of a stage-1 spatial model uses (built on meta, the run's weights assigned)
@@ -215,7 +215,7 @@ def _pixel_mode(inputs: ModeInputs, mode: str) -> dict:
     if stage1.model.num_frames != cfg.frames:
         raise ValueError(f"bench: init {inputs.init} has {stage1.model.num_frames} frames, the bench {cfg.frames}")
     frozen = mode == "b"
-    model = _build_from_stage1(FrozenSpatialViViT if frozen else ViViT, stage1)
+    model = build_from_stage1(FrozenSpatialViViT if frozen else ViViT, stage1)
     if frozen:
         model.spatial.requires_grad_(False)
     dataset = load_annotations(inputs.data, seed=cfg.seed)  # the split stage 2 (c) resolves from the init's data

@@ -6,7 +6,12 @@ sampling, fingerprint), `pipeline` (one part: threaded decode → batched model 
 `--compile`), `runner` (parts, Dask fan-out, progress, summary). Never imports `train_temporal/`.
 """
 
-from vivitcache.extract.config import ExtractConfig, ExtractConfigError
-from vivitcache.extract.runner import ExtractFailures, run_extract
+from vivitcache.lazy import lazy_exports
 
-__all__ = ["ExtractConfig", "ExtractConfigError", "ExtractFailures", "run_extract"]
+# Loaded on first use (PEP 562): the CLI takes its defaults from `config` without importing the runner (Dask).
+__getattr__, __all__ = lazy_exports(__name__, {
+    "ExtractConfig": "config",
+    "ExtractConfigError": "config",
+    "ExtractFailures": "runner",
+    "run_extract": "runner",
+})

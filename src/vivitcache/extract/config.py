@@ -88,6 +88,9 @@ class ExtractConfig:
     """Token compression in the store: `none` or `zstd` (level 1)."""
     strict: bool = False
     """Raise `ExtractFailures` after finishing when any video could not be extracted (default: ledger and go on)."""
+    retry_failed: bool = False
+    """Extract every video of the annotations that is in the failure ledger again (without it: only those whose
+    source file changed since it failed: size, mtime or inode, or it appeared or vanished)."""
     repair: bool = False
     """Read every committed chunk back first (like `verify`), move damaged parts aside and re-extract their videos."""
     claim_timeout_s: float = 120.0

@@ -42,7 +42,7 @@ from vivitcache.data.decoders import get_decoder
 from vivitcache.data.transforms import Preprocess
 from vivitcache.models.tokens import frame_tokens
 from vivitcache.store import PartWriter, StoreError
-from vivitcache.training.runtime import autocast, autocast_dtype
+from vivitcache.device import autocast, autocast_dtype
 
 Report = Callable[..., None]
 """`report(videos=0, frames=0, failed=0)`: progress counts, called as tokens are written (from the writer thread)."""

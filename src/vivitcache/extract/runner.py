@@ -110,7 +110,8 @@ def run_part(job: PartJob, model: nn.Module | None = None, report: Report | None
         return skipped
     claim = job.store.claim(job.part_id, timeout_s=job.claim_timeout_s)
     if not claim.acquire():  # a live writer is on it: do not do its work twice
-        return {**skipped, "already_committed": False, "claimed_elsewhere": True}
+        return {**skipped, "already_committed": False, "claimed_elsewhere": True,
+                "claimed_by": {"part_id": job.part_id, **(claim.holder or {})}}
     try:
         if writer.already_committed:  # committed between our first look and our claim
             return skipped
@@ -306,6 +307,29 @@ def _staging_removed_on_interrupt(store: StoreWriter):
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+def _summary(store: StoreWriter, videos: int, work, jobs: list, results: list[dict], seconds: float) -> dict:
+    """What `run_extract` returns (its docstring lists the keys)."""
+    part_sizes = {j.part_id: j.records for j in jobs}
+    frames = sum(r["frames"] for r in results if r["committed"])
+    return {
+        "store": str(store.path),
+        "videos": videos,
+        "done": sum(r["videos"] for r in results if r["committed"]),
+        "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
+        "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
+        "claims": [r["claimed_by"] for r in results if r.get("claimed_elsewhere")],
+        "labels_updated": work.labels_updated,
+        "retried": work.retried,
+        "repaired_parts": work.repaired,
+        "failed": sum(r["failures"] for r in results if r["committed"]),
+        "frames": frames,
+        "bytes": sum(r["bytes"] for r in results if r["committed"]),
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
+        "parts": len(results),
+    }
+
+
 def run_extract(cfg: ExtractConfig) -> dict:
     """Extract every video of `cfg.data` into `cfg.store` (creating or resuming it); returns the summary:
 
@@ -357,26 +381,11 @@ def run_extract(cfg: ExtractConfig) -> dict:
         progress.finish(sum(r["videos"] for r in committed), sum(r["frames"] for r in committed),
                         sum(r["failures"] for r in committed))
     with disk_errors(store.path):
-        store.consolidate()  # incremental; writes nothing when the index is fresh (a finished store may be read-only)
+        # Incremental; writes nothing when the index is fresh (a finished store may be read-only). Parts this run
+        # published are re-read even if indexed: it may have re-created a vanished or repaired one under its id.
+        store.consolidate(reread={r["part_id"] for r in results if r["committed"]})
 
-    seconds = time.perf_counter() - start
-    part_sizes = {j.part_id: j.records for j in jobs}
-    frames = sum(r["frames"] for r in results if r["committed"])
-    summary = {
-        "store": str(store.path),
-        "videos": len(dataset.records),
-        "done": sum(r["videos"] for r in results if r["committed"]),
-        "skipped": work.skipped + sum(len(part_sizes[r["part_id"]]) for r in results if r["already_committed"]),
-        "claimed_elsewhere": sum(len(part_sizes[r["part_id"]]) for r in results if r.get("claimed_elsewhere")),
-        "labels_updated": work.labels_updated,
-        "repaired_parts": work.repaired,
-        "failed": sum(r["failures"] for r in results if r["committed"]),
-        "frames": frames,
-        "bytes": sum(r["bytes"] for r in results if r["committed"]),
-        "seconds": round(seconds, 3),
-        "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
-        "parts": len(results),
-    }
+    summary = _summary(store, len(dataset.records), work, jobs, results, time.perf_counter() - start)
     if cfg.strict:
         wanted = {r.id for r in dataset.records}
         failures = [f for f in TokenStore.open(store.path).failures() if f["id"] in wanted]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from vivitcache.data.decode import ORIENTATION
@@ -107,15 +108,20 @@ def resolve_source(cfg: ExtractConfig) -> tuple[ExtractSource, nn.Module]:
         weights=str(cfg.weights) if cfg.weights else None, pretrained=cfg.pretrained,
         checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
     )
-    model = spec.build()
+    spatial_part = run.part("spatial") if run is not None else None
+    model = spec.build(spatial_part)  # the run loaded above, not read again
     tokens = cfg.tokens or (run.model.frame_token if run is not None else "pooled")
     check_token_kind(model, tokens)
     grid = (cfg.grid or 4) if tokens == "grid" else 0
     layers = canonical_layers(model, cfg.layers)
     k = tokens_per_frame(model, tokens, grid, layers)  # also checks the grid fits the model's patch grid
-    sha = state_dict_sha256(model)
-    if run is not None and sha != run.spatial_sha256:
-        raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model hashes differently from its checkpoint part")
+    if run is None:
+        sha = state_dict_sha256(model)
+    else:  # its hash is the run's when the model holds exactly the run's tensors (compared, not hashed twice)
+        built = model.state_dict()
+        if built.keys() != spatial_part.keys() or not all(torch.equal(built[k], spatial_part[k]) for k in built):
+            raise SpatialModelError(f"{cfg.checkpoint}: rebuilt spatial model differs from its checkpoint part")
+        sha = run.spatial_sha256
     spec = SpatialSpec(**{**spec.__dict__, "weights_sha256": sha})
     preprocess = Preprocess.from_dict(run.preprocess) if run is not None else Preprocess.from_timm(model, img_size)
     fingerprint = build_fingerprint(model, spec.name, sha, preprocess, fps, stride, tokens, cfg.dtype, cfg.decoder,

@@ -6,6 +6,10 @@ committed. The plan is extended, never re-cut, for ids it does not know, so runs
 `--videos-per-part`, concurrent or later, always agree on every video's part. A part planned by another run is
 extracted whole, from the sources its plan record names (a video this run's annotations also list uses this run's
 record). Claims (`store/claims.py`) keep two live runs off the same part; see `run_part`.
+
+The failure ledger is not for ever: a ledgered video of this run's annotations is re-planned into a new part
+(`store.plan.replan`) when its source changed since it failed (size, mtime or inode, or now there or gone), and
+always with `--retry-failed`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from vivitcache.store import StoreLayout, StoreWriter
 from vivitcache.store.inspect import find_damage
 from vivitcache.store.writer import shard_frames_for
 from vivitcache.store.index import open_index, publish_labels, read_commit
-from vivitcache.store.layout import PARTS, STAGING, StoreError
-from vivitcache.store.plan import extend_plan, read_plan, record_parts
+from vivitcache.store.layout import PARTS, STAGING, StoreError, source_stat
+from vivitcache.store.plan import extend_plan, read_plan, record_parts, replan
 from vivitcache.store.reader import read_root
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ class Work:
     """Videos of the annotations already committed (with tokens or in the failure ledger)."""
     labels_updated: int = 0
     """Committed videos whose label this run's annotations changed (recorded; the tokens stay)."""
+    retried: int = 0
+    """Ledgered videos planned again by this run (source changed, or `--retry-failed`)."""
     repaired: list[str] = field(default_factory=list)
     """Damaged parts moved aside (to `damaged/`), re-extracted by this run: any run redoes a part whose record is
     gone or unreadable; `--repair` also reads every chunk back (checksums) and redoes what fails."""
@@ -86,10 +92,11 @@ def plan_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
                 legacy[part_id] = _videos_of(store.path, view, part_id)
             store.move_aside(part_id)
             work.repaired.append(part_id)
-        log.warning("moved %d damaged part(s) aside to %s/damaged/; re-extracting their videos", len(damaged),
-                    store.path)
+        log.warning("%d damaged or missing part(s) (damaged ones moved aside to %s/damaged/); re-extracting their "
+                    "videos", len(damaged), store.path)
         view = open_index(store.path, strict=False)
-    committed = set(view.ids()) | {f["id"] for f in view.failures()}
+    retry = _ledger_to_retry(store.path, view, mine, cfg.retry_failed)
+    committed = (set(view.ids()) | {f["id"] for f in view.failures()}) - set(retry)
     # Labels are data about a video, not its tokens: a changed label is recorded, never silently kept stale.
     have = view.labels()
     changed = {i: r.label for i, r in mine.items() if i in have and have[i] != r.label}
@@ -98,6 +105,9 @@ def plan_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
         work.labels_updated = len(changed)
     if legacy:  # re-planned exactly as they were, so their videos stay together under the same part ids
         record_parts(store.path, legacy)
+    if retry:
+        replan(store.path, [_entry(mine[i]) for i in sorted(retry)], cfg.videos_per_part, retry)
+        work.retried = len(retry)
     plan, _ = extend_plan(store.path, [_entry(r) for r in records if r.id not in committed], cfg.videos_per_part,
                           done=committed)
     wanted = sorted({plan.part_of[i] for i in mine if i in plan.part_of} - set(view.part_ids()))
@@ -108,6 +118,33 @@ def plan_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
         work.parts.append((part_id, sorted(videos, key=lambda r: r.id)))
         work.videos += len(videos)
     return work
+
+
+def _ledger_to_retry(root: Path, view, mine: dict[str, VideoRecord], always: bool) -> dict[str, str]:
+    """{id: the committed part it failed in} of the ledgered videos of `mine` to extract again: all of them when
+    `always`, else those whose source is not what the ledger saw (another path, or another size, mtime or inode;
+    an entry of an older vivitcache, without a stat, only with `always`). The entry that counts is the one of the
+    part the plan has the video in now (a retried video that failed again has its newest entry there)."""
+    failures = [f for f in view.failures() if f["id"] in mine]
+    plan = read_plan(root) if failures else None
+    committed = set(view.part_ids())
+    records: dict[str, dict] = {}
+    out = {}
+    for failure in failures:
+        vid = failure["id"]
+        part = plan.part_of.get(vid, failure["part_id"])
+        if part not in committed:
+            continue  # planned again and not yet made: the plan's work lists that part already
+        if not always:
+            if part not in records:
+                records[part] = {f["id"]: f for f in read_commit(root, part)["failures"]}
+            entry = records[part].get(vid)
+            if entry is None or "source_stat" not in entry:
+                continue
+            if entry["source"] == mine[vid].path and entry["source_stat"] == source_stat(mine[vid].path):
+                continue
+        out[vid] = part
+    return out
 
 
 def _missing_records(root: Path, view) -> set[str]:
@@ -126,7 +163,8 @@ def _videos_of(root: Path, view, part_id: str) -> list[dict]:
     return [{"id": i, "path": s, "label": int(lb), "split": "train"} for i, s, lb in sorted(rows)]
 
 
-DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
 @contextmanager

@@ -262,14 +262,15 @@ class SpatialSpec:
     weights_sha256: str | None = None
     """Expected `state_dict_sha256` of the built model; None until known (the first build sets it)."""
 
-    def build(self) -> nn.Module:
-        """The spatial model in eval mode without gradients; SpatialModelError if its weights hash is not the expected."""
+    def build(self, checkpoint_state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """The spatial model in eval mode without gradients; SpatialModelError if its weights hash is not the expected.
+        `checkpoint_state`: the stage-1 run's spatial part when the caller has loaded it already (not read again)."""
         from vivitcache.hashing import state_dict_sha256
 
         if self.checkpoint is not None:
             from vivitcache.runs import load_stage1
 
-            state = load_stage1(self.checkpoint).part("spatial")
+            state = checkpoint_state if checkpoint_state is not None else load_stage1(self.checkpoint).part("spatial")
             # built on the meta device (no random init), then the checkpoint's tensors are assigned; strict, so
             # every saved parameter and buffer is real afterwards; models with computed buffers (EVA02's RoPE
             # tables, which no checkpoint holds) are built for real instead

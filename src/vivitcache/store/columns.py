@@ -4,7 +4,9 @@ Why zarr arrays (and not Arrow/Parquet): the index lives inside the store, so pl
 no new dependency (pyarrow is ~100 MB and not otherwise needed), and every column carries the same crc32c as the
 tokens. Each column is written as ONE chunk with only the `bytes` and `crc32c` codecs, so its chunk file `c/0` is
 the raw little-endian array followed by a 4-byte checksum: a reader `np.memmap`s the first `n * itemsize` bytes,
-pages are shared between every process on a host (DataLoader workers, ranks), and nothing is parsed at open. Strings
+pages are shared between every process on a host (DataLoader workers, ranks), and nothing is parsed at open. The
+checksum IS checked at open (`map_column`): one pass of hardware crc32c over the mapped bytes, so a flipped bit in
+a label or offset column is found before the index answers anything (cost in BENCHMARKS.md, "Index open"). Strings
 use Arrow's own layout (int64 offsets [n + 1] + UTF-8 bytes) because zarr's variable-length strings decode into
 one Python object per row, which is what made the JSON index cost ~0.9 KB per video per reader.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
@@ -74,8 +77,13 @@ def write_strings(group_path: Path, name: str, values: list[str]) -> dict:
             "bytes": write_column(group_path, f"{name}_bytes", data)}
 
 
+class ColumnDamageError(StoreError):
+    """An index column's file is missing, of the wrong size, or fails its crc32c: the index must not be used."""
+
+
 def map_column(group_path: Path, name: str, desc: dict) -> np.ndarray:
-    """Memory-map a column written by `write_column` (read-only, shared page cache); StoreError if it is damaged."""
+    """Memory-map a column written by `write_column` (read-only, shared page cache) after checking its crc32c;
+    ColumnDamageError if it is damaged."""
     n, dtype = int(desc["n"]), np.dtype(desc["dtype"])
     if n == 0:
         return np.zeros(0, dtype=dtype)
@@ -83,12 +91,14 @@ def map_column(group_path: Path, name: str, desc: dict) -> np.ndarray:
     try:
         size = chunk.stat().st_size
     except FileNotFoundError:
-        raise StoreError(f"{chunk}: index column file missing (run `vivitcache index STORE` to rebuild)") from None
+        raise ColumnDamageError(f"{chunk}: index column file missing") from None
     if size != n * dtype.itemsize + 4:  # + the crc32c
-        raise StoreError(f"{chunk}: index column has {size} bytes, expected {n * dtype.itemsize + 4} "
-                         "(run `vivitcache index STORE` to rebuild)")
+        raise ColumnDamageError(f"{chunk}: index column has {size} bytes, expected {n * dtype.itemsize + 4}")
+    mapped = np.memmap(chunk, dtype=np.uint8, mode="r")  # [bytes + 4]
+    if google_crc32c.value(mapped[:-4]) != int.from_bytes(mapped[-4:].tobytes(), "little"):
+        raise ColumnDamageError(f"{chunk}: index column fails its crc32c checksum")
     # A plain ndarray view of the map: indexing a np.memmap subclass is ~10x slower per scalar.
-    return np.memmap(chunk, dtype=dtype, mode="r", shape=(n,)).view(np.ndarray)
+    return mapped[:-4].view(np.ndarray).view(dtype)
 
 
 def map_strings(group_path: Path, name: str, desc: dict) -> StringColumn:

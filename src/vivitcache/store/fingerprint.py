@@ -18,10 +18,11 @@ MISSING = "<missing>"
 class FingerprintMismatchError(StoreError, ValueError):
     """Two fingerprints differ; the one-line message lists every differing key with both values."""
 
-    def __init__(self, diff: dict, context: str = "fingerprint mismatch", left: str = "expected", right: str = "got"):
+    def __init__(self, diff: dict, context: str = "fingerprint mismatch", left: str = "expected", right: str = "got",
+                 hint: str = ""):
         self.diff = diff
         parts = [f"{key}: {left} {_show(a)}, {right} {_show(b)}" for key, (a, b) in diff.items()]
-        super().__init__(f"{context}: " + "; ".join(parts))
+        super().__init__(f"{context}: " + "; ".join(parts) + (f" ({hint})" if hint else ""))
 
 
 def canonical_json(value, what: str = "fingerprint") -> str:

@@ -13,13 +13,21 @@ index/<segment>/<column>/  one-chunk zarr arrays (see `columns.py`):
 
 Committed parts never change (published once, by rename), so a segment built from some parts stays true while
 those parts exist. `update_index` is incremental: it reads the commit records of parts no segment covers and writes
-them as one new segment (or, past `MAX_SEGMENTS` or when parts were removed, merges every segment into one,
-from the columns, without reading commit records again). `open_index` maps the segments, lists `parts/` once, and
+them as one new segment (or, past `MAX_SEGMENTS`, merges every segment into one, from the columns, without reading
+commit records again). `open_index` maps the segments (checking every column's crc32c), lists `parts/` once, and
 reads the commit records of the few parts published since (an in-memory segment), so an index is never wrong, only
 slower when stale. Lookup by id: binary search of the id's 64-bit hash (`np.searchsorted`), then the id compared.
-A part folder is known by its inode (free with each directory entry), so a part re-published under the same id
-(`extract --repair`) is re-read; where a file system reuses inode numbers, the reader's check of the record's sha256
-still refuses the old rows loudly, and `vivitcache index STORE` rebuilds.
+
+What the index trusts and what it checks:
+- A part is known by its name and the sha256 of its commit record (`digest`), never by inode or mtime, so a copy of
+  the store (`cp -r`, rsync, an object store) keeps a fresh index. A reader compares the digest when it first
+  touches a part (`TokenStore._check_part`); a part re-published under the same id (`extract --repair`, or a plain
+  re-run re-creating a vanished part) is re-read by the `update_index` of the run that published it (`reread`).
+- A part the index lists but `parts/` lacks is damage (deleted, or left out of a copy): a strict open refuses,
+  naming it; the index keeps listing it until it is re-created or `vivitcache index STORE` rebuilds from what is there.
+- A damaged index (a column failing its crc32c, a missing or short column file, an unreadable segment record) is
+  not used: the view reads every commit record instead, with a warning, and `verify` fails until
+  `vivitcache index STORE` rebuilds it.
 
 Labels are data about a video, not its tokens: a re-run whose annotations give another label publishes a label
 record `labels/<seq>/zarr.json` (`publish_labels`); later records win, and the index applies them.
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -40,7 +49,16 @@ from pathlib import Path
 import numpy as np
 
 from vivitcache.provenance import now_iso
-from vivitcache.store.columns import StringColumn, encode_strings, map_column, map_strings, write_column, write_strings
+from vivitcache.store.columns import (
+    ColumnDamageError,
+    StringColumn,
+    encode_strings,
+    map_column,
+    map_strings,
+    write_column,
+    write_strings,
+)
+from vivitcache.lease import new_token
 from vivitcache.store.layout import (
     COMMIT_KEY,
     INDEX,
@@ -51,7 +69,6 @@ from vivitcache.store.layout import (
     StoreDamageError,
     StoreError,
     group_meta,
-    new_token,
     read_group_attrs,
     write_json_atomic,
 )
@@ -66,15 +83,16 @@ VIDEO_FIELDS = ("id", "label", "offset", "num_frames", "source", "fps")
 MAX_SEGMENTS = 4
 """More segments than this are merged into one at the next `update_index`."""
 STRINGS = ("id", "source", "part_id", "digest", "fail_id", "fail_source", "fail_error")
+REBUILD = "run `vivitcache index {root}` to rebuild it"
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ commit records
-def part_listing(root: Path) -> dict[str, int]:
-    """{part folder name: its inode} under `parts/`. One readdir: the inode comes with each entry (no stat), and
-    tells a part re-published under the same id (by `extract --repair`) from the one the index has seen."""
+def part_listing(root: Path) -> set[str]:
+    """Folder names under `parts/` that can be part ids (one readdir)."""
     try:
-        with os.scandir(root / PARTS) as it:
-            return {e.name: e.inode() for e in it if PART_ID_PATTERN.match(e.name)}
+        return {name for name in os.listdir(root / PARTS) if PART_ID_PATTERN.match(name)}
     except FileNotFoundError:
         raise StoreError(f"{root}: no {PARTS}/ folder (not a vivitcache store?)") from None
 
@@ -191,10 +209,9 @@ def publish_labels(root: Path, labels: dict[str, int], staging: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ segments
-def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int], digests: dict[str, str]
-                  ) -> tuple[dict, dict]:
-    """Columns of one segment from commit records ({name: array or list of str}, summary attrs); `inodes`: each
-    part folder's inode when its record was read; `digests`: each record file's sha256."""
+def build_columns(commits: dict[str, dict], labels: dict[str, int], digests: dict[str, str]) -> tuple[dict, dict]:
+    """Columns of one segment from commit records ({name: array or list of str}, summary attrs); `digests`: each
+    record file's sha256."""
     part_ids = sorted(commits)
     rows = []  # (id, part row, offset, num_frames, label, fps, source)
     fails = []
@@ -225,7 +242,6 @@ def build_columns(commits: dict[str, dict], labels: dict[str, int], inodes: dict
         "failures": np.array([len(commits[p]["failures"]) for p in part_ids], dtype=np.int64),
         "disk_bytes": np.array([int(commits[p].get("disk_bytes", 0)) for p in part_ids], dtype=np.int64),
         "files": np.array([len(commits[p].get("files", {})) for p in part_ids], dtype=np.int64),
-        "inode": np.array([inodes.get(p, 0) for p in part_ids], dtype=np.uint64),
         "digest": [digests.get(p) or commits[p].get("_digest", "") for p in part_ids],
         "fail_id": [f[0] for f in fails],
         "fail_source": [f[1] for f in fails],
@@ -250,21 +266,25 @@ class Segment:
         self.part_names: list[str] = self.part_id.tolist()
 
     dead: frozenset[str] = frozenset()
-    """Parts of this segment no longer in `parts/` as indexed (removed, or replaced under the same id)."""
+    """Parts of this segment not served from it: missing from `parts/`, or re-read (`IndexView(reread=...)`)."""
 
     @classmethod
-    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int], inodes: dict[str, int],
-                     digests: dict[str, str]) -> Segment:
-        cols, attrs = build_columns(commits, labels, inodes, digests)
+    def from_commits(cls, commits: dict[str, dict], labels: dict[str, int], digests: dict[str, str]) -> Segment:
+        cols, attrs = build_columns(commits, labels, digests)
         return cls(cols, attrs)
 
     @classmethod
     def open(cls, folder: Path) -> Segment:
+        """Map a written segment; ColumnDamageError (or StoreError for its record) if any column fails its check."""
         attrs = read_group_attrs(folder, SEGMENT_KEY)
         cols = {}
         for name, desc in attrs["columns"].items():
             cols[name] = map_strings(folder, name, desc) if name in STRINGS else map_column(folder, name, desc)
-        return cls(cols, attrs, folder.name)
+        seg = cls(cols, attrs, folder.name)
+        if len(seg.id) != attrs["videos"] or len(seg.part_names) != attrs["parts"]:
+            raise ColumnDamageError(f"{folder / META}: counts {attrs['videos']} videos, {attrs['parts']} parts; "
+                                    f"the columns hold {len(seg.id)} and {len(seg.part_names)}")
+        return seg
 
     def rows_of(self, video_id: str) -> list[int]:
         """Rows holding `video_id` (more than one only if it was committed twice)."""
@@ -289,7 +309,7 @@ class Segment:
 
 
 _COLUMN_NAMES = ("id", "part", "offset", "num_frames", "label", "fps", "source", "id_hash", "hash_row", "part_id",
-                 "frames", "videos", "failures", "disk_bytes", "files", "inode", "digest", "fail_id", "fail_source",
+                 "frames", "videos", "failures", "disk_bytes", "files", "digest", "fail_id", "fail_source",
                  "fail_error", "fail_part")
 
 
@@ -306,16 +326,16 @@ def write_segment(root: Path, cols: dict, attrs: dict) -> str:
     return name
 
 
-def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict[str, int], inodes: dict[str, int],
-                   digests: dict[str, str]):
-    """Columns of one segment holding every live part of `segments`, plus the commit records `extra`."""
+def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict[str, int], digests: dict[str, str]):
+    """Columns of one segment holding every part of `segments` (missing ones too: they stay damage until re-created
+    or rebuilt away), with the commit records `extra` replacing or adding parts."""
     commits: dict[str, dict] = {}
     # Rebuild pseudo commit records from the columns (no commit file is read again): only the indexed fields.
     for seg in segments:
         cols = seg.columns()
         per_part: dict[int, dict] = {}
         for p, pid in enumerate(cols["part_id"]):
-            if pid in seg.dead or pid in commits:
+            if pid in commits or pid in extra:
                 continue
             per_part[p] = {"part_id": pid, "videos": [], "failures": [], "frames": int(cols["frames"][p]),
                            "disk_bytes": int(cols["disk_bytes"][p]), "_files": int(cols["files"][p]),
@@ -335,7 +355,7 @@ def merge_segments(segments: list[Segment], extra: dict[str, dict], labels: dict
             rec["videos"].sort(key=lambda v: v["offset"])
             commits[rec["part_id"]] = rec
     commits.update(extra)
-    cols, attrs = build_columns(commits, labels, inodes, digests)
+    cols, attrs = build_columns(commits, labels, digests)
     for p, pid in enumerate(cols["part_id"]):  # keep what the pseudo records cannot recompute
         if "_files" in commits[pid]:
             cols["files"][p] = commits[pid]["_files"]
@@ -355,42 +375,61 @@ def read_manifest(root: Path) -> dict | None:
 
 
 def index_state(root: Path) -> str:
-    """`fresh`, `stale`, `absent`, or `old` (format 1, written before the columnar index: run `vivitcache index`)."""
-    manifest = read_manifest(root)
-    if manifest is None:
-        try:
-            read_group_attrs(root / INDEX, INDEX_KEY)
-            return "old"
-        except StoreError:
-            return "absent"
+    """`fresh`, `stale`, `absent`, `damaged` (a column fails its check: run `vivitcache index`), or `old` (format 1,
+    written before the columnar index: run `vivitcache index`)."""
+    state = _manifest_state(root)
+    if state != "ok":
+        return state
     view = open_index(root, strict=False)
-    return "fresh" if view.fresh else "stale"
+    return "damaged" if view.index_problem else "fresh" if view.fresh else "stale"
 
 
-def update_index(root: Path, force: bool = False) -> dict:
+def _manifest_state(root: Path) -> str:
+    """`absent`, `old` (format 1), `damaged` (unreadable, or of no known format) or `ok`, from the manifest alone."""
+    if not (root / INDEX / META).exists():
+        return "absent"
+    if read_manifest(root) is not None:
+        return "ok"
+    try:
+        return "old" if read_group_attrs(root / INDEX, INDEX_KEY).get("format", 1) == 1 else "damaged"
+    except StoreError:
+        return "damaged"
+
+
+def update_index(root: Path, force: bool = False, reread: frozenset[str] = frozenset()) -> dict:
     """Bring the index up to date incrementally (a no-op when fresh); returns {parts, videos, written}.
 
-    Reads only the commit records of parts that no segment covers. A damaged part stays out (`verify` names it).
-    Two writers updating at once both succeed; the later manifest may leave out the other's segment, which only
-    makes the index stale (never wrong) until the next update.
+    Reads only the commit records of parts that no segment covers, and of `reread` (parts this run re-published
+    under an indexed id). `force`: rebuild from every commit record (a damaged index, or to drop vanished parts).
+    A damaged part stays out (`verify` names it). Two writers updating at once both succeed; the later manifest may
+    leave out the other's segment, which only makes the index stale (never wrong) until the next update.
     """
-    view = open_index(root, strict=False)
-    if view.fresh and not force:
-        return {"parts": len(view.part_ids()), "videos": len(view), "written": False}
+    if force:
+        commits, _, digests = read_commits(root)
+        labels_seq, labels = read_label_records(root)
+        cols, attrs = build_columns(commits, labels, digests)
+        _write_manifest(root, [write_segment(root, cols, attrs)], labels_seq)
+        return {"parts": len(commits), "videos": int(attrs["unique"]), "written": True}
+    view = open_index(root, strict=False, reread=reread)
     mapped = [s for s in view.segments if s.name is not None]
     new = view.unindexed_commits
+    if view.mapped_ok and not new and not view.label_overrides:
+        return {"parts": len(view.part_ids()), "videos": len(view), "written": False}
     labels_seq, labels = read_label_records(root)
-    merge = force or view.gone or len(mapped) >= MAX_SEGMENTS or view.label_overrides or not mapped
-    if merge:
-        cols, attrs = merge_segments(mapped, new, labels, view.inodes, view.unindexed_digests)
+    if not view.mapped_ok or len(mapped) >= MAX_SEGMENTS or view.label_overrides or view.reread:
+        cols, attrs = merge_segments(mapped, new, labels, view.unindexed_digests)
         names = [write_segment(root, cols, attrs)]
     else:
-        cols, attrs = build_columns(new, labels, view.inodes, view.unindexed_digests)
+        cols, attrs = build_columns(new, labels, view.unindexed_digests)
         names = [s.name for s in mapped] + [write_segment(root, cols, attrs)]
+    _write_manifest(root, names, labels_seq)
+    return {"parts": len(view.part_ids()), "videos": len(view), "written": True}
+
+
+def _write_manifest(root: Path, names: list[str], labels_seq: int) -> None:
     write_json_atomic(root / INDEX / META, group_meta({INDEX_KEY: {
         "format": FORMAT, "segments": names, "labels_seq": labels_seq, "time": now_iso()}}))
     _remove_unlisted_segments(root, set(names))
-    return {"parts": len(view.part_ids()), "videos": len(view), "written": True}
 
 
 def _remove_unlisted_segments(root: Path, keep: set[str], min_age_s: float = 600.0) -> None:
@@ -404,48 +443,50 @@ def _remove_unlisted_segments(root: Path, keep: set[str], min_age_s: float = 600
 
 # ------------------------------------------------------------------------------------------------ reading
 class IndexView:
-    """Every committed video of a store: mapped segments + an in-memory segment of parts published since."""
+    """Every committed video of a store: mapped segments + an in-memory segment of parts published since.
 
-    def __init__(self, root: Path, strict: bool = True):
+    `problems` / `damaged_parts`: parts left out (a damaged commit record, or missing from `parts/` while the index
+    lists them); strict: the first one raises instead. `index_problem`: why the mapped index was not used (None if
+    it was, or there is none). `reread`: indexed parts to read from their commit records anyway."""
+
+    def __init__(self, root: Path, strict: bool = True, reread: frozenset[str] = frozenset()):
         self.root = root
-        self.inodes = listing = part_listing(root)
+        listing = part_listing(root)
         manifest = read_manifest(root)
-        self.segments: list[Segment] = []
-        if manifest is not None:
-            for name in manifest["segments"]:
-                try:
-                    self.segments.append(Segment.open(root / INDEX / name))
-                except (StoreError, KeyError, TypeError, ValueError, OSError):
-                    manifest = None  # a damaged index is ignored (and rebuilt by the next update), never trusted
-                    self.segments = []
-                    break
-        for seg in self.segments:  # removed since indexing, or replaced under the same id (`extract --repair`)
-            seg.dead = frozenset(p for p, ino in zip(seg.part_names, np.asarray(seg.inode).tolist())
-                                 if listing.get(p) != ino)
-        self.gone = set().union(*(seg.dead for seg in self.segments))
-        indexed = {p for s in self.segments for p in s.part_names if p not in s.dead}
-        labels_seq = manifest.get("labels_seq", -1) if manifest is not None else -1
+        self.segments, self.index_problem = _map_segments(root, manifest)
+        if manifest is None and _manifest_state(root) == "damaged":
+            self.index_problem = f"{root / INDEX / META} is unreadable; {REBUILD.format(root=root)}"
+        self.mapped_ok = manifest is not None and self.index_problem is None
+        indexed = {p for s in self.segments for p in s.part_names}
+        self.missing = sorted(indexed - listing)
+        self.reread = reread & indexed & listing
+        for seg in self.segments:
+            seg.dead = frozenset(p for p in seg.part_names if p not in listing or p in self.reread)
+        labels_seq = manifest.get("labels_seq", -1) if self.mapped_ok else -1
         last_seq, self.label_overrides = read_label_records(root, after=labels_seq)
-        commits, problems, self.unindexed_digests = read_commits(root, sorted(set(listing) - indexed))
+        fresh_names = sorted(listing - indexed | self.reread)
+        commits, problems, self.unindexed_digests = read_commits(root, fresh_names)
+        for name in self.missing:
+            problems[name] = (f"part {name}: {root / PARTS / name} is missing, but the index lists it (deleted, or "
+                              "left out of a copy)")
         if problems and strict:
-            first = next(iter(problems.values()))
-            raise StoreDamageError(f"{first} (run `vivitcache verify {root}`; `vivitcache extract --repair` "
-                                   "re-extracts damaged parts)")
-        self.problems = list(problems.values())
+            first = problems[min(problems)]
+            raise StoreDamageError(f"{first} (run `vivitcache verify {root}`; a re-run of `vivitcache extract` "
+                                   "re-creates a missing part, with --repair also damaged ones)")
+        self.problems = [problems[p] for p in sorted(problems)]
         self.damaged_parts = set(problems)
         self.unindexed_commits = commits
         if commits:
-            self.segments.append(Segment.from_commits(commits, self.label_overrides, listing, self.unindexed_digests))
-        self.fresh = manifest is not None and not commits and not self.gone and not problems and \
-            last_seq == labels_seq
+            self.segments.append(Segment.from_commits(commits, self.label_overrides, self.unindexed_digests))
+        self.fresh = self.mapped_ok and not commits and not problems and last_seq == labels_seq
         self._part_row = {}
         for seg in self.segments:
             for p, pid in enumerate(seg.part_names):
                 if pid not in seg.dead:
                     self._part_row.setdefault(pid, (seg, p))
         # Fast paths (counts and id lists straight from the columns) hold while no video is in two places.
-        self._simple = not self.gone and all(s.attrs.get("duplicates", 0) == 0 for s in self.segments) and \
-            not self._cross_duplicates()
+        self._simple = not any(s.dead for s in self.segments) and \
+            all(s.attrs.get("duplicates", 0) == 0 for s in self.segments) and not self._cross_duplicates()
         self._ids: list[str] | None = None
 
     def _cross_duplicates(self) -> bool:
@@ -561,8 +602,10 @@ class IndexView:
         return out
 
     def part_videos(self, part_id: str) -> list[tuple[str, str, int]]:
-        """(id, source, label) of a part's videos and ledger entries (label -1), from the index alone."""
-        where = self._part_row.get(part_id)
+        """(id, source, label) of a part's videos and ledger entries (label -1), from the index alone (also of a
+        part missing from `parts/`: what re-creates it)."""
+        where = self._part_row.get(part_id) or next(
+            ((s, p) for s in self.segments for p, pid in enumerate(s.part_names) if pid == part_id), None)
         if where is None:
             return []
         seg, p = where
@@ -582,8 +625,21 @@ class IndexView:
         return sums
 
 
-def open_index(root: Path, strict: bool = True) -> IndexView:
-    return IndexView(Path(root), strict=strict)
+def _map_segments(root: Path, manifest: dict | None) -> tuple[list[Segment], str | None]:
+    """(the manifest's segments, mapped and checked; None) or ([], why the index is damaged): a damaged index is
+    never used, the view reads every commit record instead."""
+    if manifest is None:
+        return [], None
+    try:
+        return [Segment.open(root / INDEX / name) for name in manifest["segments"]], None
+    except (StoreError, KeyError, TypeError, ValueError, OSError) as e:
+        why = f"{root / INDEX} is damaged ({e}); {REBUILD.format(root=root)}"
+        log.warning("warning: %s. Reading every commit record instead (slower, still right).", why)
+        return [], why
+
+
+def open_index(root: Path, strict: bool = True, reread: frozenset[str] = frozenset()) -> IndexView:
+    return IndexView(Path(root), strict=strict, reread=reread)
 
 
 __all__ = ["IndexView", "StoreDamageError", "index_state", "open_index", "part_names", "publish_labels", "read_commit",

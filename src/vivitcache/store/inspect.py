@@ -14,6 +14,7 @@ from pathlib import Path
 import zarr
 
 from vivitcache.store.index import index_state, open_index, part_names, read_commit_digest
+from vivitcache.store.plan import read_plan
 from vivitcache.store.layout import FRAME_TIMES, META, PARTS, TOKENS, StoreError, StoreLayout, bytes_per_frame, read_json
 from vivitcache.store.reader import TokenStore, check_part_files, read_root
 from vivitcache.store.writer import staging_dirs
@@ -69,18 +70,45 @@ def store_info(path) -> dict:
     }
 
 
+PATH_OPTIONS = ("--data", "--checkpoint", "--weights", "--video-root", "--labels")
+"""Options of `vivitcache extract` that name files: made absolute in the repair hint."""
+
+
 def _repair_hint(path: Path, root: dict) -> str:
-    """The repair command: the store's first `vivitcache extract` command line (from its provenance) + --repair."""
-    argv = (root.get("provenance") or {}).get("argv") or []
-    if len(argv) > 1 and argv[1] == "extract" and Path(str(argv[0])).name in ("vivitcache", "__main__.py"):
-        command = shlex.join(["vivitcache", *[str(a) for a in argv[1:] if a != "--repair"], "--repair"])
-        return (f"repair: `{command}` (the command that made this store, plus --repair) moves the damaged parts aside "
-                "and re-extracts exactly their videos")
+    """The repair command: the store's first `vivitcache extract` command line (from its provenance) + --repair,
+    run on THIS store (`path`: a copied or moved store must not repair the original) with absolute paths (relative
+    ones resolved against the folder that command ran in, when the provenance recorded it)."""
+    prov = root.get("provenance") or {}
+    argv = [str(a) for a in prov.get("argv") or []]
+    if len(argv) > 1 and argv[1] == "extract" and Path(argv[0]).name in ("vivitcache", "__main__.py"):
+        command = shlex.join(["vivitcache", *_absolute_args(argv[1:], path, prov.get("cwd")), "--repair"])
+        return (f"repair: `{command}` (the command that made this store, on this store, plus --repair) moves the "
+                "damaged parts aside and re-extracts exactly their videos")
     return REPAIR.format(path=path)
 
 
+def _absolute_args(args: list[str], store: Path, cwd: str | None) -> list[str]:
+    """`args` with `--store` set to `store` and the file options made absolute against `cwd` (kept when unknown)."""
+    out: list[str] = []
+    it = iter(a for a in args if a != "--repair")
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name == "--store" or name in PATH_OPTIONS:
+            value = value if eq else next(it, "")
+            if name == "--store":
+                value = str(store)
+            elif cwd and not os.path.isabs(os.path.expanduser(value)):
+                value = os.path.join(cwd, value)
+            out += [name, value]
+        else:
+            out.append(arg)
+    return out
+
+
 def _index_note(state: str) -> str:
-    return "old (written before the columnar index: run `vivitcache index STORE`)" if state == "old" else state
+    notes = {"old": "old (written before the columnar index: run `vivitcache index STORE`)",
+             "damaged": "damaged (not used, every commit record is read instead: run `vivitcache index STORE`)"}
+    return notes.get(state, state)
 
 
 def verify_store(path, checksums: bool = True, quick: bool = False, workers: int | None = None) -> list[str]:
@@ -94,7 +122,8 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
     Always (`verify --quick`, metadata only): the root record; every part's commit record (readable, videos tile its
     frames); every file it lists exists with its recorded size (older records: every shard covering committed frames
     and the frame-times chunk exist; zarr would silently read a missing one as zeros / NaN); the arrays have the
-    recorded shape; no video id is committed twice; the index agrees with the parts.
+    recorded shape; no video id is committed twice; the index agrees with the parts: every column passes its crc32c,
+    every part it lists is in `parts/` with the record it indexed; every part of the plan is in `parts/`.
     With `checksums`, every chunk is also read back (crc32c) and the tokens' sha256 compared with the record, in
     `workers` processes (default: this process's cores, for stores over `PROCESSES_FROM_BYTES`). Processes, not threads: zarr decodes every read on one
     event-loop thread per process, so threads do not add decode throughput. Spawned, not forked (zarr's loop thread
@@ -132,21 +161,53 @@ def find_damage(path, checksums: bool = True, workers: int | None = None) -> tup
             if video["id"] in owner:
                 problems.append(f"video id {video['id']!r} committed twice: parts {owner[video['id']]} and {name}")
             owner.setdefault(video["id"], name)
+    missing = _index_problems(path, commits, digests, problems, damaged)
+    missing += _unmade_planned_parts(path, set(names), missing, problems)
+    if damaged - set(missing):
+        problems.append(_repair_hint(path, root))
+    elif missing:
+        problems.append(f"repair: a re-run of the `vivitcache extract` that made {path} re-creates the missing part(s)")
+    return problems, damaged
+
+
+def _index_problems(path: Path, commits: dict, digests: dict, problems: list[str], damaged: set[str]) -> list[str]:
+    """Add what is wrong with the index (a column failing its crc32c, a record differing from it) and the parts it
+    lists that `parts/` lacks (also to `damaged`: `--repair` re-extracts them); returns those missing parts."""
     try:
         view = open_index(path, strict=False)
     except StoreError as e:
         problems.append(f"{path}/index: {e}")
-        view = None
-    for seg in (view.segments if view is not None else []):
+        return []
+    if view.index_problem:
+        problems.append(view.index_problem)
+    for seg in view.segments:
         if seg.name is None:
             continue
         for p, name in enumerate(seg.part_names):
-            if name in commits and name not in seg.dead and seg.digest[p] != digests[name]:
-                problems.append(f"part {name}: its commit record differs from the index (edited after indexing?)")
+            if name in commits and seg.digest[p] != digests[name]:
+                problems.append(f"part {name}: its commit record differs from the index (edited after indexing, or "
+                                f"re-published: `vivitcache index {path}` re-reads every record)")
                 damaged.add(name)
-    if damaged:
-        problems.append(_repair_hint(path, root))
-    return problems, damaged
+    for name in view.missing:
+        problems.append(f"part {name}: {path / PARTS / name} is missing, but the index lists it (deleted, or left "
+                        "out of a copy)")
+        damaged.add(name)
+    return list(view.missing)
+
+
+def _unmade_planned_parts(path: Path, present: set[str], missing: list[str], problems: list[str]) -> list[str]:
+    """Add the parts the store's plan lists that are not in `parts/` (an unfinished extraction, or deleted);
+    returns them."""
+    try:
+        planned = read_plan(path).parts
+    except StoreError as e:
+        problems.append(f"{path}/plan: {e}")
+        return []
+    unmade = sorted(set(planned) - present - set(missing))
+    for name in unmade:
+        problems.append(f"part {name}: planned ({len(planned[name])} videos) but not in {path / PARTS} (an "
+                        "unfinished extraction, or deleted): its videos have no tokens")
+    return unmade
 
 
 PROCESSES_FROM_BYTES = 2 * 2**30

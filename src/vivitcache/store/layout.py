@@ -7,8 +7,8 @@ STORE.zarr/
   parts/zarr.json           group holding the committed parts
   parts/<part_id>/          one group per PART (a group of videos written by exactly one writer)
       zarr.json             the COMMIT RECORD: group attributes["vivitcache_commit"] = {part_id, videos: [{id, label,
-                            offset, num_frames, source, fps}], failures: [{id, source, error}], frames, bytes,
-                            disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
+                            offset, num_frames, source, fps}], failures: [{id, source, error, source_stat}],
+                            frames, bytes, disk_bytes, tokens_sha256, writer: {host, pid, time, token}}
       tokens                zarr array [F_part, K, D] float16 (or uint16 holding bfloat16 bits), sharded along frames
       frame_times           zarr array [F_part] float64, presentation time in seconds of every stored frame
   staging/zarr.json         group holding parts being written
@@ -32,8 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,16 +192,6 @@ def check_part_id(part_id: str) -> str:
     return part_id
 
 
-def host_name() -> str:
-    """This host's name, reduced to characters safe in a staging folder name."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-
-
-def new_token() -> str:
-    """A random id for one writer attempt (distinguishes two writers of the same part)."""
-    return uuid.uuid4().hex[:16]
-
-
 def staging_name(part_id: str, host: str, pid: int, token: str) -> str:
     return f"{part_id}.{host}.{pid}.{token}"
 
@@ -214,6 +202,16 @@ def parse_staging_name(name: str) -> dict | None:
     if len(bits) != 4 or not bits[2].isdigit():
         return None
     return {"part_id": bits[0], "host": bits[1], "pid": int(bits[2]), "token": bits[3]}
+
+
+def source_stat(source: str) -> dict | None:
+    """{size, mtime_ns, inode} of a video's source file (symlinks followed), None when it cannot be stat'ed (missing,
+    a broken link, not a path): what the failure ledger keeps, so that a later run retries a changed source."""
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def write_json_atomic(path: Path, data) -> None:

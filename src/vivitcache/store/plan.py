@@ -12,6 +12,11 @@ lets a part hold thousands of videos. A video planned once keeps its part for ev
 `--videos-per-part` a later or concurrent run uses, so no two runs can put it in two parts. Each plan record lists
 the videos' sources, so any run can extract any planned part, also one planned by a run with other annotations.
 
+The one exception to "keeps its part for ever" is a retry of the failure ledger (`replan`): a video committed only
+as a failure (no tokens) is planned again, into a new part, when its source changed or with `extract --retry-failed`.
+A later record wins for such an id. `replan` re-plans an id only while the plan still has it in the part it failed
+in, so two runs retrying at once agree on one new part, and its tokens are committed once.
+
 Extending is lock-free and race-safe: a run reads every record, plans the ids no record (and no committed part) has,
 builds the next record in `staging/` and renames it to `plan/<seq + 1>`. rename(2) of a folder onto an existing
 non-empty folder fails, so of two runs racing for the same number exactly one wins; the loser reads again and plans
@@ -20,13 +25,16 @@ what is still unplanned under the next number. Every record is therefore planned
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vivitcache.provenance import now_iso
-from vivitcache.store.layout import META, STAGING, StoreError, group_meta, host_name, new_token, read_group_attrs, \
+from vivitcache.lease import host_name, new_token
+from vivitcache.store.layout import META, STAGING, StoreError, group_meta, read_group_attrs, \
     write_json_atomic
 
 PLAN = "plan"
@@ -39,6 +47,7 @@ class Plan:
 
     parts: dict[str, list[dict]] = field(default_factory=dict)
     part_of: dict[str, str] = field(default_factory=dict)
+    """Each planned id's part: the latest record's (a retried failure is re-planned into a new part)."""
     last_seq: int = -1
 
 
@@ -53,7 +62,7 @@ def read_plan(root: Path) -> Plan:
         for part in record["parts"]:
             plan.parts[part["part_id"]] = part["videos"]
             for video in part["videos"]:
-                plan.part_of.setdefault(video["id"], part["part_id"])
+                plan.part_of[video["id"]] = part["part_id"]
         plan.last_seq = seq
     return plan
 
@@ -78,6 +87,23 @@ def record_parts(root: Path, parts: dict[str, list[dict]]) -> Plan:
         return {pid: videos for pid, videos in out.items() if videos}
 
     return _publish(root, keep)[0]
+
+
+def replan(root: Path, entries: list[dict], videos_per_part: int, failed_in: dict[str, str]) -> Plan:
+    """Plan ledgered videos again, into new parts: each entry ({id, path, label, split}) whose id the plan still has
+    in the part it failed in (`failed_in[id]`; re-planned by another run meanwhile: left alone). A new part's id
+    hashes its ids with the parts they failed in, so a second retry of the same videos gets another part."""
+    from vivitcache.store.writer import plan_parts
+
+    def cut(plan: Plan) -> dict[str, list[dict]]:
+        due = {e["id"]: e for e in entries if plan.part_of.get(e["id"], failed_in[e["id"]]) == failed_in[e["id"]]}
+        out = {}
+        for part in plan_parts(list(due), videos_per_part):
+            salt = json.dumps([part.ids, sorted({failed_in[i] for i in part.ids})])
+            out[hashlib.sha256(salt.encode()).hexdigest()[:16]] = [due[i] for i in part.ids]
+        return {pid: videos for pid, videos in out.items() if pid not in plan.parts}
+
+    return _publish(root, cut)[0]
 
 
 def _publish(root: Path, cut) -> tuple[Plan, int]:

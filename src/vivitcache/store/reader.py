@@ -179,8 +179,9 @@ class TokenStore:
             commit, digest = read_commit_digest(self.path, part_id)
             seg, p = where
             if digest != seg.digest[p]:
-                raise StoreDamageError(f"part {part_id}: {self.path / PARTS / part_id / META} changed after it was "
-                                       "indexed (edited by hand?)")
+                raise StoreDamageError(f"part {part_id}: {self.path / PARTS / part_id / META} differs from the "
+                                       "record the index holds (re-published since, or edited by hand; "
+                                       f"`vivitcache index {self.path}` re-reads every record)")
             check_part_files(self.path / PARTS / part_id, commit, self.layout)
         except StoreDamageError as e:
             raise StoreDamageError(f"{self.path}: {e} ({REPAIR_HINT})") from None

@@ -34,7 +34,8 @@ from vivitcache import __version__, jsonio
 from vivitcache.provenance import now_iso
 from vivitcache.store.dtypes import encode_tokens
 from vivitcache.store.fingerprint import FingerprintMismatchError, canonical_json, fingerprint_diff
-from vivitcache.store.claims import DEFAULT_TIMEOUT_S, Claim, pid_alive
+from vivitcache.lease import host_name, new_token, owner_alive
+from vivitcache.store.claims import DEFAULT_TIMEOUT_S, Claim
 from vivitcache.store.index import open_index, update_index
 from vivitcache.store.layout import (
     COMMIT_KEY,
@@ -51,8 +52,7 @@ from vivitcache.store.layout import (
     StoreLayout,
     check_part_id,
     group_meta,
-    host_name,
-    new_token,
+    source_stat,
     parse_staging_name,
     read_group_attrs,
     staging_name,
@@ -148,6 +148,11 @@ def _files(path: Path) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _failure(video_id: str, source, error) -> dict:
+    """A ledger entry; the source's stat, taken now, lets a later run see the file changed (`extract/work.py`)."""
+    return {"id": video_id, "source": str(source), "error": str(error), "source_stat": source_stat(str(source))}
+
+
 class StoreWriter:
     """Write access to one store: checks its fingerprint once, hands out `PartWriter`s. Picklable (a path + records)."""
 
@@ -184,7 +189,7 @@ class StoreWriter:
         diff = fingerprint_diff(have, wanted)
         if diff:
             context = f"store {path} was made with different settings"
-            raise FingerprintMismatchError(diff, context, "store has", "you asked for")
+            raise FingerprintMismatchError(diff, context, "store has", "you asked for", _classes_hint(have, wanted))
         return writer
 
     @classmethod
@@ -209,11 +214,11 @@ class StoreWriter:
             ids.update(f["id"] for f in view.failures())
         return ids
 
-    def consolidate(self, force: bool = False) -> dict:
-        """Bring the columnar index up to date (incremental; nothing is written when it is fresh).
-
-        Returns {parts, videos, written}."""
-        return update_index(self.path, force=force)
+    def consolidate(self, force: bool = False, reread: set[str] | frozenset[str] = frozenset()) -> dict:
+        """Bring the columnar index up to date (incremental; nothing is written when it is fresh); `reread`: parts
+        published by this run, whose records are read again if the index already lists an older part of that id;
+        `force`: rebuild from every commit record. Returns {parts, videos, written}."""
+        return update_index(self.path, force=force, reread=frozenset(reread))
 
     def claim(self, part_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, heartbeat_s: float | None = None) -> Claim:
         """A claim on a part (call `.acquire()`): keeps a second live writer from extracting it too."""
@@ -230,7 +235,7 @@ class StoreWriter:
         me, now = host_name(), time.time()
         for entry in _staging_entries(self.path):
             owner = parse_staging_name(entry.name)
-            dead = owner is not None and owner["host"] == me and not pid_alive(owner["pid"])
+            dead = owner is not None and owner["host"] == me and not owner_alive(owner)
             try:
                 old = max_age_s is not None and now - _newest_mtime(Path(entry.path)) > max_age_s
             except FileNotFoundError:
@@ -244,11 +249,14 @@ class StoreWriter:
                     tmp.unlink(missing_ok=True)
         return removed
 
-    def move_aside(self, part_id: str) -> Path:
-        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it.
+    def move_aside(self, part_id: str) -> Path | None:
+        """Move a committed (damaged) part out of `parts/` into `damaged/<part_id>.<time>.<token>`; returns it
+        (None when the part's folder is gone already: nothing to keep).
 
         Kept for inspection, never read again; delete `damaged/` when done with it."""
         check_part_id(part_id)
+        if not (self.path / PARTS / part_id).exists():
+            return None
         folder = self.path / DAMAGED
         if not (folder / META).exists():
             folder.mkdir(exist_ok=True)
@@ -260,6 +268,17 @@ class StoreWriter:
     def part(self, part_id: str) -> PartWriter:
         """A writer for one part; use it as a context manager (commits on clean exit, discards on exception)."""
         return PartWriter(self, check_part_id(part_id))
+
+
+def _classes_hint(have: dict, wanted: dict) -> str:
+    """What to do when only the class list differs, e.g. annotations that hold a subset of the store's classes."""
+    if have["classes"] == wanted["classes"]:
+        return ""
+    missing = [c for c in have["classes"] if c not in wanted["classes"]]
+    named = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    what = f"your annotations lack {len(missing)} of its classes ({named}); " if missing else ""
+    return (f"{what}pass `--labels FILE` naming the store's classes in its order (a JSON list, or one name per line; "
+            "`vivitcache info STORE --json` shows them) so every label keeps its index")
 
 
 def _staging_entries(root: Path) -> list[os.DirEntry]:
@@ -279,7 +298,7 @@ def staging_dirs(root: Path) -> list[dict]:
             age = now - _newest_mtime(Path(entry.path))
         except FileNotFoundError:
             continue
-        stale = owner["host"] == me and not pid_alive(owner["pid"])
+        stale = owner["host"] == me and not owner_alive(owner)
         out.append({"name": entry.name, "part_id": owner["part_id"], "host": owner["host"], "pid": owner["pid"],
                     "age_s": round(age, 1), "stale": stale})
     return out
@@ -408,13 +427,13 @@ class PartWriter:
         self._flushed, self._pending, self._pending_n = flushed, pending, pending_n
         del self._shard_digests[digests:]
         self._current = None
-        self._failures.append({"id": cur["id"], "source": cur["source"], "error": str(error)})
+        self._failures.append(_failure(cur["id"], cur["source"], error))
 
     def add_failure(self, video_id: str, source: str, error: str) -> None:
         """Record a video that could not be processed at all (it gets no tokens)."""
         self._check_open()
         self._claim_id(video_id)
-        self._failures.append({"id": video_id, "source": str(source), "error": str(error)})
+        self._failures.append(_failure(video_id, source, error))
 
     @property
     def frames(self) -> int:

@@ -16,7 +16,8 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
 Whole parts are decoded through `zarrs`' codec pipeline when it is installed (`TokenStore.part_tokens`, after its
 own checksum pass); chunk reads go through zarr's pipeline, which checks each chunk's crc32c.
 
-The per-clip readers of `features.py` (`StreamedFeatures`, `InMemoryFeatures`) are the reference these must equal.
+Both are `BatchReader`s, the one interface `TokenClipDataset` reads through (no other dispatch). The per-clip
+reference readers they must equal live with the tests (`tests/clip_readers.py`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from vivitcache.store import StoreError, TokenStore
-from vivitcache.train_temporal.features import FeatureRule, StoreReader
+from vivitcache.train_temporal.features import FeatureRule
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,33 @@ class VideoTable:
         )
 
 
+class BatchReader(Protocol):
+    """What `TokenClipDataset` reads frame features through, for every read mode: `MemoryBatches` (everything in
+    memory) and `StoreBatches` (streamed: a chunk cache for random reads, whole parts for `--read sequential`)."""
+
+    rule: FeatureRule
+    """The features' rule: their width (`rule.dim`) and dtype (`rule.dtype`)."""
+    streamed: bool
+    """True: read from the store as batches need it, so the read-ahead thread and, for `--read sequential`, whole-part
+    reads (`sequential.SequentialClips` over `part` and `prefetch`) pay off; False: everything is in memory already,
+    and every read mode is one gather."""
+
+    def table(self, video_ids: list[str]) -> VideoTable:
+        """Where the videos `video_ids` are (StoreError for one it does not hold)."""
+
+    def gather(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Features of frames `indices` [B, n] of videos `rows` [B] of `table`: [B, n, Din] in `rule.dtype`."""
+
+    def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> int:
+        """Read what `gather` of these clips will need into a cache; returns how much had to be read (0: nothing)."""
+
+    def part(self, number: int) -> np.ndarray:
+        """Features of a whole part (number = position in the store's sorted part ids): [F_part, Din]."""
+
+    def prefetch(self, number: int) -> None:
+        """Bring a part's files in ahead of `part` (and check them), or nothing."""
+
+
 def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> None:
     """StoreError if a frame index is outside its video (the clip rules never make one; a caller could)."""
     n = table.frames[rows][:, None]  # [B, 1]
@@ -73,7 +102,10 @@ def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
 
 
 class MemoryBatches:
-    """Every video's frame features, read once (whole parts) into one shared-memory array; a batch is one gather."""
+    """Every video's frame features, read once (whole parts) into one shared-memory array; a batch is one gather.
+    A `BatchReader`."""
+
+    streamed = False
 
     def __init__(self, store_path: str | Path, frame_token: str, video_ids: list[str] | None = None):
         self.store = TokenStore.open(store_path)
@@ -84,6 +116,8 @@ class MemoryBatches:
         sizes = [self.store.tokens_array(p).shape[0] for p in wanted]  # frames per part (array metadata only)
         self.base = np.full(len(numbers), -1, dtype=np.int64)  # [parts] first row of each loaded part
         self.base[[numbers[p] for p in wanted]] = np.cumsum([0] + sizes)[:-1]
+        self.size = np.zeros(len(numbers), dtype=np.int64)  # [parts] frames of each loaded part
+        self.size[[numbers[p] for p in wanted]] = sizes
         # one array filled part by part (peak memory: the features plus one part); a torch tensor only for its
         # shared memory: spawned DataLoader workers map it instead of copying it
         dtype = torch.from_numpy(np.zeros(0, self.rule.dtype)).dtype
@@ -104,18 +138,51 @@ class MemoryBatches:
         frames = (self.base[table.part[rows]] + table.offset[rows])[:, None] + indices  # [B, n] rows of the array
         return np.take(self.features.numpy(), frames, axis=0)  # [B, n, Din]; np.take: ~25 % faster than a[frames]
 
+    def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> int:
+        return 0  # everything is in memory
 
-class StoreBatches(StoreReader):
+    def part(self, number: int) -> np.ndarray:
+        """A loaded part's features, a view: [F_part, Din]."""
+        start = int(self.base[number])
+        if start < 0:
+            raise StoreError(f"part {self.store.part_ids()[number]} was not loaded")
+        return self.features.numpy()[start : start + int(self.size[number])]
+
+    def prefetch(self, number: int) -> None:
+        """Nothing to do: everything is in memory."""
+
+
+class StoreBatches:
     """Frame features streamed from the store: random batches through a slab cache of decoded chunks, or whole parts.
+    A `BatchReader`.
 
-    Picklable: the store is reopened (read-only) and the cache starts empty in every process that unpickles it
-    (zarr v3 must not be shared across a fork). The cache holds at most `cache_bytes` (at least one slot; a batch
-    that needs more chunks than there are slots is served in several rounds).
+    Picklable as (store path, frame token, cache bytes): the store is reopened (read-only) and the cache starts empty
+    in every process that unpickles it (zarr v3 must not be shared across a fork; a DataLoader worker opens its own).
+    The cache holds at most `cache_bytes` (at least one slot; a batch that needs more chunks than there are slots is
+    served in several rounds).
     """
 
+    streamed = True
     READ_THREADS = 8
     """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
+
+    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
+        self.store_path = Path(store_path)
+        self.frame_token = frame_token
+        self.cache_bytes = int(cache_bytes)
+        self._open()
+
+    def __getstate__(self):
+        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)
@@ -129,6 +196,7 @@ class StoreBatches(StoreReader):
         self._keys_held = np.zeros(0, dtype=np.int64)  # [C] sorted chunk keys in the cache
         self._slot_held = np.zeros(0, dtype=np.int64)  # [C] their slots
         self._last_use = np.zeros(self.slots, dtype=np.int64)  # [slots] the batch count when each slot was last used
+        self._free = np.arange(self.slots, dtype=np.int64)  # slots holding no chunk, lowest first
         self._uses = 0
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
@@ -157,9 +225,12 @@ class StoreBatches(StoreReader):
         frames = table.offset[rows][:, None] + indices  # [B, n] frame numbers in each video's part
         return (table.part[rows][:, None] << 32) + frames // self.chunk_frames, frames  # chunk keys [B, n]
 
-    def _fill(self, keys: np.ndarray) -> np.ndarray:
+    def _fill(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
         """Slots holding chunk keys `keys` ([U] sorted, unique, at most `slots`): read the missing ones, evicting the
-        least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held."""
+        least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held.
+
+        The cache's index learns a chunk only once its read succeeded: a failed read (damage, a vanished file) leaves
+        the chunk missing, so the next call reads it again and raises again, never serving a slot's old bytes."""
         if self._slab is None:
             self._slab = np.empty((self.slots, self.chunk_frames, self.rule.dim), dtype=self.rule.dtype)
         self._uses += 1
@@ -174,20 +245,24 @@ class StoreBatches(StoreReader):
         self.misses += len(missing)
         if not len(missing):
             return slots, 0
-        fresh = min(len(missing), self.slots - len(held))
-        new = np.arange(len(held), len(held) + fresh, dtype=np.int64)  # never used yet: slots fill in order
-        if fresh < len(missing):  # full: evict the least recently used (this call's hits are the most recent)
-            victims = np.argpartition(self._last_use[self._slot_held], len(missing) - fresh - 1)[: len(missing) - fresh]
-            new = np.concatenate([new, self._slot_held[victims]])
+        evict = len(missing) - len(self._free)
+        if evict > 0:  # full: evict the least recently used (this call's hits are the most recent)
+            victims = np.argpartition(self._last_use[self._slot_held], evict - 1)[:evict]
+            self._free = np.concatenate([self._free, self._slot_held[victims]])
             keep = np.ones(len(held), dtype=bool)
             keep[victims] = False
             self._keys_held, self._slot_held = self._keys_held[keep], self._slot_held[keep]
+        new, self._free = self._free[: len(missing)], self._free[len(missing) :]
+        try:
+            self._read(missing, new)
+        except BaseException:
+            self._free = np.concatenate([new, self._free])  # read again next time: nothing was learnt
+            raise
         where = np.searchsorted(self._keys_held, missing)
         self._keys_held = np.insert(self._keys_held, where, missing)
         self._slot_held = np.insert(self._slot_held, where, new)
         self._last_use[new] = self._uses
         slots[~hit] = new
-        self._read(missing, new)
         return slots, len(missing)
 
     def _read(self, keys: np.ndarray, slots: np.ndarray) -> None:

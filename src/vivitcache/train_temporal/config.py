@@ -78,7 +78,8 @@ class TrainConfig(Serialisable):
     in_memory: bool = False
     """Load every video's frame features once into memory instead of streaming chunks from the store."""
     cache_mb: float = 512.0
-    """Streaming: bound of the LRU cache of decoded chunks (frame features), in MiB per process."""
+    """Streaming: bound of the LRU cache of decoded chunks (frame features), in MiB per process; at least 0 (0: one
+    chunk, the least the reader can work with)."""
     read_ahead: int = 32
     """Streaming without DataLoader workers: a background thread warms the cache this many clips ahead (0: off)."""
     read: str = "auto"
@@ -96,8 +97,8 @@ class TrainConfig(Serialisable):
     """Token-space augmentation of training clips."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20))
     """Optimiser settings (stage 2 defaults to 20 epochs: an epoch on tokens is cheap)."""
-    run: RunConfig = field(default_factory=RunConfig)
-    """Run folder, seed, device, workers, eval views, checkpointing, resume."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/stage2"))
+    """Run folder (default runs/stage2), seed, device, workers, eval views, checkpointing, resume."""
 
     def __post_init__(self):
         if self.init in ("", "none", "None"):
@@ -112,6 +113,8 @@ class TrainConfig(Serialisable):
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.read not in READ_MODES:
             raise ConfigError(f"--read {self.read}: use one of {', '.join(READ_MODES)}")
+        if not self.cache_mb >= 0:  # NaN too
+            raise ConfigError(f"--cache-mb {self.cache_mb}: must be at least 0 (0: one chunk)")
         for name in ("shuffle_buffer", "read_streams"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")

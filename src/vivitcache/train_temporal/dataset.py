@@ -2,8 +2,9 @@
 
 Batches: the DataLoader hands the dataset a batch's indices at once (`__getitems__`), which returns the collated
 batch, training `(features [B, T, Din], labels [B])`, evaluation `(features [B, V, T, Din], labels [B])`, gathered
-in one vectorised pass (`batches.py`); features keep the reader's dtype (float16 for stored CLS tokens of an fp16
-store) and are cast on the device. `dataset[i]` is the per-clip reference path (`features.py` readers, float32).
+in one vectorised pass through the reader (`batches.BatchReader`: `MemoryBatches` or `StoreBatches`, whose
+`streamed` flag is the only thing the dataset asks of it beyond reading); features keep the reader's dtype (float16
+for stored CLS tokens of an fp16 store) and are cast on the device. `dataset[i]` is a batch of one, in float32.
 
 A training clip depends only on (seed, epoch, index), so DataLoader workers, DDP ranks and a resumed run all draw
 the same clip for the same sample, whichever reader reads it.
@@ -16,11 +17,13 @@ same array.
 Background prefetch: with DataLoader workers (`--workers N`, spawn context) each worker reads its own batches
 ahead (the DataLoader's prefetch). Without workers, a read-ahead thread walks the sample order `fit` (or
 `evaluate`) hands over from its sampler (`follow`) and reads the chunks of the next clips into the cache while the
-model trains (random reads only). It only warms the cache: values never depend on it.
+model trains (random reads only). It only warms the cache: values never depend on it, and an error it meets
+(a damaged part ahead) is raised to the consumer at its next batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from vivitcache.train_temporal.batches import BatchReader
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
 from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
@@ -43,6 +47,15 @@ class VideoEntry:
     """Frames stored for it."""
     label: int
     """Class index."""
+
+
+def videos_sha256(*splits: list[VideoEntry]) -> str:
+    """Identity of the data a run uses: sha256 of (split, id, frames, label) of every video of `splits`, in order.
+    A store that grew, lost a part or was relabelled since the run started gives another value."""
+    digest = hashlib.sha256()
+    for k, videos in enumerate(splits):
+        digest.update("".join(f"{k}\t{v.id}\t{v.num_frames}\t{v.label}\n" for v in videos).encode())
+    return digest.hexdigest()
 
 
 def resolve_read(read: str, in_memory: bool, workers: int, streams: int, feature_bytes: int, cache_bytes: int) -> str:
@@ -78,6 +91,7 @@ class ReadAhead:
         self.position = {index: k for k, index in enumerate(order)}
         self.consumed = -1  # position in `order` of the latest sample handed out
         self.stopped = False
+        self.error: Exception | None = None  # what stopped the thread, raised to the consumer by `consumed_sample`
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="vivitcache-read-ahead", daemon=True)
         self.thread.start()
@@ -95,7 +109,8 @@ class ReadAhead:
                 return
             try:
                 read = self.warm(self.order[k:stop])
-            except Exception:  # noqa: BLE001 — the reading path raises the same error with its context
+            except Exception as e:  # noqa: BLE001 — any failure is the consumer's: raised at its next sample
+                self.error = e
                 return
             idle = idle + 1 if read == 0 else 0
             if idle >= self.PATIENCE:
@@ -103,6 +118,10 @@ class ReadAhead:
             k = stop
 
     def consumed_sample(self, index: int) -> None:
+        """The consumer reads sample `index` now; raises what made the thread fail (a damaged part ahead)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         with self.cond:
             self.consumed = max(self.consumed, self.position.get(index, self.consumed))
             self.cond.notify()
@@ -122,7 +141,7 @@ class TokenClipDataset(Dataset):
     def __init__(
         self,
         videos: list[VideoEntry],
-        features,
+        features: BatchReader,
         frames: int,
         train: bool,
         seed: int = 0,
@@ -137,10 +156,8 @@ class TokenClipDataset(Dataset):
     ):
         if read not in READ_MODES:
             raise ValueError(f"read={read!r}: use one of {', '.join(READ_MODES)}")
-        if read == "sequential" and train and not hasattr(features, "table"):
-            raise ValueError("read='sequential' needs a batch reader (batches.StoreBatches or MemoryBatches)")
         self.videos = list(videos)
-        self.features = features  # batches.StoreBatches / MemoryBatches, or a per-clip reference reader
+        self.features = features
         self.frames, self.train, self.seed, self.views = frames, train, seed, views
         self.augment = augment or AugmentConfig()
         self.read_ahead = read_ahead
@@ -149,7 +166,7 @@ class TokenClipDataset(Dataset):
         self.world = world  # DDP ranks of the sequential plan: the sampler's, once it asks for `epoch_order`
         self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)  # [N]
         self.labels = torch.tensor([v.label for v in self.videos], dtype=torch.int64)  # [N]
-        self.table = features.table([v.id for v in self.videos]) if hasattr(features, "table") else None
+        self.table = features.table([v.id for v in self.videos])
         self.epoch = 0
         self._ahead: ReadAhead | None = None
         self._walk: list[int] | None = None  # the order this rank's samples will be asked in (`follow`)
@@ -200,7 +217,7 @@ class TokenClipDataset(Dataset):
         """The batch of samples `indices`: (features [B, T, Din] or [B, V, T, Din] in the reader's dtype, labels [B])."""
         rows = np.asarray(indices, dtype=np.int64)  # [B]
         self._follow(indices[-1])
-        if self.read == "sequential" and hasattr(self.features, "cache_bytes"):  # streamed: whole parts
+        if self.read == "sequential" and self.features.streamed:  # whole parts (in memory: the same gather)
             x = self._sequential_clips().take(rows)
         else:
             x = self._gather(rows, lambda r, i: self.features.gather(self.table, r, i))
@@ -218,7 +235,7 @@ class TokenClipDataset(Dataset):
             capacity = min(len(self.videos), self.shuffle_buffer + self.streams * int(np.bincount(table.part).max())
                            + self.batch)
             self._sequential = SequentialClips(plan, table.part, self.features.part, make,
-                                               prefetch=getattr(self.features, "prefetch", None),
+                                               prefetch=self.features.prefetch,
                                                workers=workers,
                                                slab=self._slab, capacity=capacity)
             self._slab = None
@@ -240,17 +257,12 @@ class TokenClipDataset(Dataset):
         self.world = world
         return self.plan(epoch, world).rank_order(rank)
 
-    # ---- one sample: the per-clip reference -------------------------------------------------------------------
+    # ---- one sample ---------------------------------------------------------------------------------------------
     def __getitem__(self, index: int):
-        """Sample `index` through the reader's per-clip path: (features [T, Din] or [V, T, Din] float32, label)."""
+        """Sample `index`, a batch of one: (features [T, Din] or [V, T, Din] float32, label)."""
         self._follow(index)
-        video = self.videos[index]
-        rows = np.array([index], dtype=np.int64)
-        if hasattr(self.features, "clip"):  # StreamedFeatures / InMemoryFeatures
-            x = self._gather(rows, lambda r, i: self.features.clip(video.id, i[0])[None])
-        else:
-            x = self._gather(rows, lambda r, i: self.features.gather(self.table, r, i))
-        return torch.from_numpy(x[0].astype(np.float32)), video.label
+        x = self._gather(np.array([index], dtype=np.int64), lambda r, i: self.features.gather(self.table, r, i))
+        return torch.from_numpy(x[0].astype(np.float32)), self.videos[index].label
 
     # ---- read-ahead (main process, no DataLoader workers, random reads) ------------------------------------------
     def follow(self, order: list[int]) -> None:
@@ -259,26 +271,20 @@ class TokenClipDataset(Dataset):
         self.stop_read_ahead()
         self._walk = list(order)
 
-    def _warm(self, indices: list[int]) -> int | None:
-        """Warm the reader's cache for these samples: the chunks read (batch readers), or None (per-clip readers)."""
+    def _warm(self, indices: list[int]) -> int:
+        """Warm the reader's cache for these samples; returns how much it read."""
         rows = np.asarray(indices, dtype=np.int64)
         idx, _ = self.clip_indices(rows)
-        idx = idx.reshape(len(rows), -1)
-        if self.table is not None:
-            return self.features.warm(self.table, rows, idx)
-        for r, i in zip(indices, idx):
-            self.features.warm(self.videos[r].id, i)
-        return None
+        return self.features.warm(self.table, rows, idx.reshape(len(rows), -1))
 
     def _follow(self, index: int) -> None:
-        if (self.read_ahead <= 0 or get_worker_info() is not None or not hasattr(self.features, "warm")
+        if (self.read_ahead <= 0 or get_worker_info() is not None or not self.features.streamed
                 or self.read == "sequential" or self._walk is None):
             return
         if self._ahead is not None and self._ahead.position.get(index, -1) < self._ahead.consumed:
             self.stop_read_ahead()  # a new pass over the data (evaluation after evaluation): start over
         if self._ahead is None:
-            block = 1 if self.table is None else max(1, self.batch)
-            self._ahead = ReadAhead(self._walk, self._warm, self.read_ahead, block)
+            self._ahead = ReadAhead(self._walk, self._warm, self.read_ahead, max(1, self.batch))
         self._ahead.consumed_sample(index)
 
     def stop_read_ahead(self) -> None:

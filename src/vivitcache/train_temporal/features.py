@@ -1,34 +1,19 @@
-"""Frame features from a token store, read the way zarr stores them: whole chunks, cached, or all in memory.
+"""`FeatureRule`: how a store's tokens become the frame features the temporal stage sees, and in which dtype.
 
 The temporal stage sees one feature per frame (`models.tokens.frame_features`: the pooled embedding or class token,
-alone or with the mean patch token). Two readers give the same values for `clip(video_id, frame_indices)`:
-
-- `StreamedFeatures` reads whole chunks (`store.tokens_array(part)` sliced on chunk boundaries), turns each into
-  frame features once and keeps them in an LRU cache bounded in bytes. It opens the store lazily in the process that
-  reads (a DataLoader worker opens its own; zarr v3 must not be shared across a fork).
-- `InMemoryFeatures` reads every part once at start and keeps only the frame features, in shared memory so
-  spawned DataLoader workers map them instead of copying.
-
-Features keep the store's float16 when they are the stored values unchanged (fp16 store, feature = stored token),
-else float32 (bf16 stores; a mean over patch tokens is computed in float32). Clips come out as float32 numpy
-arrays. Both readers use the same rule, so streamed and in-memory training see bit-identical inputs.
-
-Clips are gathered with numpy, not torch: torch would spread these small copies over its intra-op thread pool,
-whose wake-ups cost more than the copy itself and take cores from the training step (measured on 2 busy cores:
-a [128, 1408] gather took 15 ms with torch's 2 threads, 0.09 ms single-threaded).
+alone or with the mean patch token). Features keep the store's float16 when they are the stored values unchanged
+(fp16 store, feature = stored token), else float32 (bf16 stores; a mean over patch tokens is computed in float32).
+Every reader (`batches.py`; the per-clip reference readers of the tests) uses this one rule, so streamed and
+in-memory training see bit-identical inputs.
 """
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vivitcache.models.tokens import frame_feature_dim, frame_features, needs_arithmetic, token_info
-from vivitcache.store import StoreError, TokenStore
+from vivitcache.store import TokenStore
 
 
 class FeatureRule:
@@ -50,159 +35,3 @@ class FeatureRule:
         tokens = torch.from_numpy(np.ascontiguousarray(decoded, dtype=self.dtype))  # [n, K, D]
         feats = frame_features(tokens, self.stored_kind, self.frame_token, self.num_prefix_tokens, self.class_token)  # [n, Din]
         return np.ascontiguousarray(feats.numpy())
-
-
-class ChunkCache:
-    """A thread-safe LRU of decoded chunks (frame features), bounded in bytes.
-
-    Hand-written because `functools.lru_cache` bounds the number of entries, not their bytes, and cannot be
-    filled from a read-ahead thread.
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> np.ndarray | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
-        size = value.nbytes
-        with self._lock:
-            if size > self.max_bytes or key in self._items:
-                return
-            self._items[key] = value
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= old.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class StoreReader:
-    """A reader of one store's frame features that pickles as (store path, frame token, cache bytes) and reopens the
-    store in the process that unpickles it (zarr v3 must not cross a fork; a DataLoader worker opens its own), with
-    an empty cache. Subclasses open their store and cache in `_open`."""
-
-    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
-        self.store_path = Path(store_path)
-        self.frame_token = frame_token
-        self.cache_bytes = int(cache_bytes)
-        self._open()
-
-    def _open(self) -> None:
-        raise NotImplementedError
-
-    def __getstate__(self):
-        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
-
-    @property
-    def store(self) -> TokenStore:
-        return self._store
-
-
-class StreamedFeatures(StoreReader):
-    """Frame features streamed from the store in whole chunks through an LRU cache (the per-clip reference)."""
-
-    def _open(self) -> None:
-        self._store = TokenStore.open(self.store_path)  # read-only
-        self.rule = FeatureRule(self._store, self.frame_token)
-        self.cache = ChunkCache(self.cache_bytes)
-
-    def _chunks(self, part_id: str, wanted: np.ndarray) -> list[np.ndarray]:
-        """Frame features of the chunks `wanted` (sorted, unique) of one part: from the cache, else read whole."""
-        store = self.store
-        found = [self.cache.get((part_id, int(c))) for c in wanted]
-        missing = [int(c) for c, f in zip(wanted, found) if f is None]
-        if missing:
-            arr, cf = store.tokens_array(part_id), store.layout.chunk_frames
-            total = arr.shape[0]
-            # one read per run of consecutive missing chunks, each starting and ending on chunk boundaries
-            runs = np.split(np.asarray(missing), np.flatnonzero(np.diff(missing) != 1) + 1)
-            read: dict[int, np.ndarray] = {}
-            for run in runs:
-                start, stop = int(run[0]) * cf, min((int(run[-1]) + 1) * cf, total)
-                feats = self.rule(store.decode(arr[start:stop]))  # [stop - start, Din]
-                for c in run:
-                    block = feats[(int(c) - int(run[0])) * cf : (int(c) - int(run[0]) + 1) * cf]  # [<= cf, Din]
-                    # a chunk of a longer run gets its own memory: the cache must not pin the whole run
-                    read[int(c)] = block.copy() if len(run) > 1 else block
-                    self.cache.put((part_id, int(c)), read[int(c)])
-            found = [f if f is not None else read[int(c)] for c, f in zip(wanted, found)]
-        return found
-
-    def warm(self, video_id: str, frame_indices: np.ndarray) -> None:
-        """Read the chunks a clip needs into the cache (the read-ahead thread calls this)."""
-        part_id, offset, _ = self.store.location(video_id)
-        cf = self.store.layout.chunk_frames
-        self._chunks(part_id, np.unique((offset + np.asarray(frame_indices)) // cf))
-
-    def clip(self, video_id: str, frame_indices: np.ndarray) -> np.ndarray:
-        """Features of frames `frame_indices` (any order, repeats allowed) of a video: [n, Din] float32."""
-        part_id, offset, n = self.store.location(video_id)
-        idx = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise StoreError(f"video {video_id!r}: frame index out of range [0, {n})")
-        cf = self.store.layout.chunk_frames
-        frames = offset + idx  # [n] frame numbers in the part
-        chunk_of = frames // cf
-        wanted = np.unique(chunk_of)
-        blocks = self._chunks(part_id, wanted)
-        out = np.empty((len(idx), self.rule.dim), dtype=np.float32)  # [n, Din]
-        which = np.searchsorted(wanted, chunk_of)  # [n] block of each frame
-        for j, block in enumerate(blocks):  # gathered block by block: no concatenated copy of the chunks
-            rows = np.flatnonzero(which == j)
-            out[rows] = block[frames[rows] - wanted[j] * cf]
-        return out
-
-
-class InMemoryFeatures:
-    """Every video's frame features, read once from the store (whole shards at a time) into shared memory."""
-
-    def __init__(self, store_path: str | Path, frame_token: str, video_ids: list[str] | None = None):
-        store = TokenStore.open(store_path)
-        self.rule = FeatureRule(store, frame_token)
-        ids = store.ids() if video_ids is None else list(video_ids)
-        self.location = {v: store.location(v) for v in ids}  # id -> (part_id, offset, n)
-        self.parts: dict[str, torch.Tensor] = {}
-        step = store.layout.shard_frames
-        for part_id in sorted({p for p, _, _ in self.location.values()}):
-            arr = store.tokens_array(part_id)
-            blocks = [self.rule(store.decode(arr[s : s + step])) for s in range(0, arr.shape[0], step)]
-            # a torch tensor only for its shared memory: spawned workers map it instead of copying it
-            self.parts[part_id] = torch.from_numpy(np.concatenate(blocks)).share_memory_()  # [F_part, Din]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.parts.values())
-
-    def warm(self, video_id: str, frame_indices: np.ndarray) -> None:
-        """Nothing to do: everything is in memory."""
-
-    def clip(self, video_id: str, frame_indices: np.ndarray) -> np.ndarray:
-        """Features of frames `frame_indices` of a video: [n, Din] float32."""
-        try:
-            part_id, offset, n = self.location[video_id]
-        except KeyError:
-            raise StoreError(f"video id {video_id!r} was not loaded") from None
-        idx = np.asarray(frame_indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise StoreError(f"video {video_id!r}: frame index out of range [0, {n})")
-        return self.parts[part_id].numpy()[offset + idx].astype(np.float32)  # [n, Din]

@@ -8,6 +8,7 @@ accumulation, autocast, DDP under torchrun (only rank 0 writes), checkpoints and
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ from vivitcache.runs import RunRecord, Stage2Made
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore
 from vivitcache.store.fingerprint import fingerprint_diff
 from vivitcache.train_temporal.config import TrainConfig
-from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read
+from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read, videos_sha256
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
-from vivitcache.train_temporal.init import build_stage2_model, build_token_model, check_stores_agree
+from vivitcache.train_temporal.build import build_stage2_model, build_token_model, check_stores_agree
 from vivitcache.training.checkpoint import checkpoint_path, load_model_state, write_json
 from vivitcache.training.loop import Task, call_model, evaluate, fit
-from vivitcache.training.runtime import autocast_dtype, resolve_device, seed_everything, world_size
+from vivitcache.device import autocast_dtype, resolve_device
+from vivitcache.training.runtime import seed_everything, world_size
 
 
 def labelled_videos(store: TokenStore, ids: list[str] | None = None) -> list[VideoEntry]:
@@ -79,29 +81,47 @@ def split_videos(store: TokenStore, splits: str | None, video_root: str | None, 
     return [v for v in videos if split_of.get(v.id) == "train"], [v for v in videos if split_of.get(v.id) == "val"]
 
 
-def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float, ids=None):
+def _features(store_path, frame_token: str, in_memory: bool, cache_mb: float):
     """The batch reader: everything in memory, or streamed from the store (`train_temporal/batches.py`)."""
     if in_memory:
-        return MemoryBatches(store_path, frame_token, ids)
+        return MemoryBatches(store_path, frame_token)
     return StoreBatches(store_path, frame_token, int(cache_mb * 2**20))
 
 
-def run_train(cfg: TrainConfig) -> dict:
-    """Train stage 2 into `cfg.run.out`; returns summary.json's content."""
-    store = TokenStore.open(cfg.store)
-    seed_everything(cfg.run.seed)
-    model, made = build_stage2_model(cfg, store)
-    frame_token = model.cfg.frame_token
+@dataclass
+class Stage2Data:
+    """What every stage-2 model trained on the same clips shares: the videos of each split, their readers and the
+    clip datasets (one `train` run, or one group of a sweep)."""
 
+    store: TokenStore
+    val_store: TokenStore
+    train_videos: list[VideoEntry]
+    val_videos: list[VideoEntry]
+    split: tuple[str | None, str | None, int | None]
+    """(annotations, video root, seed) the split came from; all None with a validation store."""
+    read: str
+    """The read mode `auto` resolved to."""
+    train_set: TokenClipDataset
+    val_set: TokenClipDataset | None
+
+    def stop(self) -> None:
+        """Stop the datasets' read-ahead threads."""
+        self.train_set.stop_read_ahead()
+        if self.val_set is not None:
+            self.val_set.stop_read_ahead()
+
+
+def prepare_data(cfg: TrainConfig, store: TokenStore, frame_token: str) -> Stage2Data:
+    """The split, readers and clip datasets of `cfg` on `store` for models that take `frame_token`."""
     if cfg.val_store:
         val_store = TokenStore.open(cfg.val_store)
         check_stores_agree(store, val_store)
         train_videos, val_videos = labelled_videos(store), labelled_videos(val_store)
-        splits = video_root = seed = None
+        split = (None, None, None)
     else:
         val_store = store
-        splits, video_root, seed = split_source(cfg)
-        train_videos, val_videos = split_videos(store, splits, video_root, cfg.val_fraction, seed)
+        split = split_source(cfg)
+        train_videos, val_videos = split_videos(store, split[0], split[1], cfg.val_fraction, split[2])
     if not train_videos:
         raise StoreError(f"{store.path}: no labelled videos to train on")
     longest = max(v.num_frames for v in train_videos)
@@ -125,42 +145,55 @@ def run_train(cfg: TrainConfig) -> dict:
                          read_ahead=cfg.read_ahead, batch=micro)
         if val_videos else None
     )
+    return Stage2Data(store, val_store, train_videos, val_videos, split, read, train_set, val_set)
+
+
+def build_task(cfg: TrainConfig, data: Stage2Data, model, made: dict) -> Task:
+    """The `fit` task of a stage-2 model on `data`; its run record is what `eval` and `predict` rebuild from."""
+    store, (splits, video_root, seed) = data.store, data.split
     made2 = Stage2Made(
         store=str(store.path), store_fingerprint=store.fingerprint, store_layout=store.layout.to_dict(),
-        spatial_sha256=made["spatial_sha256"], val_store=str(val_store.path) if cfg.val_store else None,
+        spatial_sha256=made["spatial_sha256"], val_store=str(data.val_store.path) if cfg.val_store else None,
         init=os.path.abspath(cfg.init) if cfg.init else None, init_parts=made["init_parts"],
         init_frames=made.get("init_frames"),
         # the split as resolved (given, or the stage-1 run's annotations): what `eval` needs to find it again
         splits=os.path.abspath(splits) if splits else None,
         video_root=os.path.abspath(video_root) if video_root else None, split_seed=seed,
+        data_sha256=videos_sha256(data.train_videos, data.val_videos),
     )
     # the model as built (what `predict` and `eval` rebuild)
     record = RunRecord(stage=2, model=model.cfg, classes=list(store.classes), settings=cfg.to_dict(), stage2=made2)
-    task = Task(
+    return Task(
         model=model,
         forward=call_model,
-        train_set=train_set,
-        val_set=val_set,
+        train_set=data.train_set,
+        val_set=data.val_set,
         num_classes=len(store.classes),
         config=record.to_json(),
         title=f"stage 2 ({cfg.frames} frames)",
         frames_per_sample=cfg.frames,
         extra_summary={
             "frames": cfg.frames,
-            "train_videos": len(train_videos),
-            "val_videos": len(val_videos),
+            "train_videos": len(data.train_videos),
+            "val_videos": len(data.val_videos),
             "init": made["init"],
             "split_from": "val_store" if cfg.val_store else (made2.splits or f"hashed split, seed {seed}"),
             "in_memory": cfg.in_memory,
-            "read": read,
+            "read": data.read,
         },
     )
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """Train stage 2 into `cfg.run.out`; returns summary.json's content."""
+    store = TokenStore.open(cfg.store)
+    seed_everything(cfg.run.seed)
+    model, made = build_stage2_model(cfg, store)
+    data = prepare_data(cfg, store, model.cfg.frame_token)
     try:
-        return fit(task, cfg.optim, cfg.run)
+        return fit(build_task(cfg, data, model, made), cfg.optim, cfg.run)
     finally:
-        train_set.stop_read_ahead()
-        if val_set is not None:
-            val_set.stop_read_ahead()
+        data.stop()
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -150,7 +150,8 @@ class SequentialClips:
         self._at: dict[tuple[int, int], int] = {}  # (piece, part) → its place in `schedule`
         self._ahead: dict[int, Future] = {}  # place in `schedule` → its part's features, read ahead
         self._submitted = -1  # the last place in `schedule` read ahead
-        self._prefetched: set[int] = set()  # parts whose files were (or are being) read into the page cache
+        # parts whose files were (or are being) read into the page cache: their prefetch, or None when read inline
+        self._prefetched: dict[int, Future | None] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
@@ -176,8 +177,7 @@ class SequentialClips:
         later = self.schedule[k + 1 + self.DECODE_AHEAD : k + 1 + self.DECODE_AHEAD + self.PREFETCH_AHEAD]
         for _, number in later if self.prefetch is not None else []:
             if number not in self._prefetched:
-                self._prefetched.add(number)
-                self._submit(self.prefetch, number)
+                self._prefetched[number] = self._submit(self.prefetch, number)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Training clips of dataset rows `rows` [B] (in this epoch's order for this process): [B, T, Din]."""
@@ -193,10 +193,15 @@ class SequentialClips:
         return out
 
     def _fetch(self, number: int) -> np.ndarray:
-        """A part's features: its files read sequentially first (unless a prefetch did or does it), then decoded."""
+        """A part's features: its files read sequentially first (unless a prefetch did or does it), then decoded.
+
+        Waits for that part's prefetch, whose error (damage its checksum pass found) is then this read's. No
+        deadlock: a prefetch is submitted before the fetch of the same part, so a FIFO pool has started it."""
         if self.prefetch is not None and number not in self._prefetched:
-            self._prefetched.add(number)
+            self._prefetched[number] = None
             self.prefetch(number)
+        elif self._prefetched.get(number) is not None:
+            self._prefetched[number].result()
         return self.read_part(number)
 
     def _submit(self, fn, number: int) -> Future:

@@ -126,10 +126,10 @@ def save_checkpoint(
         for name in ("model.safetensors", "train.safetensors"):
             _fsync(tmp / name)
         _fsync(tmp)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({e.strerror or e}); the previous one is "
-                              "kept") from e
+        why = getattr(e, "strerror", None) or str(e).removeprefix("Error while serializing: ")
+        raise CheckpointError(f"{run_dir}: cannot write a checkpoint ({why}); the previous one is kept") from e
     old = run_dir / f"{OLD_PREFIX}{os.getpid()}"
     if final.exists():
         os.rename(final, old)
@@ -210,6 +210,17 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_config(run: str | Path) -> dict:
     """The config.json of a run's checkpoint."""
     return _read_json(checkpoint_path(run) / "config.json")
+
+
+def check_same_data(run: str | Path, saved: dict, config: dict) -> None:
+    """CheckpointError, one line, when a resumed run's data (`data_sha256` of its record: the videos, frame counts
+    and labels it trains and validates on) is not the data it started on: a store that grew, lost a part or was
+    relabelled since. A resumed run must be the uninterrupted one."""
+    if "data_sha256" in saved and saved["data_sha256"] != config.get("data_sha256"):
+        store = config.get("store") or saved.get("store") or "its store"
+        raise CheckpointError(f"--resume: {run} was started on other data than {store} holds now (videos, frame "
+                              "counts or labels changed since); a resumed run must continue the same data: start a "
+                              "new run with another --out, or replace this one with --overwrite")
 
 
 def load_model_state(run: str | Path) -> dict[str, torch.Tensor]:

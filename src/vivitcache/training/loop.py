@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vivitcache.config import OptimConfig, RunConfig
+from vivitcache.device import autocast, autocast_dtype, resolve_device
 from vivitcache.errors import ConfigError
 from vivitcache.progress import console, make_progress
 from vivitcache.provenance import provenance
@@ -26,7 +27,7 @@ from vivitcache.training import run_folder
 from vivitcache.training.checkpoint import CHECKPOINT_DIR
 from vivitcache.training.member import Member
 from vivitcache.training.metrics import plot_curves, topk_correct, write_summary
-from vivitcache.training.runtime import Distributed, PeakMemory, autocast, autocast_dtype, resolve_device
+from vivitcache.training.runtime import Distributed, PeakMemory, worker_init_fn
 from vivitcache.training.sampler import ResumableSampler, epoch_seed
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -86,6 +87,7 @@ def _loader(dataset: Dataset, batch: int, sampler: ResumableSampler, workers: in
         generator=generator,
         collate_fn=getattr(dataset, "collate_fn", None),
         pin_memory=pin,
+        worker_init_fn=worker_init_fn(workers),  # workers die with this process, even by kill -9
     )
 
 
@@ -150,10 +152,14 @@ class Spec:
     task: Task
     optim: OptimConfig
     out: Path
+    rng: torch.Tensor | None = None
+    """CPU RNG state the member's stream starts from (None: the state at `fit_many`). A sweep builds every model
+    first, so it captures each one's state right after its build: where a separate run's stream would start."""
 
 
 Prune = Callable[[int, list[Member]], list[Member]]
-"""(epochs done, members that finished that epoch and still train) → the members to stop now (a sweep's pruning)."""
+"""(epochs done, every member) → the members to stop now (a sweep's pruning). It is called once every member
+still training has finished that epoch and been evaluated, before their checkpoints are written."""
 
 
 def fit(task: Task, optim: OptimConfig, run: RunConfig) -> dict:
@@ -198,7 +204,7 @@ def fit_many(specs: list[Spec], run: RunConfig, prune: Prune | None = None, titl
                     console.print(f"note: {note}", highlight=False, soft_wrap=True)
         dist.barrier()
         members = [Member(spec.task, spec.optim, spec.out, dist, steps_per_epoch,
-                          {"config": spec.task.config, "provenance": provenance()}) for spec in specs]
+                          {"config": spec.task.config, "provenance": provenance()}, spec.rng) for spec in specs]
         for member in members:
             member.start(bool(run.resume) and (member.out / CHECKPOINT_DIR / "model.safetensors").is_file())
         return _train(members, run, micro, sampler, prune, title or specs[0].task.title)
@@ -231,14 +237,13 @@ def _train(members: list[Member], run: RunConfig, micro: int, sampler: Resumable
                 results = evaluate_many([m.model for m in todo], task.forward, task.val_set, task.num_classes,
                                         dist.device, micro, dtype, dist, run.workers)
                 for m, result in zip(todo, results):
-                    m.record_eval(result)
+                    m.record_eval(result, m.state.seconds + time.perf_counter() - t0)
                     if dist.is_main:
                         top1, top5 = 100 * result["val_top1"], 100 * result["val_top5"]
                         name = "" if len(members) == 1 else f"{m.out.name}: "
                         progress.console.print(f"{name}epoch {epoch + 1}: val top-1 {top1:.1f}%  top-5 {top5:.1f}%")
             if prune is not None:
-                finished = [m for m in members if m.state.stopped is None and m.state.epoch == epoch + 1]
-                for m in prune(epoch + 1, finished):
+                for m in prune(epoch + 1, members):
                     m.state.stopped = f"pruned after epoch {epoch + 1}"
             for m in todo:
                 m.save(time.perf_counter() - t0, mem.peak_bytes)

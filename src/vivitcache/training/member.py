@@ -16,7 +16,7 @@ from torch import nn
 
 from vivitcache.config import OptimConfig
 from vivitcache.training.checkpoint import (
-    CheckpointError, load_config, load_model_state, load_train_state, save_checkpoint,
+    CheckpointError, check_same_data, load_config, load_model_state, load_train_state, save_checkpoint,
 )
 from vivitcache.training.metrics import MetricsLog, topk_correct
 from vivitcache.training.runtime import Distributed
@@ -30,6 +30,7 @@ def check_resume_config(out: Path, config: dict) -> None:
     except CheckpointError as e:
         raise CheckpointError(f"--resume: {e}") from e
     # how a run was started is not what it is: resume and overwrite may differ between launches
+    check_same_data(out, saved, config)
     strip = lambda c: {**c, "run": {**c["run"], "resume": False, "overwrite": False}}  # noqa: E731
     if strip(saved) != strip(config):
         diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
@@ -41,7 +42,7 @@ class Member:
     """A model with its optimiser, warmup-cosine schedule and state, writing into its own run folder."""
 
     def __init__(self, task, optim: OptimConfig, out: Path, dist: Distributed, steps_per_epoch: int,
-                 ckpt_config: dict):
+                 ckpt_config: dict, rng: torch.Tensor | None = None):
         self.task, self.optim, self.out, self.dist = task, optim, Path(out), dist
         self.ckpt_config = ckpt_config
         self.model = task.model.to(dist.device)
@@ -52,7 +53,7 @@ class Member:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=dist.is_main)
         self.state = TrainState(world_size=dist.world)
-        self.rng = torch.get_rng_state()
+        self.rng = torch.get_rng_state() if rng is None else rng
         self.cuda_rng = torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None
         self.train_model = self.model
         self.loss: torch.Tensor | None = None
@@ -129,9 +130,11 @@ class Member:
                      frames_per_s=rate * self.task.frames_per_sample)
         return f"loss {loss_value:.3f} acc {acc:.2f} {rate:.1f} clips/s"
 
-    def record_eval(self, result: dict) -> None:
+    def record_eval(self, result: dict, seconds: float) -> None:
+        """Keep the evaluation and log it with the run's wall time so far (`seconds`: training and evaluation since the
+        run began, earlier processes of a resumed run included): time-to-accuracy curves read it."""
         self.state.record_eval(result)
-        self.log.log(kind="eval", step=self.state.step, epoch=self.state.epoch,
+        self.log.log(kind="eval", step=self.state.step, epoch=self.state.epoch, seconds=seconds,
                      **{k: v for k, v in result.items() if k != "confusion"})
 
     def save(self, seconds: float, peak_bytes: int) -> None:

@@ -6,26 +6,19 @@
 - `resume=True` continues the checkpoint; a run that stopped before its first checkpoint starts from scratch with
   a note (an auto-requeued job must not be trapped); a folder where no run ever was is refused (a mistyped --out).
   `resume="auto"` continues when there is a checkpoint and starts otherwise, even in a new folder.
-- While a run writes, it holds `RUN/.lock` (host, pid, process start time), refreshed every `HEARTBEAT_S`. A second
-  run into the same folder fails at once. A lock whose process is gone (same host), or that has not been refreshed
-  for `STALE_AFTER_S` (another host, e.g. a job requeued on another node), is taken over.
-
-Hand-written because the stdlib has no cross-process lock that also works on cluster filesystems: `flock` is
-advisory and not honoured over every NFS mount, while `O_CREAT | O_EXCL` file creation is atomic on all of them.
+- While a run writes, it holds `RUN/.lock`, a lease (`vivitcache.lease`: host, pid, process start time) refreshed
+  every `HEARTBEAT_S`. A second run into the same folder fails at once. A lock whose process is gone (same host,
+  a reused pid included), or that has not been refreshed for `STALE_AFTER_S` (another host, e.g. a job requeued on
+  another node), is taken over.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vivitcache.errors import UserError
+from vivitcache.lease import Lease, LeasePathError
 from vivitcache.training.checkpoint import CHECKPOINT_DIR, OLD_PREFIX, TMP_PREFIX, CheckpointError, recover_checkpoint
 
 LOCK = ".lock"
@@ -49,109 +42,30 @@ class RunLockedError(RunFolderError):
 def _is_run_entry(name: str) -> bool:
     """One of a run's own files, or a temp file it leaves when killed (`.<name>.tmp<pid>.<token>`, `.checkpoint.*`)."""
     base = name[1:].split(".tmp", 1)[0] if name.startswith(".") and ".tmp" in name else name
-    return base in RUN_ENTRIES or name.startswith((TMP_PREFIX, OLD_PREFIX, LOCK + "."))
+    return base in RUN_ENTRIES or name.startswith((TMP_PREFIX, OLD_PREFIX, LOCK + ".", "." + LOCK + "."))
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (Linux), to tell a live owner from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    now = _process_start(pid)
-    return start is None or now is None or now == start
-
-
-@dataclass
-class RunLock:
-    """`RUN/.lock` held by this process; `release()` removes it (also at the end of a `with` block)."""
-
-    path: Path
-    record: dict
-    took_over: dict | None = None
-    """The dead run's lock record this one replaced, if any."""
-    _stop: threading.Event = field(default_factory=threading.Event)
+class RunLock(Lease):
+    """`RUN/.lock` held by this process (a `vivitcache.lease` lease); `release()` removes it (also at the end of a
+    `with` block)."""
 
     @classmethod
-    def acquire(cls, folder: Path) -> RunLock:
-        path = Path(folder) / LOCK
-        pid = os.getpid()
-        record = {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid),
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        took_over = None
-        for _ in range(3):  # a stale lock is moved aside once; a second racer then sees ours
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                other = cls._read(path)
-                if other is None:
-                    continue  # removed meanwhile: try again
-                if not cls._stale(path, other):
-                    raise RunLockedError(
-                        f"{folder} is in use by another run (host {other.get('host')}, pid {other.get('pid')}, "
-                        f"since {other.get('since')}); wait for it to end or use another --out (if that run is "
-                        f"dead on another host, delete {path})"
-                    ) from None
-                try:  # atomic: of two runs taking over the same stale lock, one wins the rename
-                    os.rename(path, path.with_name(f"{LOCK}.stale{pid}"))
-                    os.unlink(path.with_name(f"{LOCK}.stale{pid}"))
-                    took_over = other
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            lock = cls(path, record, took_over)
-            threading.Thread(target=lock._heartbeat, daemon=True, name="run-lock-heartbeat").start()
+    def acquire_folder(cls, folder: Path) -> RunLock:
+        """The lock of `folder`, or RunLockedError naming the live run that holds it."""
+        lock = cls(Path(folder) / LOCK, STALE_AFTER_S, HEARTBEAT_S)
+        try:
+            held = lock.acquire()
+        except LeasePathError as e:
+            raise RunFolderError(f"{lock.path}: a run lock {e}") from None
+        if held:
             return lock
-        raise RunLockedError(f"{folder}: could not take the lock {path} (another run keeps taking it)")
-
-    @staticmethod
-    def _read(path: Path) -> dict | None:
-        try:
-            return json.loads(path.read_text() or "{}")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # unreadable (a writer killed mid-write): judged by its age alone
-
-    @staticmethod
-    def _stale(path: Path, other: dict) -> bool:
-        try:
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        if other.get("host") == socket.gethostname() and isinstance(other.get("pid"), int):
-            return not _alive(other["pid"], other.get("start"))
-        return age > STALE_AFTER_S
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._read(self.path) == self.record:
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        other = lock.holder or {}
+        if not other:
+            raise RunLockedError(f"{folder}: could not take the lock {lock.path} (another run keeps taking it)")
+        raise RunLockedError(
+            f"{folder} is in use by another run (host {other.get('host')}, pid {other.get('pid')}, since "
+            f"{other.get('since')}); wait for it to end or use another --out (if that run is dead on another host, "
+            f"delete {lock.path})")
 
 
 def _remove_run_files(folder: Path) -> None:
@@ -205,7 +119,7 @@ def open_run_folder(folder: str | Path, resume: bool | str, overwrite: bool) -> 
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = RunLock.acquire(folder)
+        lock = RunLock.acquire_folder(folder)
     except OSError as e:
         raise RunFolderError(f"{folder}: cannot write the run folder ({e.strerror or e})") from e
     try:

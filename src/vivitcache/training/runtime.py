@@ -1,10 +1,14 @@
-"""Device, precision, seeding, distributed setup and peak-memory measurement for both training stages."""
+"""Seeding, distributed setup and peak-memory measurement for both training stages (device and precision:
+`vivitcache.device`)."""
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import functools
 import os
 import random
+import signal
+import sys
 import threading
 import time
 
@@ -12,7 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vivitcache.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -22,38 +25,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` → cuda when available, else cpu; `cuda` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: torch sees no CUDA device (use --device cpu or auto)")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting: `auto` is bf16 on CUDA with bf16 support, fp32 elsewhere."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    raise ConfigError(f"--precision {precision}: use auto, bf16 or fp32")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """An autocast context for `dtype`, or a no-op when None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def world_size() -> int:
     """Processes of this run: torchrun's WORLD_SIZE, 1 without torchrun (readable before the process group exists)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of torchrun (its RANK), or the only process (readable before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class Distributed:
@@ -88,6 +67,42 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def worker_init_fn(workers: int):
+    """The DataLoader's `worker_init_fn` for `workers` processes: each dies with this one (`die_with_parent`)."""
+    return functools.partial(die_with_parent, os.getpid()) if workers > 0 else None
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """In a DataLoader worker (`worker_init_fn`, bound to the trainer's pid): the worker dies
+    when its trainer does, even by `kill -9`, instead of living on with its copy of the data.
+
+    torch's own watchdog only looks between batches and a worker can then hang at exit on its result queue, so: on
+    Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG; strictly, when the thread that
+    started the worker ends: our DataLoaders are iterated on the main thread); elsewhere, or if prctl fails, a
+    daemon thread polls the parent pid every `PARENT_POLL_S` seconds. Either way a parent already gone exits now."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="vivitcache-parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # not sys.exit: the worker's queues would wait for a reader that is gone
 
 
 def _rss_bytes() -> int:

@@ -44,6 +44,8 @@ class TrainState:
     """The last evaluation (val top-1/top-5/loss, confusion matrix)."""
     best_val_top1: float | None = None
     """The best val top-1 seen at an epoch end."""
+    val_history: list = field(default_factory=list)
+    """[val top-1, val loss] of every epoch end, in order (what a sweep's pruning ranks by)."""
     stopped: str | None = None
     """Why the run stopped before its last epoch (a sweep's pruning), or None."""
 
@@ -71,5 +73,6 @@ class TrainState:
     def record_eval(self, result: dict) -> None:
         self.last_eval = result
         top1 = result.get("val_top1")
+        self.val_history.append([top1, result.get("val_loss")])
         if top1 is not None and (self.best_val_top1 is None or top1 > self.best_val_top1):
             self.best_val_top1 = top1
