@@ -226,7 +226,7 @@ def test_pinned_staging_and_side_stream_when_a_gpu_is_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: type("S", (), {"wait_stream": lambda *a: None})())
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)
-    def stop(model, x, kind):
+    def stop(model, x, kind, *grid_layers):
         raise RuntimeError("stop after the copy")
 
     monkeypatch.setattr(pipeline, "frame_tokens", stop)
@@ -242,7 +242,7 @@ def test_pinned_staging_and_side_stream_when_a_gpu_is_present(monkeypatch):
 
 def test_padded_batches_keep_one_shape(monkeypatch):
     shapes = []
-    monkeypatch.setattr(pipeline, "frame_tokens", lambda m, x, k: shapes.append(tuple(x.shape)) or x[:, :1, 0])
+    monkeypatch.setattr(pipeline, "frame_tokens", lambda m, x, *kind_grid_layers: shapes.append(tuple(x.shape)) or x[:, :1, 0])
     p = Preprocess(size=4, mean=(0, 0, 0), std=(1, 1, 1))
     enc = pipeline.DeviceEncoder(torch.nn.Identity(), settings(p, batch_size=8, pad_batches=True))
     tokens, _ = enc([torch.ones((3, 4, 4, 3), dtype=torch.uint8)])

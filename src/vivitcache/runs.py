@@ -63,6 +63,10 @@ class Stage2Made:
     """Identity of the videos it trains and validates on (`dataset.videos_sha256`): `--resume` refuses another."""
 
 
+ADDED_LATER = frozenset({"data_sha256"})
+"""Fields of `Stage2Made` that records of earlier versions lack."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A run folder's record (see the module docstring)."""
@@ -89,6 +93,8 @@ class RunRecord:
         """The flat record written into the checkpoint (and compared on `--resume`)."""
         made = {**(dataclasses.asdict(self.stage1) if self.stage1 else {}),
                 **(dataclasses.asdict(self.stage2) if self.stage2 else {})}
+        # fields added after records existed are written only when set: an earlier record reads back as it was
+        made = {k: v for k, v in made.items() if not (k in ADDED_LATER and v is None)}
         return {"stage": self.stage, **self.settings, **made, "model": dataclasses.asdict(self.model),
                 "classes": list(self.classes)}
 
