@@ -5,14 +5,61 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from vivitcache.errors import ConfigError
 
 
+class Preset:
+    """The `--quick` preset and the reproducing command line of a bench config (`BenchConfig`, `RecipesConfig`).
+
+    A subclass (a dataclass with `out` and `quick` fields) sets `QUICK` (the preset's overrides) and `COMMAND` (the
+    command's words); `OPTION_NAMES` renames a field's option, and `NONE_AS` is how a None value is given (None:
+    left out)."""
+
+    QUICK: ClassVar[dict[str, Any]] = {}
+    COMMAND: ClassVar[tuple[str, ...]] = ()
+    OPTION_NAMES: ClassVar[dict[str, str]] = {}
+    NONE_AS: ClassVar[str | None] = None
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides: Any):
+        """The default or the `--quick` preset, with every override that is not None."""
+        base = cls.QUICK if quick else {}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**base, **given, "quick": quick})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def command(self) -> str:
+        """The command line that reproduces this config: the options whose value is not the preset's."""
+        base = type(self).preset(self.quick)
+        args = list(self.COMMAND) + (["--quick"] if self.quick else [])
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "quick" or (value == getattr(base, f.name) and f.name != "out"):
+                continue
+            if value is None and self.NONE_AS is None:
+                continue
+            option = self.OPTION_NAMES.get(f.name, f.name.replace("_", "-"))
+            args += [f"--{option}", self.NONE_AS if value is None else str(value)]
+        return shlex.join(args)
+
+
+QUICK: dict[str, Any] = dict(
+    model="vit-ti", img_size=32, patch_size=8, spatial_depth=2, temporal_depth=1, frames=8, batch_size=4,
+    accum_steps=2, classes=4, videos_per_class=4, video_frames=16, video_size=32,
+)
+"""`--quick`: tiny everything, well under a minute on 2 cores (tests)."""
+
+
 @dataclass
-class BenchConfig:
+class BenchConfig(Preset):
     """The three stage-2 cost modes side by side: same data, backbone, split, seed, epochs and batch for each."""
+
+    QUICK: ClassVar[dict[str, Any]] = QUICK
+    COMMAND: ClassVar[tuple[str, ...]] = ("vivitcache", "bench")
 
     model: str = "vit-s"
     """Spatial ViT: an alias (vit-ti, vit-s, …) or a timm ViT name; random init under `seed` (no hub)."""
@@ -62,31 +109,3 @@ class BenchConfig:
             raise ConfigError(f"bench: batch_size {self.batch_size} must divide by accum_steps {self.accum_steps}")
         if self.threads < 0:
             raise ConfigError(f"bench: threads must be >= 0 (0: torch's default), got {self.threads}")
-
-    @classmethod
-    def preset(cls, quick: bool = False, **overrides: Any) -> "BenchConfig":
-        """The default (ViT-S, 224 px, 32 frames) or the `--quick` preset, with every override that is not None."""
-        base = QUICK if quick else {}
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**base, **given, "quick": quick})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def command(self) -> str:
-        """The `vivitcache bench` command line that reproduces this config."""
-        base = BenchConfig.preset(self.quick)
-        args = ["vivitcache", "bench"] + (["--quick"] if self.quick else [])
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "quick" or value is None or (value == getattr(base, f.name) and f.name != "out"):
-                continue
-            args += [f"--{f.name.replace('_', '-')}", str(value)]
-        return shlex.join(args)
-
-
-QUICK: dict[str, Any] = dict(
-    model="vit-ti", img_size=32, patch_size=8, spatial_depth=2, temporal_depth=1, frames=8, batch_size=4,
-    accum_steps=2, classes=4, videos_per_class=4, video_frames=16, video_size=32,
-)
-"""`--quick`: tiny everything, well under a minute on 2 cores (tests)."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from vivitcache.bench.config import Preset
 from vivitcache.errors import ConfigError
 
 RECIPES = {
@@ -18,9 +17,21 @@ RECIPES = {
 """Recipe letter → its key in recipes.json."""
 
 
+QUICK: dict[str, Any] = dict(
+    classes=4, videos_per_class=4, video_frames=16, temporal_depth=1, image_steps=5, frames=8, epochs=2,
+    stage1_frames=4, stage1_epochs=1, batch_size=4,
+)
+"""`--quick`: tiny everything (the test suite), well under a minute on 2 cores."""
+
+
 @dataclass
-class RecipesConfig:
+class RecipesConfig(Preset):
     """Whole training recipes on the same data, split, seed, T and epoch budget (`bench/recipes.py`)."""
+
+    QUICK: ClassVar[dict[str, Any]] = QUICK
+    COMMAND: ClassVar[tuple[str, ...]] = ("vivitcache", "bench", "--recipes")
+    OPTION_NAMES: ClassVar[dict[str, str]] = {"recipes": "only"}
+    NONE_AS: ClassVar[str | None] = "0"
 
     out: str = "runs/recipes"
     """Folder for the data, image checkpoint, stage 1, stores, per-recipe runs, recipes.json/.md/.png."""
@@ -103,31 +114,3 @@ class RecipesConfig:
         if self.workers < 0 or self.threads < 0:
             raise ConfigError("bench --recipes: workers and threads must be >= 0")
 
-    @classmethod
-    def preset(cls, quick: bool = False, **overrides: Any) -> RecipesConfig:
-        """The default or the `--quick` preset, with every override that is not None."""
-        base = QUICK if quick else {}
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**base, **given, "quick": quick})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def command(self) -> str:
-        """The `vivitcache bench --recipes` command line that reproduces this config."""
-        base = RecipesConfig.preset(self.quick)
-        args = ["vivitcache", "bench", "--recipes"] + (["--quick"] if self.quick else [])
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "quick" or (value == getattr(base, f.name) and f.name != "out"):
-                continue
-            option = "only" if f.name == "recipes" else f.name.replace("_", "-")
-            args += [f"--{option}", "0" if value is None else str(value)]
-        return shlex.join(args)
-
-
-QUICK: dict[str, Any] = dict(
-    classes=4, videos_per_class=4, video_frames=16, temporal_depth=1, image_steps=5, frames=8, epochs=2,
-    stage1_frames=4, stage1_epochs=1, batch_size=4,
-)
-"""`--quick`: tiny everything (the test suite), well under a minute on 2 cores."""
