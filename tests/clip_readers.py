@@ -23,7 +23,7 @@ import torch
 
 from vivitcache.store import StoreError, TokenStore
 from vivitcache.train_temporal.batches import VideoTable
-from vivitcache.train_temporal.features import FeatureRule
+from vivitcache.train_temporal.features import FeatureRule, StoreReader
 
 
 class PerClip:
@@ -91,24 +91,13 @@ class ChunkCache:
         return len(self._items)
 
 
-class StreamedFeatures(PerClip):
+class StreamedFeatures(StoreReader, PerClip):
     """Frame features streamed from the store in whole chunks through an LRU cache (the per-clip reference).
     Pickles as (store path, frame token, cache bytes): a DataLoader worker reopens the store, with an empty cache."""
 
-    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
-        self.store_path, self.frame_token, self.cache_bytes = Path(store_path), frame_token, int(cache_bytes)
-        self._open()
-
-    def __getstate__(self):
-        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
-
     def _open(self) -> None:
-        self.store = TokenStore.open(self.store_path)  # read-only
-        self.rule = FeatureRule(self.store, self.frame_token)
+        self._store = TokenStore.open(self.store_path)  # read-only
+        self.rule = FeatureRule(self._store, self.frame_token)
         self.cache = ChunkCache(self.cache_bytes)
 
     def _chunks(self, part_id: str, wanted: np.ndarray) -> list[np.ndarray]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vivitcache.store import StoreError, TokenStore
-from vivitcache.train_temporal.features import FeatureRule
+from vivitcache.train_temporal.features import FeatureRule, StoreReader
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class MemoryBatches:
         """Nothing to do: everything is in memory."""
 
 
-class StoreBatches:
+class StoreBatches(StoreReader):
     """Frame features streamed from the store: random batches through a slab cache of decoded chunks, or whole parts.
     A `BatchReader`.
 
@@ -166,23 +166,6 @@ class StoreBatches:
     READ_THREADS = 8
     """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
-
-    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
-        self.store_path = Path(store_path)
-        self.frame_token = frame_token
-        self.cache_bytes = int(cache_bytes)
-        self._open()
-
-    def __getstate__(self):
-        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
-
-    @property
-    def store(self) -> TokenStore:
-        return self._store
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)

@@ -9,6 +9,8 @@ in-memory training see bit-identical inputs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -35,3 +37,29 @@ class FeatureRule:
         tokens = torch.from_numpy(np.ascontiguousarray(decoded, dtype=self.dtype))  # [n, K, D]
         feats = frame_features(tokens, self.stored_kind, self.frame_token, self.num_prefix_tokens, self.class_token)  # [n, Din]
         return np.ascontiguousarray(feats.numpy())
+
+
+class StoreReader:
+    """A reader of one store's frame features that pickles as (store path, frame token, cache bytes) and reopens the
+    store in the process that unpickles it (zarr v3 must not cross a fork; a DataLoader worker opens its own), with
+    an empty cache. Subclasses open their store (`_store`) and cache in `_open`."""
+
+    def __init__(self, store_path: str | Path, frame_token: str, cache_bytes: int = 512 * 2**20):
+        self.store_path = Path(store_path)
+        self.frame_token = frame_token
+        self.cache_bytes = int(cache_bytes)
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self):
+        return {"store_path": self.store_path, "frame_token": self.frame_token, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
