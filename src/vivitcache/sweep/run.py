@@ -22,6 +22,7 @@ import torch
 
 from vivitcache.errors import ConfigError
 from vivitcache.progress import console
+from vivitcache.runs import load_stage1
 from vivitcache.store import TokenStore
 from vivitcache.sweep.config import SweepConfig
 from vivitcache.sweep.grid import ConfigArgs
@@ -102,12 +103,14 @@ def _start_plan(sweep: SweepConfig, configs: list[ConfigArgs]) -> None:
 
 
 def _build(configs: list[tuple[ConfigArgs, TrainConfig]]) -> list[Built]:
-    built, stores = [], {}
+    built, stores, runs = [], {}, {}
     for args, cfg in configs:
         if cfg.store not in stores:  # each store opened once
             stores[cfg.store] = TokenStore.open(cfg.store)
+        if cfg.init is not None and cfg.init not in runs:  # each stage-1 run loaded (and its weights hashed) once
+            runs[cfg.init] = load_stage1(cfg.init)
         seed_everything(cfg.run.seed)  # as `train` does: the model draws its init under the seed
-        model, made = build_stage2_model(cfg, stores[cfg.store])
+        model, made = build_stage2_model(cfg, stores[cfg.store], runs.get(cfg.init))
         built.append(Built(args, cfg, stores[cfg.store], model, made, torch.get_rng_state()))
     return built
 

@@ -84,8 +84,9 @@ def _load_part(model: ViViT, part: str, stage1: Stage1Run) -> None:
         raise InitError(f"{stage1.path}: its {part} does not fit the stage-2 model ({first})") from None
 
 
-def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[ViViT, dict]:
+def build_stage2_model(cfg: TrainConfig, store: TokenStore, stage1: Stage1Run | None = None) -> tuple[ViViT, dict]:
     """The stage-2 model for `cfg` on `store`, and what it was made from: {init, init_parts, spatial_sha256}.
+    `stage1`: the run `cfg.init` names, when the caller has loaded it already (a sweep loads each run once).
 
     Call under a fixed seed: parts not taken from the stage-1 run are initialised at random.
     """
@@ -103,7 +104,7 @@ def build_stage2_model(cfg: TrainConfig, store: TokenStore) -> tuple[ViViT, dict
         model = build_token_model(model_cfg, dim)
         made = {"init": None, "init_parts": [], "spatial_sha256": store.fingerprint.get("weights_sha256")}
     else:
-        stage1 = load_stage1(cfg.init)
+        stage1 = stage1 or load_stage1(cfg.init)
         check_store_matches_stage1(store, stage1)
         parts = [p for p in cfg.init_parts if not (p == "adapter" and cfg.no_adapter)]
         if "head" in parts and list(stage1.classes) != list(classes):
