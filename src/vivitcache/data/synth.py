@@ -123,7 +123,7 @@ def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey[..., None] * tint, 0.0, 1.0)  # [S, S, 3]
 
 
-def _encode(path: Path, video: np.ndarray, codec: str) -> None:
+def encode_mp4(path: Path, video: np.ndarray, codec: str) -> None:
     """Write uint8 [T, S, S, 3] as an .mp4 (deterministic: one encoder thread)."""
     time_base = Fraction(1, SYNTH_FPS)
     with av.open(str(path), mode="w") as container:
@@ -180,7 +180,7 @@ def make_synth_dataset(
         for j in range(videos_per_class):
             rng = np.random.default_rng([seed, c, j])
             video_id = f"{name}_{j:03d}"
-            _encode(folder / f"{video_id}.mp4", render_clip(name, frames, size, rng), codec)
+            encode_mp4(folder / f"{video_id}.mp4", render_clip(name, frames, size, rng), codec)
             split = "val" if j >= videos_per_class - n_val else "train"
             rows.append((f"videos/{name}/{video_id}.mp4", name, split))
     with open(out / "labels.csv", "w", newline="") as f:

