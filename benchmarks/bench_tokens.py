@@ -1,7 +1,9 @@
 """Richer frozen tokens: can a patch grid and an attentive adapter replace stage 1 (issue 20)?
 
-On the demo's synthetic motion dataset and models (`vivitcache.demo`: ViT-Ti 32 px patch 8, 2 blocks, image
-checkpoint 600 steps), three recipes from the same data, seed and image checkpoint, one run each:
+On the demo's synthetic motion dataset (`--dataset synth`) or on windows of a real video (`--dataset real`,
+`data.real_motion`: 8 camera-motion classes, same sizes), with the demo's models (`vivitcache.demo`: ViT-Ti 32 px
+patch 8, 2 blocks, image checkpoint 600 steps, made on the dataset's own train frames), three recipes from the same
+data, seed and image checkpoint, one run each:
 
 - (i)   image checkpoint → stage 1 (8 frames) → extract `pooled` → stage 2 (32 frames, mlp adapter, `--init` stage 1);
 - (ii)  image checkpoint → extract `grid` (4 x 4, ± both blocks) → stage 2 `--adapter attn`, `--init none`;
@@ -12,6 +14,8 @@ stage 2; the image checkpoint and stage 1 are run once and counted in every reci
 stage 2's own validation at its last epoch (2 views), on the dataset's val split. Prints Markdown, writes JSON.
 
     .venv/bin/python benchmarks/bench_tokens.py --out benchmarks/results/tokens.json
+    .venv/bin/python benchmarks/bench_tokens.py --dataset real --videos-per-class 64 --recipes i,ii,ii_layers,iii \
+        --work /tmp/bench_tokens_real --out benchmarks/results/tokens_real.json
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 from vivitcache.config import ModelConfig
+from vivitcache.data.real_motion import make_real_motion_dataset
 from vivitcache.data.synth import make_synth_dataset
 from vivitcache.demo.config import DemoConfig
 from vivitcache.demo.run import extract_config, image_config, stage1_config, stage2_config, torch_threads
@@ -73,11 +78,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: kind to a shared 2-core machine)")
     ap.add_argument("--attn-epochs", type=int, default=None, help="stage-2 epochs of the attn recipes (default: (i)'s)")
     ap.add_argument("--quick", action="store_true", help="the demo's --quick sizes (a smoke run, not a measurement)")
+    ap.add_argument("--dataset", choices=("synth", "real"), default="synth",
+                    help="synth: the demo's moving blob; real: windows of a real video (data.real_motion)")
+    ap.add_argument("--videos-per-class", type=int, default=None, help="dataset size (default: the demo's)")
     ap.add_argument("--recipes", default="i,ii,ii_layers,iii", help="which recipes (ii_long: ii with 3x the epochs)")
     ap.add_argument("--reuse", default=None, help="JSON of an earlier run in --work: reuse its image checkpoint and "
                     "stage 1 (their seconds taken from it) instead of training them again")
     args = ap.parse_args()
-    cfg = DemoConfig(out=args.work, threads=args.threads, extract_workers=0, quick=args.quick)
+    cfg = DemoConfig.preset(args.quick, out=args.work, threads=args.threads, extract_workers=0,
+                            videos_per_class=args.videos_per_class)
+    make_data = make_real_motion_dataset if args.dataset == "real" else make_synth_dataset
     attn_epochs = args.attn_epochs or cfg.stage2_epochs
     root = Path(args.work).absolute()
     labels, image, stage1 = root / "data" / "labels.csv", root / "image.safetensors", root / "stage1"
@@ -85,7 +95,7 @@ def main() -> None:
     rows = {}
     with torch_threads(cfg.threads):
         if not labels.exists():
-            timed(s, "synth", make_synth_dataset, root / "data", cfg.classes, cfg.videos_per_class, cfg.video_frames,
+            timed(s, "data", make_data, root / "data", cfg.classes, cfg.videos_per_class, cfg.video_frames,
                   cfg.video_size, cfg.seed, cfg.val_fraction)
         if args.reuse:
             prior = json.loads(Path(args.reuse).read_text())
@@ -119,7 +129,7 @@ def main() -> None:
               f"{r['bytes_per_frame']} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    Path(args.out).write_text(json.dumps({"rows": rows, "seconds": s, "cpu_seconds": CPU, "loadavg_end": load}, indent=1))
+    Path(args.out).write_text(json.dumps({"dataset": args.dataset, "videos_per_class": cfg.videos_per_class, "rows": rows, "seconds": s, "cpu_seconds": CPU, "loadavg_end": load}, indent=1))
 
 
 if __name__ == "__main__":
