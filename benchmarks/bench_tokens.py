@@ -41,6 +41,8 @@ from vivitcache.train_temporal import run_train
 
 CPU: dict[str, float] = {}
 """CPU seconds of each step (this process, all its threads): less sensitive than wall time to a shared machine."""
+LOAD: dict[str, float] = {}
+"""1-minute load average at the end of each step (the machine is shared)."""
 
 
 def timed(seconds: dict, name: str, fn, *args, **kwargs):
@@ -48,7 +50,8 @@ def timed(seconds: dict, name: str, fn, *args, **kwargs):
     result = fn(*args, **kwargs)
     seconds[name] = round(time.perf_counter() - start, 1)
     CPU[name] = round(time.process_time() - cpu, 1)
-    print(f"{name}: {seconds[name]} s wall, {CPU[name]} s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
+    LOAD[name] = round(os.getloadavg()[0], 1)
+    print(f"{name}: {seconds[name]} s wall, {CPU[name]} s CPU, load {LOAD[name]}", flush=True)
     return result
 
 
@@ -61,13 +64,14 @@ def extract(cfg: DemoConfig, labels: Path, store: Path, stage1: Path | None, ima
     return run_extract(dataclasses.replace(base, workers=cfg.extract_workers, **tokens))
 
 
-def stage2(cfg: DemoConfig, labels: Path, store: Path, stage1: Path | None, out: Path, epochs: int, attn: bool):
+def stage2(cfg: DemoConfig, labels: Path, store: Path, stage1: Path | None, out: Path, epochs: int, attn: bool,
+           lr: float | None = None, attn_query: str = "pooled"):
     """`vivitcache train` (from stage 1, or `--init none` with the demo's temporal depth), `--adapter attn` or mlp."""
     train = stage2_config(cfg, store, stage1 or Path("unused"), out)
-    model = ModelConfig(temporal_depth=cfg.temporal_depth, adapter="attn" if attn else "mlp")
+    model = ModelConfig(temporal_depth=cfg.temporal_depth, adapter="attn" if attn else "mlp", attn_query=attn_query)
     # the dataset's own train/val split for every recipe (without --init, train would hash its own split)
     train = dataclasses.replace(train, init=str(stage1) if stage1 else None, model=model, splits=str(labels),
-                                optim=dataclasses.replace(train.optim, epochs=epochs))
+                                optim=dataclasses.replace(train.optim, epochs=epochs, lr=lr or train.optim.lr))
     return run_train(train)
 
 
@@ -77,6 +81,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/tokens.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: kind to a shared 2-core machine)")
     ap.add_argument("--attn-epochs", type=int, default=None, help="stage-2 epochs of the attn recipes (default: (i)'s)")
+    ap.add_argument("--attn-lr", type=float, default=None, help="stage-2 peak lr of the attn recipes (default: (i)'s)")
+    ap.add_argument("--attn-query", choices=("pooled", "learned"), default="pooled", help="the attn recipes' query")
+    ap.add_argument("--grid", type=int, default=4, help="patch grid N of the grid recipes")
     ap.add_argument("--quick", action="store_true", help="the demo's --quick sizes (a smoke run, not a measurement)")
     ap.add_argument("--dataset", choices=("synth", "real"), default="synth",
                     help="synth: the demo's moving blob; real: windows of a real video (data.real_motion)")
@@ -106,30 +113,31 @@ def main() -> None:
             timed(s, "stage1", run_pretrain, stage1_config(cfg, labels, stage1, image))
         recipes = {  # name: (extract from stage 1?, token settings, attn adapter, stage-2 epochs)
             "i": (True, {"tokens": "pooled"}, False, cfg.stage2_epochs),
-            "ii": (False, {"tokens": "grid", "grid": 4}, True, attn_epochs),
-            "ii_layers": (False, {"tokens": "grid", "grid": 4, "layers": [-1, -2]}, True, attn_epochs),
-            "iii": (True, {"tokens": "grid", "grid": 4}, True, attn_epochs),
-            "ii_long": (False, {"tokens": "grid", "grid": 4}, True, 3 * attn_epochs),
+            "ii": (False, {"tokens": "grid", "grid": args.grid}, True, attn_epochs),
+            "ii_layers": (False, {"tokens": "grid", "grid": args.grid, "layers": [-1, -2]}, True, attn_epochs),
+            "iii": (True, {"tokens": "grid", "grid": args.grid}, True, attn_epochs),
+            "ii_long": (False, {"tokens": "grid", "grid": args.grid}, True, 3 * attn_epochs),
         }
         for name in args.recipes.split(","):
             from_stage1, tokens, attn, epochs = recipes[name]
             store = root / f"{name}.zarr"
             timed(s, f"extract_{name}", extract, cfg, labels, store, stage1 if from_stage1 else None, image, **tokens)
             summary = timed(s, f"stage2_{name}", stage2, cfg, labels, store, stage1 if from_stage1 else None,
-                            root / f"stage2_{name}", epochs, attn)
+                            root / f"stage2_{name}", epochs, attn, args.attn_lr if attn else None, args.attn_query)
             steps = ["image"] + ["stage1"] * from_stage1 + [f"extract_{name}", f"stage2_{name}"]
             layout = TokenStore.open(store).layout
             rows[name] = {"val_top1": summary["val_top1"], "seconds": round(sum(s[k] for k in steps), 1),
                           "cpu_seconds": round(sum(CPU[k] for k in steps), 1),
                           "steps": {k: s[k] for k in steps}, "bytes_per_frame": layout.frame_bytes,
-                          "tokens": tokens, "attn": attn, "epochs": epochs}
+                          "tokens": tokens, "attn": attn, "epochs": epochs,
+                          "lr": (attn and args.attn_lr) or cfg.stage2_lr, "attn_query": args.attn_query if attn else None}
     print("| recipe | val top-1 | wall s (steps) | CPU s | bytes / frame |\n|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {100 * r['val_top1']:.1f} % | {r['seconds']} ({r['steps']}) | {r['cpu_seconds']} | "
               f"{r['bytes_per_frame']} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    Path(args.out).write_text(json.dumps({"dataset": args.dataset, "videos_per_class": cfg.videos_per_class, "rows": rows, "seconds": s, "cpu_seconds": CPU, "loadavg_end": load}, indent=1))
+    Path(args.out).write_text(json.dumps({"dataset": args.dataset, "videos_per_class": cfg.videos_per_class, "rows": rows, "seconds": s, "cpu_seconds": CPU, "load": LOAD, "loadavg_end": load}, indent=1))
 
 
 if __name__ == "__main__":
