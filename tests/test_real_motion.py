@@ -43,15 +43,15 @@ def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
 def candidate_motions() -> dict[str, list[np.ndarray]]:
     """Kind of motion → 2x2 matrices M (and shifts) with b(p) = a(M p + t), p in normalised centred coordinates."""
     kinds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"still": [(np.eye(2), np.zeros(2))]}
-    for px in (1, 2, 3, 4, 6, 8):
+    for px in (1, 2, 3, 4, 5, 6, 8):
         d = 2 * px / 32  # px pixels of a 32 px frame, in normalised units
         for kind, v in (("content_right", (d, 0)), ("content_left", (-d, 0)), ("content_down", (0, d)),
                         ("content_up", (0, -d))):
             kinds.setdefault(kind, []).append((np.eye(2), -np.array(v)))  # content moved by v: b(p) = a(p - v)
-    for s in (1.03, 1.06, 1.1, 1.15, 1.2, 1.3):
+    for s in (1.03, 1.06, 1.09, 1.12, 1.16, 1.2, 1.3):
         kinds.setdefault("content_grows", []).append((np.eye(2) / s, np.zeros(2)))
         kinds.setdefault("content_shrinks", []).append((np.eye(2) * s, np.zeros(2)))
-    for deg in (3, 6, 10, 15, 20, 25, 30):
+    for deg in (3, 6, 10, 15, 20, 25, 30, 35, 40):
         phi = math.radians(deg)  # R(phi) turns clockwise on screen (y down)
         rot = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
         kinds.setdefault("content_turns_cw", []).append((rot.T, np.zeros(2)))
@@ -81,11 +81,11 @@ def seen_motion(a: np.ndarray, b: np.ndarray) -> str:
 
 @pytest.mark.parametrize("name", CLASS_NAMES)
 def test_each_class_moves_the_content_as_named(name):
-    source = np.repeat(texture(160, 284)[None], 2, 0)  # [2, H, W, 3] a still source: only the window moves
+    source = np.repeat(texture(320, 568)[None], 2, 0)  # [2, H, W, 3] a still source: only the window moves
     for j in range(3):  # several draws: angle, position, speed
-        clip = render_clip(name, 16, 32, source, np.random.default_rng([7, j]))  # [16, 32, 32, 3]
-        assert clip.shape == (16, 32, 32, 3) and clip.dtype == np.uint8
-        for t in (0, 6):
+        clip = render_clip(name, 32, 32, source, np.random.default_rng([7, j]))  # [32, 32, 32, 3]
+        assert clip.shape == (32, 32, 32, 3) and clip.dtype == np.uint8
+        for t in (0, 14):
             assert seen_motion(clip[t], clip[t + 3]) == SEEN[name], (name, j, t)
 
 
@@ -123,7 +123,7 @@ def test_real_motion_labels_load(bbb_path, tmp_path):
 
 def test_source_frames_come_from_the_video(bbb_path):
     frames = load_source(bbb_path, 16)  # [N, H, W, 3]: scaled so the smallest window is 16 px
-    assert frames.shape == (132, 80, 142, 3) and frames.dtype == np.uint8
+    assert frames.shape == (132, 160, 284, 3) and frames.dtype == np.uint8
     assert frames.std() > 20  # real pictures, not a blank decode
 
 
@@ -142,4 +142,4 @@ def test_rejects_bad_parameters(tmp_path):
         with pytest.raises(ConfigError):
             make_real_motion_dataset(tmp_path, **bad)
     with pytest.raises(ValueError, match="unknown real-motion class"):
-        render_clip("teleport", 8, 16, np.zeros((2, 80, 142, 3), np.uint8), np.random.default_rng(0))
+        render_clip("teleport", 8, 16, np.zeros((2, 160, 284, 3), np.uint8), np.random.default_rng(0))
