@@ -81,7 +81,7 @@ def seen_motion(a: np.ndarray, b: np.ndarray) -> str:
 
 @pytest.mark.parametrize("name", CLASS_NAMES)
 def test_each_class_moves_the_content_as_named(name):
-    source = np.repeat(texture(320, 568)[None], 2, 0)  # [2, H, W, 3] a still source: only the window moves
+    source = np.repeat(texture(160, 284)[None], 2, 0)  # [2, H, W, 3] a still source: only the window moves
     for j in range(3):  # several draws: angle, position, speed
         clip = render_clip(name, 32, 32, source, np.random.default_rng([7, j]))  # [32, 32, 32, 3]
         assert clip.shape == (32, 32, 32, 3) and clip.dtype == np.uint8
