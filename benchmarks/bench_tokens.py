@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--attn-lr", type=float, default=None, help="stage-2 peak lr of the attn recipes (default: (i)'s)")
     ap.add_argument("--attn-query", choices=("pooled", "learned"), default="pooled", help="the attn recipes' query")
     ap.add_argument("--grid", type=int, default=4, help="patch grid N of the grid recipes")
+    ap.add_argument("--stage1-spatial-lr-scale", type=float, default=None, help="stage 1's spatial LR multiplier "
+                    "(default: the demo's)")
     ap.add_argument("--quick", action="store_true", help="the demo's --quick sizes (a smoke run, not a measurement)")
     ap.add_argument("--dataset", choices=("synth", "real"), default="synth",
                     help="synth: the demo's moving blob; real: windows of a real video (data.real_motion)")
@@ -93,7 +95,8 @@ def main() -> None:
                     "stage 1 (their seconds taken from it) instead of training them again")
     args = ap.parse_args()
     cfg = DemoConfig.preset(args.quick, out=args.work, threads=args.threads, extract_workers=0,
-                            videos_per_class=args.videos_per_class)
+                            videos_per_class=args.videos_per_class,
+                            stage1_spatial_lr_scale=args.stage1_spatial_lr_scale)
     make_data = make_real_motion_dataset if args.dataset == "real" else make_synth_dataset
     attn_epochs = args.attn_epochs or cfg.stage2_epochs
     root = Path(args.work).absolute()
