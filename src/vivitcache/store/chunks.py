@@ -62,6 +62,7 @@ class ShardChunks:
         self.fill = metadata.fill_value
         self.payload = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # bytes of one decoded chunk
         self._index: dict[int, np.ndarray] = {}  # shard → [per_shard, 2] (offset, nbytes), checked
+        self._size: dict[int, int] = {}  # shard → its file's size when its index was read
 
     @classmethod
     def of(cls, part_id: str, folder: Path, array) -> ShardChunks | None:
@@ -119,7 +120,7 @@ class ShardChunks:
         if bad.any():
             raise self.damage(shard, f"inner chunk at byte {int(pairs[np.argmax(bad), 0])} runs past the data or "
                                      "has the wrong size")
-        self._index[shard] = pairs
+        self._index[shard], self._size[shard] = pairs, end
         return pairs
 
     def runs(self, chunks: np.ndarray, targets: np.ndarray) -> tuple[list[Run], np.ndarray]:
@@ -146,6 +147,9 @@ class ShardChunks:
         chunk's crc32c checked; StoreDamageError naming the part and the file."""
         fd = self._open(run.shard)
         try:
+            if os.fstat(fd).st_size != self._size[run.shard]:  # the index held no longer describes the file
+                raise self.damage(run.shard, f"{os.fstat(fd).st_size} bytes, {self._size[run.shard]} when its shard "
+                                             "index was read (truncated or replaced since)")
             if self.zstd:
                 data = os.pread(fd, int(run.sizes.sum()), run.offset)
                 got, want = len(data), int(run.sizes.sum())
