@@ -236,8 +236,8 @@ class ThreadProfiles:
 def group(file: str, name: str) -> str:
     """Where a function's own time goes, for the breakdown."""
     if file == "~":
-        if any(w in name for w in ("acquire", "wait", "select", "poll", "sleep", "join")):
-            return "waiting (locks, futures, event loop idle)"
+        if any(w in name for w in ("acquire", "wait", "select", "poll", "sleep", "join", "_queue")):
+            return "waiting (locks, futures, idle threads and event loop)"
         if any(w in name for w in ("read", "pread", "open", "stat", "close", "seek")):
             return "file syscalls (open/read/stat/close)"
         if "crc32c" in name or "google_crc32c" in name:
