@@ -3,13 +3,14 @@
 The random-read path of stage 2 (`train_temporal.batches.StoreBatches`) needs a few hundred scattered inner chunks
 per batch. Read through zarr-python, each chunk goes through its per-chunk asyncio codec pipeline (the shard index
 read again for every request, one file open per chunk, an output buffer per read), which costs far more CPU than
-reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") puts a cold epoch at ~10x its storage time.
-zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard (`reader.check_shard`), so it
-cannot serve chunk reads. Hence this hand-written reader of the one layout our writer makes (zarr v3 sharding codec,
-index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian), optionally `zstd`, then `crc32c`),
-checked exactly as zarr checks it:
+reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") finds most of a cold epoch there, not in
+storage. zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard
+(`reader.check_shard`), so it cannot serve chunk reads. Hence this hand-written reader of the one layout our writer
+makes (zarr v3 sharding codec, index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian),
+optionally `zstd`, then `crc32c`), checking what zarr checks:
 
-- each shard's index is read once (its crc32c checked, every entry bounded by the data) and kept;
+- each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept; every
+  later read checks that the file still has the size it had then;
 - a run of inner chunks that lie back to back in the file is one `preadv` (uncompressed: straight into the caller's
   array, the 4-byte checksums into a side buffer, no copy); every chunk's crc32c is checked before it counts;
 - damage (a missing or short file, a checksum mismatch, an entry past the data) is a `StoreDamageError` naming the
