@@ -167,6 +167,9 @@ class StoreBatches(StoreReader):
     READ_THREADS = 8
     """Reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
+    SCRATCH_BYTES = 64 * 2**20
+    """Stored chunks held at once before the rule makes features of them (stores whose features are not the stored
+    bytes: bf16, a computed mean, some of several tokens)."""
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)
@@ -185,7 +188,7 @@ class StoreBatches(StoreReader):
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
         self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
-        self._scratch: np.ndarray | None = None  # [U, cf, K, D] stored chunks before the rule (no pass-through)
+        self._scratch: np.ndarray | None = None  # [n, cf, K, D] stored chunks before the rule (no pass-through)
         self.hits = self.misses = 0
 
     @property
@@ -272,18 +275,26 @@ class StoreBatches(StoreReader):
         return [f.result() for f in futures]
 
     def _read_direct(self, keys: np.ndarray, slots: np.ndarray, readers: dict) -> None:
-        """Chunks `keys` into `slots` through `ShardChunks`: the batch's reads all in flight at once on the read
-        threads, one request per run of chunks back to back in a file, each chunk's crc32c checked. Features that
-        are the stored bytes (`rule.passthrough`) are read straight into the slab; others into a scratch array, then
-        decoded and put through the rule."""
+        """Chunks `keys` into `slots` through `ShardChunks`. Features that are the stored bytes (`rule.passthrough`)
+        are read straight into the slab; others into a scratch array of at most `SCRATCH_BYTES` at a time (or one
+        chunk), then decoded and put through the rule."""
         cf, layout = self.chunk_frames, self._store.layout
         k, d = layout.tokens_per_frame, layout.dim
         if self.rule.passthrough:
-            out, targets = self._slab.reshape(self.slots, cf, k, d), slots  # a view of the slab: [slots, cf, K, D]
-        else:
-            if self._scratch is None or len(self._scratch) < len(keys):
-                self._scratch = np.empty((len(keys), cf, k, d), dtype=layout.numpy_dtype)  # [U, cf, K, D]
-            out, targets = self._scratch, np.arange(len(keys))
+            self._read_runs(keys, readers, self._slab.reshape(self.slots, cf, k, d), slots)  # a view of the slab
+            return
+        step = max(1, self.SCRATCH_BYTES // (cf * layout.frame_bytes))  # chunks per round
+        for lo in range(0, len(keys), step):
+            n = min(step, len(keys) - lo)
+            if self._scratch is None or len(self._scratch) < n:
+                self._scratch = np.empty((n, cf, k, d), dtype=layout.numpy_dtype)  # [n, cf, K, D]
+            self._read_runs(keys[lo : lo + n], readers, self._scratch, np.arange(n))
+            feats = self.rule(self._store.decode(self._scratch[:n].reshape(-1, k, d)))  # [n·cf, Din]
+            self._slab[slots[lo : lo + n]] = feats.reshape(n, cf, -1)
+
+    def _read_runs(self, keys: np.ndarray, readers: dict, out: np.ndarray, targets: np.ndarray) -> None:
+        """Chunks `keys` into rows `targets` of `out` [N, cf, K, D]: the reads all in flight at once on the read
+        threads, one request per run of chunks back to back in a file, each chunk's crc32c checked."""
         parts, chunks = np.divmod(keys, 1 << 32)  # [U], [U]
         jobs = []
         for p, reader in readers.items():
@@ -293,9 +304,6 @@ class StoreBatches(StoreReader):
                 reader.fill_value(out, empty)
                 jobs += [(reader, run) for run in runs]
         self._map(lambda job: job[0].read(job[1], out), jobs)
-        if not self.rule.passthrough:
-            feats = self.rule(self._store.decode(out[: len(keys)].reshape(-1, k, d)))  # [U·cf, Din]
-            self._slab[slots] = feats.reshape(len(keys), cf, -1)
 
     def _read_zarr(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Decode chunks `keys` (sorted) into `slots` through zarr: one read per run of consecutive chunks of a part."""
