@@ -38,6 +38,7 @@ again just before each sequential cold epoch (`file_read_cold_mb_per_s`), which 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -64,6 +65,8 @@ from vivitcache.training.sampler import ResumableSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from clip_readers import InMemoryFeatures, StreamedFeatures  # noqa: E402 — the per-clip reference, kept with the tests
 
+import peer_readers  # noqa: E402 — the .npy and HDF5 peers, next to this file
+
 
 # ---------------------------------------------------------------------------------------------------- store + cache
 def make_store(path: Path, videos: int, frames: int, dim: int, per_part: int = 32) -> Path:
@@ -88,15 +91,26 @@ def store_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()]
 
 
-def drop_page_cache(path: Path) -> None:
-    """Evict the store's files from the page cache (clean pages only: fsync first)."""
-    for f in store_files(path):
+def drop_page_cache(path: Path | list[Path]) -> None:
+    """Evict a store's files (or these files) from the page cache (clean pages only: fsync first). Pages mapped by
+    a live memory map stay: close the maps first."""
+    for f in store_files(path) if isinstance(path, Path) else path:
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def read_files(files: list[Path]) -> int:
+    """Read the files whole, 8 MiB at a time; returns the bytes read."""
+    total = 0
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while chunk := fh.read(8 << 20):
+                total += len(chunk)
+    return total
 
 
 def file_read_bandwidth(path: Path) -> dict:
@@ -108,10 +122,7 @@ def file_read_bandwidth(path: Path) -> dict:
         if kind == "cold":
             drop_page_cache(path)
         t = time.perf_counter()
-        for f in shards:
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(8 << 20):
-                    pass
+        read_files(shards)
         out[f"{kind}_mb_per_s"] = total / 1e6 / (time.perf_counter() - t)
     return out
 
@@ -129,19 +140,20 @@ def run_epochs(ds: TokenClipDataset, batch: int, workers: int, epochs: int | Non
         sampler = ResumableSampler(len(ds), 0, shuffle=True, order=ds.epoch_order)
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
+        ds.follow(list(sampler))  # as fit does: the order the read-ahead walks
         t0 = time.perf_counter()
         it = iter(_loader(ds, batch, sampler, workers))
-        for _ in range(max(1, workers)):  # every worker has started and delivered its first batch
-            next(it)
+        first = sum(len(next(it)[0]) for _ in range(max(1, workers)))  # every worker has delivered a batch
         t1 = time.perf_counter()
-        n = 0
+        # with workers: the clips after the first batches, over the time after them; in one process: the whole epoch
+        n, since = (0, t1) if workers else (first, t0)
         for x, _ in it:
             n += len(x)
         t2 = time.perf_counter()
         start += t1 - t0
-        clips += n  # clips after the first batches, over the time after them
-        seconds += t2 - t1
-        rates.append(n / max(t2 - t1, 1e-9))
+        clips += n
+        seconds += t2 - since
+        rates.append(n / max(t2 - since, 1e-9))
         epoch += 1
     return {"clips_per_s": max(rates), "median_clips_per_s": float(np.median(rates)), "seconds": seconds,
             "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch}
@@ -237,11 +249,91 @@ def codec_pipelines(path: Path, store: TokenStore, min_seconds: float) -> dict:
     return out
 
 
+def cold_case(ds: TokenClipDataset, files: Path | list[Path], batch: int, workers: int, first_epoch: int = 0) -> dict:
+    """One epoch of `ds` after dropping its reader's files from the page cache (peers: their maps closed first)."""
+    getattr(ds.features, "reset", lambda: None)()
+    drop_page_cache(files)
+    return run_epochs(ds, batch, workers, 1, 0, first_epoch=first_epoch)
+
+
+def bench_case(path: Path, memory: MemoryBatches, peers: dict, T: int, workers: int, batch: int, min_seconds: float,
+               cache: int) -> dict:
+    """One row: every reader at clip length T with `workers` DataLoader workers (peers in one process only)."""
+    row: dict = {"T": T, "workers": workers}
+    base_videos = entries(memory.store)
+    table = memory.table([v.id for v in base_videos])
+    base = memory.base[table.part] + table.offset  # [N] first row of each video in the one array
+    # with workers, an epoch must be long against their start: every video 4 times (4 clips each)
+    videos = base_videos * (4 if workers else 1)
+    mem = TokenClipDataset(videos, memory, T, train=True, batch=batch)
+    drop_page_cache(path)
+    rnd = TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch, read_ahead=32)
+    row["random_cold"] = run_epochs(rnd, batch, workers, 1, 0)
+    peer_sets = {} if workers else {name: TokenClipDataset(videos, reader, T, train=True, batch=batch)
+                                    for name, reader in peers.items()}
+    for name, ds in peer_sets.items():  # the same clips as `random_cold` (epoch 0)
+        row[f"{name}_cold"] = cold_case(ds, ds.features.files(), batch, workers)
+    drop_page_cache(path)
+    row["file_read_cold_mb_per_s"] = file_read_bandwidth(path)["cold_mb_per_s"]  # just before, as cold
+    seq = TokenClipDataset(videos, StoreBatches(path, "cls"), T, train=True, batch=batch, read="sequential",
+                           streams=4, shuffle_buffer=512)
+    row["sequential_cold"] = cold_case(seq, path, batch, workers)
+    if workers == 0:  # the epochs after the first: the same process, the page cache dropped again
+        row["sequential_cold_next"] = cold_case(seq, path, batch, workers, first_epoch=1)
+    # warm cases in interleaved rounds with the raw gather, the best round of each counts (shared machine)
+    warm = {"memory": (mem, 0), "random_warm": (rnd, 1), "sequential_warm": (seq, 1)}
+    warm |= {f"{name}_warm": (ds, 1) for name, ds in peer_sets.items()}
+    for ds in peer_sets.values():  # every page of their files in the page cache, as the store's after its epochs
+        read_files(ds.features.files())
+    rounds: dict[str, list] = {"raw": []} | {name: [] for name in warm}
+    for r in range(1 if workers else 3):
+        rounds["raw"].append(raw_gather(memory.features.numpy(), base, table, T, batch, min_seconds))
+        once = dict(epochs=1 if workers else None, min_seconds=min_seconds)
+        for name, (ds, first) in warm.items():
+            rounds[name].append(run_epochs(ds, batch, workers, first_epoch=first + 10 * r, **once))
+    rnd.stop_read_ahead()
+    row["raw_gather_clips_per_s"] = max(rounds.pop("raw"))
+    if workers:
+        row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, memory.rule.dim, len(videos))
+    for name, runs in rounds.items():
+        row[name] = max(runs, key=lambda x: x["clips_per_s"])
+    row["ratios"] = ratios(row, memory.store, path)
+    return row
+
+
+def ratios(row: dict, store: TokenStore, path: Path) -> dict:
+    """The row's figures against their limits and peers (None where the row has no such case)."""
+    rate = {k: v["clips_per_s"] for k, v in row.items() if isinstance(v, dict) and "clips_per_s" in v}
+    limit, workers = row["raw_gather_clips_per_s"], row["workers"]
+    store_bytes = sum(f.stat().st_size for f in store_files(path))
+    file_read = row["file_read_cold_mb_per_s"] * 1e6
+
+    def per(a: str, b: str) -> float | None:
+        return rate[a] / rate[b] if a in rate and b in rate else None
+
+    return {
+        "memory_vs_raw_gather": rate["memory"] / limit,
+        "random_warm_vs_raw_gather": rate["random_warm"] / limit,
+        # with workers, against what torch's DataLoader moves between processes here at all
+        "memory_vs_worker_transfer": rate["memory"] / row["worker_transfer_clips_per_s"] if workers else None,
+        # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files (one
+        # process, whose epoch time covers every batch; with workers the epoch holds every video 4 times)
+        "sequential_cold_vs_file_read": store_bytes / row["sequential_cold"]["seconds"] / file_read
+        if workers == 0 else None,
+        "sequential_cold_next_vs_file_read": store_bytes / row["sequential_cold_next"]["seconds"] / file_read
+        if workers == 0 else None,
+        "random_cold_vs_npy_cold": per("random_cold", "npy_cold"),
+        "random_warm_vs_npy_warm": per("random_warm", "npy_warm"),
+        "random_cold_vs_hdf5_cold": per("random_cold", "hdf5_cold"),
+        "sequential_cold_vs_npy_cold": per("sequential_cold", "npy_cold"),
+    }
+
+
 def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], batch: int, min_seconds: float,
                 reference: bool) -> dict:
     store = TokenStore.open(path)
-    videos = base_videos = entries(store)
-    result: dict = {"dim": dim, "videos": len(videos), "frames_per_video": videos[0].num_frames,
+    base_videos = entries(store)
+    result: dict = {"dim": dim, "videos": len(base_videos), "frames_per_video": base_videos[0].num_frames,
                     "store_bytes": sum(f.stat().st_size for f in store_files(path)),
                     "layout": store.layout.to_dict(), "file_read": file_read_bandwidth(path)}
     t = time.perf_counter()
@@ -249,57 +341,17 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
     result["memory_load_s"] = time.perf_counter() - t
     cache = 2 * result["store_bytes"]
     result["codec"] = codec_pipelines(path, store, min_seconds / 2)
+    peers = {}
+    if 0 in workers_list:
+        files = peer_readers.export(memory, path.with_suffix(".peers"))
+        frames = {v.id: v.num_frames for v in base_videos}
+        peers = {"npy": peer_readers.NpyBatches(files["npy"], frames, memory.rule.dim, memory.rule.dtype),
+                 "hdf5": peer_readers.Hdf5Batches(files["hdf5"], frames, memory.rule.dim, memory.rule.dtype)}
+        result["peer_bytes"] = {name: sum(f.stat().st_size for f in reader.files()) for name, reader in peers.items()}
     cases = []
     for T in Ts:
-        table = memory.table([v.id for v in videos])
-        base = memory.base[table.part] + table.offset  # [N] first row of each video in the one array
         for workers in workers_list:
-            row: dict = {"T": T, "workers": workers}
-            # with workers, an epoch must be long against their start: every video 4 times (4 clips each)
-            videos = base_videos * (4 if workers else 1)
-            mem = TokenClipDataset(videos, memory, T, train=True, batch=batch)
-            drop_page_cache(path)
-            rnd = TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch, read_ahead=32)
-            row["random_cold"] = run_epochs(rnd, batch, workers, 1, 0)
-            drop_page_cache(path)
-            row["file_read_cold_mb_per_s"] = file_read_bandwidth(path)["cold_mb_per_s"]  # just before, as cold
-            drop_page_cache(path)
-            seq = TokenClipDataset(videos, StoreBatches(path, "cls"), T, train=True, batch=batch, read="sequential",
-                                   streams=4, shuffle_buffer=512)
-            row["sequential_cold"] = run_epochs(seq, batch, workers, 1, 0)
-            if workers == 0:  # the epochs after the first: the same process, the page cache dropped again
-                drop_page_cache(path)
-                row["sequential_cold_next"] = run_epochs(seq, batch, workers, 1, 0, first_epoch=1)
-            # warm cases in interleaved rounds with the raw gather, the best round of each counts (shared machine)
-            rounds: dict[str, list] = {"raw": [], "memory": [], "random_warm": [], "sequential_warm": []}
-            for r in range(1 if workers else 3):
-                rounds["raw"].append(raw_gather(memory.features.numpy(), base, table, T, batch, min_seconds))
-                once = dict(epochs=1 if workers else None, min_seconds=min_seconds)
-                rounds["memory"].append(run_epochs(mem, batch, workers, first_epoch=r, **once))
-                rounds["random_warm"].append(run_epochs(rnd, batch, workers, first_epoch=1 + 10 * r, **once))
-                rounds["sequential_warm"].append(run_epochs(seq, batch, workers, first_epoch=1 + 10 * r, **once))
-            rnd.stop_read_ahead()
-            limit = row["raw_gather_clips_per_s"] = max(rounds.pop("raw"))
-            if workers:
-                row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, dim, len(videos))
-            for name, runs in rounds.items():
-                row[name] = max(runs, key=lambda x: x["clips_per_s"])
-            took = row["sequential_cold"]["seconds"] + row["sequential_cold"]["start_s"]
-            nxt = row.get("sequential_cold_next")
-            took_next = nxt["seconds"] + nxt["start_s"] if nxt else None
-            row["ratios"] = {
-                "memory_vs_raw_gather": row["memory"]["clips_per_s"] / limit,
-                "random_warm_vs_raw_gather": row["random_warm"]["clips_per_s"] / limit,
-                # with workers, against what torch's DataLoader moves between processes here at all
-                "memory_vs_worker_transfer": row["memory"]["clips_per_s"] / row["worker_transfer_clips_per_s"]
-                if workers else None,
-                # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files
-                # (one process: with workers the epoch holds every video 4 times)
-                "sequential_cold_vs_file_read": result["store_bytes"] / took / (row["file_read_cold_mb_per_s"] * 1e6)
-                if workers == 0 else None,
-                "sequential_cold_next_vs_file_read": result["store_bytes"] / took_next
-                / (row["file_read_cold_mb_per_s"] * 1e6) if workers == 0 else None,
-            }
+            row = bench_case(path, memory, peers, T, workers, batch, min_seconds, cache)
             cases.append(row)
             print(json.dumps({k: (v["clips_per_s"] if isinstance(v, dict) and "clips_per_s" in v else v)
                               for k, v in row.items() if k != "ratios"} | row["ratios"]), flush=True)
@@ -317,6 +369,10 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
     return result
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small: 48 videos of 200 frames, D=768, T=32, no workers")
@@ -326,10 +382,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--dims", type=ints, default=[768, 1408], help="token widths, comma-separated (default 768,1408)")
+    ap.add_argument("--clip-lengths", type=ints, default=[32, 128], help="clip lengths T (default 32,128)")
+    ap.add_argument("--workers", type=ints, default=[0, 1, 4],
+                    help="DataLoader workers per case (default 0,1,4); the .npy and HDF5 peers run with 0 only")
     args = ap.parse_args()
     if args.quick:
         args.videos, args.frames, args.min_seconds, args.batch = 48, 200, 0.5, 16
-    dims, Ts, workers = ([768], [32], [0]) if args.quick else ([768, 1408], [32, 128], [0, 1, 4])
+        args.dims, args.clip_lengths, args.workers = [768], [32], [0]
+    dims, Ts, workers = args.dims, args.clip_lengths, args.workers
+    if 0 in workers and importlib.util.find_spec("h5py") is None:
+        raise SystemExit(f"error: {peer_readers.H5PY_HINT}")
     torch.set_num_threads(1)  # as in a loader process; the gathers are single-threaded numpy
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
