@@ -89,11 +89,13 @@ class BatchReader(Protocol):
 
 def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> None:
     """StoreError if a frame index is outside its video (the clip rules never make one; a caller could)."""
-    n = table.frames[rows][:, None]  # [B, 1]
-    bad = (indices < 0) | (indices >= n)  # [B, n]
-    if bad.any():
-        b = int(np.flatnonzero(bad.any(1))[0])
-        raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b, 0])})")
+    if not indices.size:
+        return
+    n = table.frames[rows]  # [B]
+    # 3 reductions: on every batch, about half the time of an elementwise [B, n] mask
+    if indices.min() < 0 or (indices.max(axis=1) >= n).any():
+        b = int(np.flatnonzero((indices.min(axis=1) < 0) | (indices.max(axis=1) >= n))[0])
+        raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b])})")
 
 
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
@@ -122,6 +124,7 @@ class MemoryBatches:
         # shared memory: spawned DataLoader workers map it instead of copying it
         dtype = torch.from_numpy(np.zeros(0, self.rule.dtype)).dtype
         self.features = torch.empty((sum(sizes), self.rule.dim), dtype=dtype).share_memory_()  # [F, Din]
+        self._starts: tuple[VideoTable, np.ndarray] | None = None  # the latest table, its videos' first rows
         for p, start, n in zip(wanted, self.base[[numbers[p] for p in wanted]], sizes):
             self.features.numpy()[start : start + n] = read_part(self.store, self.rule, p)
 
@@ -135,7 +138,9 @@ class MemoryBatches:
     def gather(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Features of frames `indices` [B, n] of videos `rows` [B]: [B, n, Din] in `rule.dtype`."""
         check_indices(table, rows, indices)
-        frames = (self.base[table.part[rows]] + table.offset[rows])[:, None] + indices  # [B, n] rows of the array
+        if self._starts is None or self._starts[0] is not table:  # the dataset's one table: worked out once
+            self._starts = (table, self.base[table.part] + table.offset)  # [N] first row of each video in the array
+        frames = self._starts[1][rows][:, None] + indices  # [B, n] rows of the array
         return np.take(self.features.numpy(), frames, axis=0)  # [B, n, Din]; np.take: ~25 % faster than a[frames]
 
     def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> int:
