@@ -518,13 +518,13 @@ def sweep(
 ):
     """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
     the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
-    from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
+    from vivitcache.sweep import OptionKinds, expand, load_manifest, run_sweep
 
     parse, options = _train_parser()
     kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
                         valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
     if resume and not ctx.args and grid is None:  # the sweep as it was started
-        configs, pruning = load_plan(out)
+        configs, pruning = load_manifest(out)
     else:
         configs, pruning = expand(list(ctx.args), grid, kinds), prune.value
     cfg = SweepConfig(out=str(out), grid=str(grid) if grid else None, prune=pruning, resume=resume,
@@ -658,7 +658,7 @@ def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
     if dropped:
         console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
-                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the part plan lists)",
                       highlight=False, soft_wrap=True)
 
 
