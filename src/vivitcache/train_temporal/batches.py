@@ -99,8 +99,20 @@ def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> N
 
 
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
-    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. Each shard file is read in one request."""
-    return rule(store.decode(store.part_tokens(part_id)))  # [F_part, Din]
+    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. A part with our writer's layout is read
+    straight from its shard files (`TokenStore.shard_chunks`: one request per run of back-to-back inner chunks, into
+    the array returned, every chunk's crc32c checked); any other, each shard file in one request, then decoded."""
+    chunks = store.shard_chunks(part_id)
+    if chunks is None:
+        return rule(store.decode(store.part_tokens(part_id)))  # [F_part, Din]
+    frames, cf = store.tokens_array(part_id).shape[0], chunks.chunk_shape[0]
+    n = -(-frames // cf)  # inner chunks holding the part's frames
+    out = np.empty((n,) + chunks.chunk_shape, dtype=chunks.dtype)  # [n, cf, K, D]
+    runs, never_written = chunks.runs(np.arange(n), np.arange(n))
+    chunks.fill_value(out, never_written)
+    for run in runs:
+        chunks.read(run, out)
+    return rule(store.decode(out.reshape((n * cf,) + chunks.chunk_shape[1:])[:frames]))  # [F_part, Din]
 
 
 class MemoryBatches:
@@ -206,8 +218,9 @@ class StoreBatches(StoreReader):
 
     def prefetch(self, number: int) -> None:
         """Read a part's shard files with plain sequential reads and check their checksums (`part` then decodes them
-        from the page cache)."""
-        self._store.read_shards(self._part_ids[number])
+        from the page cache); nothing for a part `part` reads straight from its files (one read does both)."""
+        if self._store.shard_chunks(self._part_ids[number]) is None:
+            self._store.read_shards(self._part_ids[number])
 
     # ---- random access ------------------------------------------------------------------------------------------
     def _keys(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
