@@ -4,11 +4,14 @@ readers (.npy per video, one HDF5 file) give the same clips as ours, so `bench_l
 - clips drawn ahead a window at a time along the sampler's order (`ClipWindow`) equal the clips drawn alone, for
   every augmentation, in and out of the order, across epochs;
 - the in-memory gather still refuses a frame index outside its video;
-- the .npy and HDF5 peers, warm and after their maps are closed, give the batches `MemoryBatches` gives.
+- the .npy and HDF5 peers, warm and after their maps are closed, give the batches `MemoryBatches` gives;
+- sequential epochs, whose parts are now read straight from the shard files, give the per-clip reference's clips
+  and refuse a damaged part met on a read-ahead thread.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import torch
 from clip_readers import StreamedFeatures
 from test_loader import AUGMENTS, entries, make_store
 
-from vivitcache.store import StoreError
+from vivitcache.store import StoreDamageError, StoreError
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.dataset import TokenClipDataset
 from vivitcache.training.sampler import ResumableSampler
@@ -110,3 +113,43 @@ def test_the_benchmark_peers_read_the_same_clips_as_ours(store, tmp_path):
                     assert got[0].dtype == x.dtype and torch.equal(got[0], x) and torch.equal(got[1], y)
                 peer.reset()
     assert sorted(f.name for f in files["npy"].iterdir()) == sorted(f"{v.id}.npy" for v in videos)
+
+
+def sequential(store, epoch: int) -> tuple[TokenClipDataset, list[int]]:
+    ds = TokenClipDataset(entries(store), StoreBatches(store, "cls"), T, train=True, seed=7, read="sequential",
+                          batch=4, streams=2, shuffle_buffer=8, world=1)
+    ds.set_epoch(epoch)
+    return ds, ds.epoch_order(epoch, 0, 1)
+
+
+def test_sequential_parts_read_straight_from_the_shards_equal_the_per_clip_reference(store):
+    ds, order = sequential(store, 1)
+    got = torch.cat([ds.__getitems__(order[i : i + 4])[0] for i in range(0, len(order), 4)])
+    assert torch.equal(got.float(), reference_batch(store, 1, order))
+    reader = ds.features.store
+    assert all(reader.shard_chunks(p) is not None for p in reader.part_ids())  # every part read straight
+    assert not any(fast for _, _, fast in reader._arrays)  # and none through zarrs
+    assert ds._sequential.parts_read >= len(reader.part_ids())
+
+
+@pytest.mark.parametrize("kind", ["flipped", "deleted"])
+def test_sequential_reads_refuse_a_damaged_part_read_ahead(store, tmp_path, kind):
+    """The last part of the epoch's order is damaged: its read, on a read-ahead thread, fails, and the batch that
+    needs it raises `StoreDamageError` naming the part and the file; the batches before it are served."""
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(store, copy)
+    ds, order = sequential(copy, 1)
+    last = ds.table.part[order[-1]]
+    part = ds.features.store.part_ids()[last]
+    shard = sorted(f for f in (copy / "parts" / part / "tokens" / "c").rglob("*") if f.is_file())[0]
+    if kind == "deleted":
+        shard.unlink()
+    else:
+        data = bytearray(shard.read_bytes())
+        data[10] ^= 0xFF  # inside the part's first inner chunk
+        shard.write_bytes(bytes(data))
+    says = "is missing" if kind == "deleted" else "crc32c checksum mismatch in the inner chunk"
+    with pytest.raises(StoreDamageError, match=f"part {part}: .*{shard.name}.*{says}"):
+        for i in range(0, len(order), 4):
+            ds.__getitems__(order[i : i + 4])
+    assert i > 0  # it failed at the batch that needed the part, not before
