@@ -13,8 +13,9 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
   then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
   in one request each.
 
-Whole parts are decoded through `zarrs`' codec pipeline when it is installed (`TokenStore.part_tokens`, after its
-own checksum pass); chunk reads go through zarr's pipeline, which checks each chunk's crc32c.
+Whole parts of the layout `extract` writes are read straight from their shard files (`read_part`, through
+`TokenStore.shard_chunks`: every chunk's crc32c checked, no decode); other layouts are decoded through `zarrs`'
+codec pipeline when it is installed (`TokenStore.part_tokens`, after its own checksum pass).
 
 Both are `BatchReader`s, the one interface `TokenClipDataset` reads through (no other dispatch). The per-clip
 reference readers they must equal live with the tests (`tests/clip_readers.py`).
