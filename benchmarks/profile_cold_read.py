@@ -199,8 +199,7 @@ class ThreadProfiles:
         return prof
 
     def _hook(self, *_):  # the first profile event of a new thread: hand the thread to its own cProfile
-        threading.setprofile(None)
-        self._new().enable()
+        self._new().enable()  # replaces this hook in this thread only
 
     def __enter__(self):
         from zarr.core import sync

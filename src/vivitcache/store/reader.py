@@ -7,7 +7,9 @@ written lives under `staging/` and appears atomically when its writer commits.
 A reader never hands out tokens it has not checked the way `verify --quick` does: the first time a process touches a
 part, its commit record is read and compared with the index, and every file the record lists is checked for
 presence and size (a deleted shard would otherwise read as zeros, a truncated one may too). Reads go through zarr,
-which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Whole parts
+which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Batches of
+scattered chunks (stage 2's random reads) are read by `chunks.ShardChunks` (`shard_chunks`), which checks them the
+same way without zarr's per-chunk pipeline. Whole parts
 (`part_tokens`) are decoded by zarrs instead, which is much faster but does not check crc32c on partly filled
 shards, so their shard files are first read and checked here (`read_shards`, `check_shard`).
 """

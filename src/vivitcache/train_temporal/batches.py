@@ -8,14 +8,16 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
 
 - `MemoryBatches`: every part's features in one shared-memory array [F_all, Din]; a batch is one gather.
 - `StoreBatches`: streamed from the store. Random access (`gather`) goes through a cache of decoded chunks kept
-  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (reads of
-  missing ones coalesced across the batch's clips, one zarr read per run of consecutive chunks), and the batch is
-  then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
-  in one request each.
+  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (the
+  missing ones read together, one request per run of chunks back to back in a shard file), and the batch is then
+  one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read each run of up to 256
+  back-to-back chunks of a part in one request.
 
 Whole parts of the layout `extract` writes are read straight from their shard files (`read_part`, through
 `TokenStore.shard_chunks`: every chunk's crc32c checked, no decode); other layouts are decoded through `zarrs`'
-codec pipeline when it is installed (`TokenStore.part_tokens`, after its own checksum pass).
+codec pipeline when it is installed (`TokenStore.part_tokens`, after its own checksum pass). Chunk reads go
+straight to the shard files too (`store.chunks.ShardChunks`), or through zarr's pipeline for a layout our writer
+does not make.
 
 Both are `BatchReader`s, the one interface `TokenClipDataset` reads through (no other dispatch). The per-clip
 reference readers they must equal live with the tests (`tests/clip_readers.py`).
@@ -182,7 +184,7 @@ class StoreBatches(StoreReader):
 
     streamed = True
     READ_THREADS = 8
-    """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
+    """Reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
 
     def _open(self) -> None:
