@@ -135,13 +135,13 @@ def entries(store: TokenStore) -> list[VideoEntry]:
 def run_epochs(ds: TokenClipDataset, batch: int, workers: int, epochs: int | None, min_seconds: float,
                first_epoch: int = 0) -> dict:
     """Iterate fit's DataLoader over whole epochs: at least `min_seconds`, or exactly `epochs`."""
-    clips, seconds, start, epoch, rates = 0, 0.0, 0.0, first_epoch, []
+    clips, seconds, start, epoch, rates, cpu_rates = 0, 0.0, 0.0, first_epoch, [], []
     while (epochs is None and seconds < min_seconds) or (epochs is not None and epoch - first_epoch < epochs):
         sampler = ResumableSampler(len(ds), 0, shuffle=True, order=ds.epoch_order)
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         ds.follow(list(sampler))  # as fit does: the order the read-ahead walks
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         it = iter(_loader(ds, batch, sampler, workers))
         first = sum(len(next(it)[0]) for _ in range(max(1, workers)))  # every worker has delivered a batch
         t1 = time.perf_counter()
@@ -149,19 +149,22 @@ def run_epochs(ds: TokenClipDataset, batch: int, workers: int, epochs: int | Non
         n, since = (0, t1) if workers else (first, t0)
         for x, _ in it:
             n += len(x)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         start += t1 - t0
         clips += n
         seconds += t2 - since
         rates.append(n / max(t2 - since, 1e-9))
+        cpu_rates.append(n / max(c2 - c0, 1e-9) if not workers else None)  # this process's CPU time, one process
         epoch += 1
     return {"clips_per_s": max(rates), "median_clips_per_s": float(np.median(rates)), "seconds": seconds,
-            "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch}
+            "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch,
+            "cpu_clips_per_s": None if workers else max(cpu_rates)}
 
 
-def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int, min_seconds: float) -> float:
+def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int, min_seconds: float
+               ) -> tuple[float, float]:
     """clips/s of `features[rows]` alone (video i's frames start at row `base[i]`): the rows of whole batches
-    precomputed with the clip rule, in random order."""
+    precomputed with the clip rule, in random order. (per second of wall time, per second of CPU time)"""
     n = len(table.frames)
     order = np.random.default_rng(0).permutation(n)
     rows = []
@@ -169,13 +172,14 @@ def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int
         b = order[i : i + batch]
         idx = train_clips(table.frames[b], T, clip_keys(0, 0, b), AugmentConfig()).indices  # [B, T]
         rows.append(base[b][:, None] + idx)
-    rates, t = [], time.perf_counter()
+    rates, cpu_rates, t = [], [], time.perf_counter()
     while time.perf_counter() - t < min_seconds:  # passes over the epoch's batches: the best pass counts
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for r in rows:
             np.take(features, r, axis=0)  # [B, T, D]; the fastest numpy gather (a[r] is ~25 % slower)
         rates.append(sum(map(len, rows)) / (time.perf_counter() - t1))
-    return max(rates)
+        cpu_rates.append(sum(map(len, rows)) / max(time.process_time() - c1, 1e-9))
+    return max(rates), max(cpu_rates)
 
 
 class ZeroBatches(torch.utils.data.Dataset):
@@ -299,7 +303,8 @@ def bench_case(path: Path, memory: MemoryBatches, peers: dict, T: int, workers: 
         for name, (ds, first) in warm.items():
             rounds[name].append(run_epochs(ds, batch, workers, first_epoch=first + 10 * r, **once))
     rnd.stop_read_ahead()
-    row["raw_gather_clips_per_s"] = max(rounds.pop("raw"))
+    raw = rounds.pop("raw")
+    row["raw_gather_clips_per_s"], row["raw_gather_cpu_clips_per_s"] = max(r[0] for r in raw), max(r[1] for r in raw)
     if workers:
         row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, memory.rule.dim, len(videos))
     for name, runs in rounds.items():
@@ -320,6 +325,9 @@ def ratios(row: dict, store: TokenStore, path: Path) -> dict:
 
     return {
         "memory_vs_raw_gather": rate["memory"] / limit,
+        # per second of this process's CPU time (one process): what the machine's other load does not change
+        "memory_vs_raw_gather_cpu": row["memory"]["cpu_clips_per_s"] / row["raw_gather_cpu_clips_per_s"]
+        if workers == 0 else None,
         "random_warm_vs_raw_gather": rate["random_warm"] / limit,
         # with workers, against what torch's DataLoader moves between processes here at all
         "memory_vs_worker_transfer": rate["memory"] / row["worker_transfer_clips_per_s"] if workers else None,
@@ -331,6 +339,8 @@ def ratios(row: dict, store: TokenStore, path: Path) -> dict:
         if workers == 0 else None,
         "random_cold_vs_npy_cold": per("random_cold", "npy_cold"),
         "random_warm_vs_npy_warm": per("random_warm", "npy_warm"),
+        "random_warm_vs_npy_warm_cpu": row["random_warm"]["cpu_clips_per_s"] / row["npy_warm"]["cpu_clips_per_s"]
+        if "npy_warm" in row else None,
         "random_cold_vs_hdf5_cold": per("random_cold", "hdf5_cold"),
         "sequential_cold_vs_npy_cold": per("sequential_cold", "npy_cold"),
     }
