@@ -16,6 +16,7 @@ import test_loader
 import zarr
 from clip_readers import StreamedFeatures
 from test_loader import D, entries, make_store
+from zarr.codecs import BytesCodec
 
 from vivitcache.store import StoreDamageError, StoreLayout, TokenStore
 from vivitcache.store.chunks import EMPTY, ShardChunks
@@ -159,6 +160,7 @@ def test_arrays_not_in_our_writers_layout_get_no_direct_reader(tmp_path):
         "unsharded": dict(chunks=(4, 1, D)),
         "no chunk checksum": dict(chunks=(4, 1, D), shards=(16, 1, D), compressors=None),
         "chunks across tokens": dict(chunks=(4, 1, D // 2), shards=(16, 1, D)),
+        "big-endian": dict(chunks=(4, 1, D), shards=(16, 1, D), serializer=BytesCodec(endian="big")),
     }
     for name, kw in kinds.items():
         arr = zarr.create_array(store=str(tmp_path / name), shape=shape, dtype=dtype, **kw)
@@ -179,9 +181,13 @@ def test_parts_without_a_direct_reader_still_read_through_zarr(store, monkeypatc
     parts = reader.store.part_ids()
     direct = reader.store.shard_chunks
     monkeypatch.setattr(reader.store, "shard_chunks", lambda p: None if parts.index(p) % 2 else direct(p))
-    zarr_reads = []
-    read_zarr = StoreBatches._read_zarr
-    monkeypatch.setattr(StoreBatches, "_read_zarr", lambda self, k, s: zarr_reads.append(len(k)) or read_zarr(self, k, s))
+    zarr_reads, read_zarr = [], StoreBatches._read_zarr
+
+    def counted(self, keys, slots):
+        zarr_reads.append(len(keys))
+        read_zarr(self, keys, slots)
+
+    monkeypatch.setattr(StoreBatches, "_read_zarr", counted)
     same_as_reference(store, "cls", reader, 32, 2, 0, [list(range(40))])
     assert zarr_reads and sum(zarr_reads) < reader.misses  # both paths served this batch
 
