@@ -2,6 +2,8 @@
 
     python benchmarks/bench_loader.py --out benchmarks/results/loader.json            # full (~15 min on 2 cores)
     python benchmarks/bench_loader.py --quick --out /tmp/loader_quick.json            # small (~1 min)
+    python benchmarks/bench_loader.py --dims 768 --clip-lengths 32,128 --workers 0 --batch 32 \
+        --out /tmp/loader_issue24.json                                                 # issue 24's setup (~3 min)
 
 Stores of `--videos` videos × `--frames` frames of fp16 `cls` tokens (D = 768 and 1408), written with the store API
 in the layout `extract` makes (64-frame chunks, shards of ~32 MiB). For each clip length T, store and number of
@@ -16,7 +18,9 @@ sampler, batch collation, spawned workers) exactly as training reads it:
 - `sequential_cold`: `--read sequential` from a fresh reader, page cache dropped (a run's first epoch: it also
   pays for first touching the reader's memory); `sequential_cold_next` (no workers): its next epoch, the page
   cache dropped again (every later epoch of a run whose store the page cache cannot hold); `sequential_warm`: the
-  next epochs (every part read again, now from the page cache).
+  next epochs (every part read again, now from the page cache);
+- `npy_*`, `hdf5_*` (no workers; `peer_readers.py`, h5py from the `bench` extra): the same clips from one `.npy`
+  per video (memory maps) and from one HDF5 file, cold (their files dropped, maps opened afresh) and warm.
 
 Reference points in the same run: `raw_gather` (the clips' rows gathered from one in-RAM fp16 array with
 `np.take`, the fastest numpy gather, indices precomputed: the limit of any in-memory loader here),
@@ -26,13 +30,14 @@ os.read, 8 MiB at a time: cold after dropping the page cache, and warm). Ratios 
 per-clip path the batch readers replaced (`dataset[i]` + stacking, float32), at T=128 D=768 in one process.
 `codec` compares zarr's default codec pipeline with `zarrs` (Rust) reading every shard whole and random chunks.
 
-clips/s of a case is clips / seconds from the first batch (with workers: from the first batch of the last worker)
-to the end of an epoch; start-up, paid once per epoch by `fit`, is reported apart as `start_s`. With workers an
-epoch lists every video 4 times (4 clips of each), so that it lasts long against the workers' start, and every
-case is one epoch. Without workers, the warm cases and the raw gather run in 3 interleaved rounds of at least
-`--min-seconds` each (whole epochs or passes), and the best epoch of each counts: the machine is shared, and
-interleaving exposes all of them to the same load. Cold cases are one epoch each; the cold file read is measured
-again just before each sequential cold epoch (`file_read_cold_mb_per_s`), which is what its ratio is against.
+Every epoch is handed the sampler's order first (`follow`), as `fit` does. clips/s of a case is clips / seconds of
+a whole epoch in one process; with workers, from the first batch of the last worker to the end (their start-up,
+paid once per epoch by `fit`, is `start_s`). With workers an epoch lists every video 4 times (4 clips of each), so
+that it lasts long against the workers' start, and every case is one epoch. Without workers, the warm cases and
+the raw gather run in 3 interleaved rounds of at least `--min-seconds` each (whole epochs or passes), and so do
+the cold cases (one epoch of a fresh reader each, the cold file read just before the sequential ones): the best of
+each counts, the machine is shared and interleaving exposes all of them to the same load. One-process cases also
+give clips per second of the process's CPU time (`cpu_clips_per_s`, `*_cpu` ratios), which other load changes less.
 """
 
 from __future__ import annotations
