@@ -5,6 +5,7 @@ array is not in our writer's layout still read through zarr."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,28 @@ def test_every_rule_and_compression_reads_the_reference_values(tmp_path, monkeyp
     assert reader.rule.passthrough is passthrough
     assert TokenStore.open(path).layout.compression == compression
     same_as_reference(path, frame_token, reader, 32, 1, 0, [[5, 0, 2], list(range(12))])
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_reads_cut_short_by_the_os_are_completed(tmp_path, monkeypatch, compression):
+    """A `preadv` may return less than asked (a signal, some network filesystems): the rest is read, nothing is
+    mistaken for damage."""
+    import vivitcache.store.chunks as chunks
+
+    def short_preadv(fd, buffers, offset):  # at most 100 bytes per call, as a short read would
+        data = os.pread(fd, min(100, sum(len(b) for b in buffers)), offset)
+        at = 0
+        for b in buffers:
+            n = min(len(b), len(data) - at)
+            b[:n] = data[at : at + n]
+            at += n
+        return len(data)
+
+    direct_only(monkeypatch)
+    monkeypatch.setattr(test_loader, "StoreLayout", functools.partial(StoreLayout, compression=compression))
+    path = make_store(tmp_path / "s.zarr", videos=6, per_part=3)
+    monkeypatch.setattr(chunks.os, "preadv", short_preadv)
+    same_as_reference(path, "cls", StoreBatches(path, "cls"), 32, 0, 0, [list(range(6))])
 
 
 def test_a_chunk_never_written_reads_as_the_fill_value_as_in_zarr(tmp_path, monkeypatch):

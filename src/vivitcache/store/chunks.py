@@ -3,13 +3,14 @@
 The random-read path of stage 2 (`train_temporal.batches.StoreBatches`) needs a few hundred scattered inner chunks
 per batch. Read through zarr-python, each chunk goes through its per-chunk asyncio codec pipeline (the shard index
 read again for every request, one file open per chunk, an output buffer per read), which costs far more CPU than
-reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") puts a cold epoch at ~10x its storage time.
-zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard (`reader.check_shard`), so it
-cannot serve chunk reads. Hence this hand-written reader of the one layout our writer makes (zarr v3 sharding codec,
-index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian), optionally `zstd`, then `crc32c`),
-checked exactly as zarr checks it:
+reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") finds most of a cold epoch there, not in
+storage. zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard
+(`reader.check_shard`), so it cannot serve chunk reads. Hence this hand-written reader of the one layout our writer
+makes (zarr v3 sharding codec, index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian),
+optionally `zstd`, then `crc32c`), checking what zarr checks:
 
-- each shard's index is read once (its crc32c checked, every entry bounded by the data) and kept;
+- each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept; every
+  later read checks that the file still has the size it had then;
 - a run of inner chunks that lie back to back in the file is one `preadv` (uncompressed: straight into the caller's
   array, the 4-byte checksums into a side buffer, no copy); every chunk's crc32c is checked before it counts;
 - damage (a missing or short file, a checksum mismatch, an entry past the data) is a `StoreDamageError` naming the
@@ -57,6 +58,23 @@ def shard_index(tail, inner: int, file_bytes: int, chunk_crc: bool = True,
         at = int(pairs[np.argmax(bad), 0])
         raise ValueError(f"inner chunk at byte {at} runs past the data or has the wrong size")
     return pairs
+
+
+def read_into(fd: int, buffers: list[memoryview], offset: int) -> int:
+    """`preadv` into `buffers` from byte `offset` until they are full or the file ends; returns the bytes read. A
+    single `preadv` may return less (a signal, some network filesystems): the rest is asked for again."""
+    done = 0
+    while buffers:
+        got = os.preadv(fd, buffers, offset + done)
+        if got == 0:
+            break
+        done += got
+        while buffers and got >= len(buffers[0]):  # drop the buffers filled, cut into the one filled in part
+            got -= len(buffers[0])
+            buffers = buffers[1:]
+        if buffers and got:
+            buffers = [buffers[0][got:], *buffers[1:]]
+    return done
 
 
 @dataclass(frozen=True)
@@ -158,27 +176,28 @@ class ShardChunks:
     def read(self, run: Run, out: np.ndarray) -> None:
         """Read one run into rows `run.targets` of `out` ([N, cf, K, D] in the stored dtype, C-contiguous), every
         chunk's crc32c checked; StoreDamageError naming the part and the file."""
-        fd = self._open(run.shard)
+        fd, want = self._open(run.shard), int(run.sizes.sum())
         try:
-            if os.fstat(fd).st_size != self._size[run.shard]:  # the index held no longer describes the file
-                raise self.damage(run.shard, f"{os.fstat(fd).st_size} bytes, {self._size[run.shard]} when its shard "
-                                             "index was read (truncated or replaced since)")
+            size = os.fstat(fd).st_size
+            if size != self._size[run.shard]:  # the index held no longer describes the file
+                raise self.damage(run.shard, f"{size} bytes, {self._size[run.shard]} when its shard index was read "
+                                             "(truncated or replaced since)")
             if self.zstd:
-                data = os.pread(fd, int(run.sizes.sum()), run.offset)
-                got, want = len(data), int(run.sizes.sum())
+                data = bytearray(want)
+                buffers = [memoryview(data)]
             else:
                 crcs = bytearray(4 * len(run.sizes))
                 views = memoryview(crcs)
                 buffers = []
                 for j, t in enumerate(run.targets.tolist()):
                     buffers += [memoryview(out[t]).cast("B"), views[4 * j : 4 * j + 4]]
-                got, want = os.preadv(fd, buffers, run.offset), int(run.sizes.sum())
+            got = read_into(fd, buffers, run.offset)
         finally:
             os.close(fd)
         if got != want:
-            raise self.damage(run.shard, f"{want - got} bytes of inner chunks at byte {run.offset} past its end")
+            raise self.damage(run.shard, f"ends {want - got} bytes before the inner chunks at byte {run.offset} do")
         if self.zstd:
-            self._decode_zstd(run, data, out)
+            self._decode_zstd(run, bytes(data), out)
             return
         for j, t in enumerate(run.targets.tolist()):
             chunk = out[t].view()

@@ -339,14 +339,16 @@ class StoreBatches(StoreReader):
         keys, frames = self._keys(table, rows, indices)
         unique, inverse = np.unique(keys, return_inverse=True)  # [U], [B, n]
         inverse = inverse.reshape(keys.shape)
-        out = np.empty(keys.shape + (self.rule.dim,), dtype=self.rule.dtype)  # [B, n, Din]
         within = frames % self.chunk_frames  # [B, n]
         with self._lock:
-            for lo in range(0, len(unique), self.slots):  # one round unless the batch needs more chunks than slots
+            if len(unique) <= self.slots:  # one round, one gather: the only [B, n, Din] array made (allocating a
+                slots, _ = self._fill(unique)  # second, unused, made the heap fault fresh pages in every batch)
+                flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
+                return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]
+            out = np.empty(keys.shape + (self.rule.dim,), dtype=self.rule.dtype)  # [B, n, Din]
+            for lo in range(0, len(unique), self.slots):  # the batch needs more chunks than there are slots
                 slots, _ = self._fill(unique[lo : lo + self.slots])  # [<= slots]
                 flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
-                if lo == 0 and len(unique) <= self.slots:
-                    return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]: one gather
                 mask = (inverse >= lo) & (inverse < lo + self.slots)
                 out[mask] = np.take(flat, slots[inverse[mask] - lo] * self.chunk_frames + within[mask], axis=0)
         return out
