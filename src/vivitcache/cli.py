@@ -2,24 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vivitcache.errors import ConfigError, UserError
+from vivitcache.options import Options
 from vivitcache.progress import console
-from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
+from vivitcache.store.layout import FRAME_TOKENS
 from vivitcache.config import PretrainConfig
 from vivitcache.extract.config import ExtractConfig
 from vivitcache.sweep.config import SweepConfig
 from vivitcache.train_temporal.config import TrainConfig
 
-# CLI defaults come from the stage configs, so a command and its config never disagree
-PRE, TRAIN, SWEEP, EXTRACT = PretrainConfig(), TrainConfig(), SweepConfig(), ExtractConfig()
+# Each option's default, help and range is its config field's (options.py): a command only names the fields it takes
+PRETRAIN_OPTIONS = Options(PretrainConfig(), [
+    "data.data", "run.out", "model.spatial", "model.img_size", "model.patch_size", "model.spatial_depth",
+    "model.weights", "model.pretrained", "model.num_frames", ("model.frame_token", {"choices": FRAME_TOKENS}),
+    ("model.adapter", {"choices": ("mlp", "linear", "none")}), "model.temporal_depth", "model.temporal_dim",
+    "data.video_root", "data.labels", "data.fps", "data.stride", "optim.epochs", "optim.batch_size", "optim.lr",
+    "optim.weight_decay", "optim.warmup_epochs", "optim.label_smoothing", "optim.spatial_lr_scale",
+    "optim.accum_steps", "optim.precision", "run.eval_views", "run.workers", "run.checkpoint_every", "run.seed",
+    "run.device", "run.resume", "run.overwrite",
+])
+TRAIN_OPTIONS = Options(TrainConfig(), [
+    "store", "init", "frames", "run.out", "init_parts", "no_adapter",
+    ("model.adapter", "Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens "
+     "(extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's "
+     "own adapter and the others are the run's."),
+    "model.attn_query",
+    ("model.temporal_depth", "With --init none: temporal transformer blocks (with --init: the run's)."),
+    "freeze_temporal", "frame_token",
+    ("model.temporal_dim", "With --init none: temporal width (default: the frame feature's)."),
+    ("model.temporal_heads", "With --init none: temporal heads (default: width // 64)."),
+    "model.drop_rate", "model.drop_path_rate", "optim.epochs", "optim.batch_size", "optim.lr", "optim.weight_decay",
+    "optim.warmup_epochs", "optim.label_smoothing", "optim.min_lr", "optim.grad_clip", "optim.accum_steps",
+    "optim.precision", "augment.temporal_crop", "augment.frame_rate_jitter", "augment.token_dropout", "in_memory",
+    "cache_mb", "read", "shuffle_buffer", "read_streams", "val_store", "splits", "video_root", "run.eval_views",
+    "run.workers", "run.checkpoint_every", "run.seed", "run.device", "run.resume", "run.overwrite",
+])
+EXTRACT_OPTIONS = Options(ExtractConfig(), [
+    "data", "store", "model", "weights", "pretrained", "checkpoint", "img_size", "patch_size", "spatial_depth",
+    "video_root", "labels", "fps", "stride", "tokens", "grid", "layers", "dtype", "batch_size", "workers", "gpus",
+    "decode_threads", "compile", "decoder", "scheduler", "videos_per_part", "compression", "device", "seed", "strict",
+    "repair", "claim_timeout_s", "retry_failed",
+])
+SWEEP_OPTIONS = Options(SweepConfig(), ["out", "grid", "prune", "resume", "overwrite"])
 
 app = typer.Typer(
     name="vivitcache",
@@ -30,49 +62,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-
-
-# choices from the store's own lists of token kinds and dtypes (store/layout.py)
-Tokens = Enum("Tokens", {kind: kind for kind in TOKEN_KINDS}, type=str)
-FrameToken = Enum("FrameToken", {kind: kind for kind in FRAME_TOKENS}, type=str)
-
-
-Dtype = Enum("Dtype", {dtype: dtype for dtype in DTYPES}, type=str)
-
-
-class Decoder(str, Enum):
-    pyav = "pyav"
-    torchcodec = "torchcodec"
-
-
-class Adapter(str, Enum):
-    mlp = "mlp"
-    linear = "linear"
-    none = "none"
-
-
-class TrainAdapter(str, Enum):
-    mlp = "mlp"
-    linear = "linear"
-    none = "none"
-    attn = "attn"
-
-
-class AttnQuery(str, Enum):
-    pooled = "pooled"
-    learned = "learned"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
-class ReadMode(str, Enum):
-    auto = "auto"
-    random = "random"
-    sequential = "sequential"
 
 
 def user_errors(fn):
@@ -98,68 +87,21 @@ def user_errors(fn):
     return wrapper
 
 
-def _resume(flag: bool, mode: str | None) -> bool | str:
-    """`--resume` → True, `--resume auto` → "auto" (RunConfig.resume); any other stray argument is an error."""
-    if mode is None:
-        return flag
-    if mode != "auto" or not flag:
-        raise ConfigError(f"unexpected argument {mode!r} (the only value an option takes alone is `--resume auto`)")
-    return "auto"
-
-
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _batch_size(value: str) -> int | None:
-    """`--batch-size`: a positive number, or `auto` (None)."""
-    if value == "auto":
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--batch-size {value!r}: give a number >= 1 or auto")
-    return int(value)
-
-
-def _int_list(option: str, value: str) -> list[int]:
-    """A comma list of integers (`--layers -1,-4,-7,-10`)."""
-    try:
-        return [int(v) for v in value.split(",") if v.strip()] or [-1]
-    except ValueError:
-        raise ConfigError(f"{option} {value!r}: give comma-separated integers, e.g. -1,-4,-7,-10") from None
-
-
 # ---------------------------------------------------------------------------------------------------- options
 DataOpt = Annotated[str, typer.Option("--data", help="Class-per-folder dir, CSV path,label[,split], Kinetics CSV, or SSv2 JSON.")]
-VideoRootOpt = Annotated[Optional[str], typer.Option(help="Video folder for Kinetics CSV / SSv2 JSON annotations.")]
-LabelsOpt = Annotated[Optional[str], typer.Option(help="SSv2 labels JSON (class name → index).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Spatial model: vit-ti|vit-s|vit-b|vit-l|vit-h|vit-g or a timm ViT-family name with its tag, e.g. vit_base_patch16_clip_224.openai.")]
 ImgSizeOpt = Annotated[Optional[int], typer.Option(help="Spatial input size override (default: the model's).")]
 PatchOpt = Annotated[Optional[int], typer.Option(help="Patch size override (random-init models).")]
 DepthOpt = Annotated[Optional[int], typer.Option(help="Spatial depth override (tiny random-init models).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Spatial weights: a file (safetensors, .pth, .bin; open_clip and DINOv2 checkpoints too) or a model folder (a Hugging Face snapshot).")]
-PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Load the model tag's weights from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), offline.")]
-FpsOpt = Annotated[Optional[float], typer.Option(help="Sample source frames at this rate (timestamp based, VFR safe).")]
-StrideOpt = Annotated[Optional[int], typer.Option(help="Keep every K-th source frame.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for init, sampling and shuffling.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option(help="Global batch size per optimiser step.")]
 LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup + cosine).")]
-WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
-WarmupOpt = Annotated[float, typer.Option(help="Warmup epochs.")]
-SmoothingOpt = Annotated[float, typer.Option(help="Label smoothing.")]
-AccumOpt = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
-CheckpointEveryOpt = Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")]
-WorkersOpt = Annotated[int, typer.Option(help="DataLoader worker processes (spawn).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint (a run "
-                      "stopped before its first one starts over). `--resume auto`: continue if there is a checkpoint, "
-                      "else start, also in a new folder (for requeued jobs).")]
-# `--resume auto`: typer has no option with an optional value, so the `auto` after --resume is a hidden argument
-ResumeModeArg = Annotated[Optional[str], typer.Argument(hidden=True, metavar="--resume auto", show_default=False)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run's files in --out (only a "
-                         "run's own files; a folder holding others is refused).")]
 ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video.")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="auto = bf16 autocast on CUDA, fp32 on CPU.")]
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -210,63 +152,12 @@ def synth(
     "--out runs/stage1"
 )
 @user_errors
-def pretrain(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage1"),
-    model: ModelOpt = "vit-ti",
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = False,
-    frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = PRE.model.num_frames,
-    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken(PRE.model.frame_token),
-    adapter: Annotated[Adapter, typer.Option(help="Adapter between spatial and temporal.")] = Adapter.mlp,
-    temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = PRE.model.temporal_depth,
-    temporal_dim: Annotated[Optional[int], typer.Option(help="Temporal width (default: frame feature width).")] = None,
-    video_root: VideoRootOpt = None,
-    labels: LabelsOpt = None,
-    fps: FpsOpt = None,
-    stride: StrideOpt = None,
-    epochs: EpochsOpt = PRE.optim.epochs,
-    batch_size: BatchOpt = PRE.optim.batch_size,
-    lr: LrOpt = PRE.optim.lr,
-    weight_decay: WeightDecayOpt = PRE.optim.weight_decay,
-    warmup_epochs: WarmupOpt = PRE.optim.warmup_epochs,
-    label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
-    spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
-    accum_steps: AccumOpt = PRE.optim.accum_steps,
-    precision: PrecisionOpt = Precision(PRE.optim.precision),
-    eval_views: ViewsOpt = PRE.run.eval_views,
-    workers: WorkersOpt = PRE.run.workers,
-    checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
-    seed: SeedOpt = PRE.run.seed,
-    device: DeviceOpt = PRE.run.device,
-    resume: ResumeOpt = False,
-    resume_mode: ResumeModeArg = None,
-    overwrite: OverwriteOpt = False,
-):
+@PRETRAIN_OPTIONS.command
+def pretrain(cfg: PretrainConfig):
     """Stage 1: train the whole ViViT end to end on short clips (spatial from --weights, temporal from scratch)."""
-    from vivitcache.config import DataConfig, ModelConfig, OptimConfig, RunConfig
     from vivitcache.pretrain import run_pretrain
 
-    resume = _resume(resume, resume_mode)
-    cfg = PretrainConfig(
-        model=ModelConfig(
-            spatial=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-            weights=str(weights) if weights else None, pretrained=pretrained, frame_token=frame_token.value,
-            adapter=adapter.value,
-            temporal_depth=temporal_depth, temporal_dim=temporal_dim, num_frames=frames,
-        ),
-        data=DataConfig(data=data, video_root=video_root, labels=labels, fps=fps, stride=stride),
-        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                          spatial_lr_scale=spatial_lr_scale, accum_steps=accum_steps, precision=precision.value),
-        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
-    )
-    summary = run_pretrain(cfg)
-    _print_run_summary(out, summary)
+    _print_run_summary(Path(cfg.run.out), run_pretrain(cfg))
 
 
 @app.command(
@@ -319,53 +210,12 @@ def _print_run_summary(out: Path, summary: dict) -> None:
     "--scheduler tcp://head:8786   |   vivitcache extract --data k400.csv --model vit-b --pretrained --store k400.zarr"
 )
 @user_errors
-def extract(
-    data: DataOpt,
-    store: Annotated[Path, typer.Option(help="Output token store (.zarr); an existing one with the same fingerprint resumes.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default: the checkpoint's).")] = None,
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = False,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Stage-1 run: its spatial ViT, preprocessing and sampling.")] = None,
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    video_root: VideoRootOpt = None,
-    labels: LabelsOpt = None,
-    fps: FpsOpt = None,
-    stride: StrideOpt = None,
-    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token; grid = pooled, then the patch tokens average-pooled to --grid x --grid cells. Default: the --checkpoint's frame token, else pooled.")] = None,
-    grid: Annotated[Optional[int], typer.Option(help="With --tokens grid: N of the N x N cells (default 4; 1 + N² tokens per frame and block).")] = None,
-    layers: Annotated[str, typer.Option(help="Blocks whose tokens are stored side by side, e.g. -1,-4,-7,-10 (the last, -1, included); each normed as timm's forward_intermediates(norm=True).")] = "-1",
-    dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
-    batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use, e.g. 0,2,3 (default: all visible); one pinned worker per GPU.")] = None,
-    decode_threads: Annotated[Optional[int], typer.Option(help="Decode threads per worker (default: on a GPU its cores but one, on a CPU 2).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the spatial model in each worker.")] = False,
-    decoder: Annotated[Decoder, typer.Option(help="Video decoder: pyav, or torchcodec (extra; needs FFmpeg shared libs).")] = Decoder.pyav,
-    scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
-    videos_per_part: Annotated[int, typer.Option(help="Videos per part (unit of work, writing and resuming).")] = 32,
-    compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
-    repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
-    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds without a heartbeat after which another run's claim on a part is taken over (its writer presumed dead); a heartbeat in the future counts once seen unchanged this long.")] = EXTRACT.claim_timeout_s,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
-):
+@EXTRACT_OPTIONS.command
+def extract(cfg: ExtractConfig):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
-    from vivitcache.extract import ExtractConfig, run_extract
+    from vivitcache.extract import run_extract
 
-    cfg = ExtractConfig(
-        data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
-        spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
-        checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value if tokens else None, grid=grid, layers=_int_list("--layers", layers),
-        dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
-        gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
-        scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair, retry_failed=retry_failed, claim_timeout_s=claim_timeout,
-    )
+    store = cfg.store
     summary = run_extract(cfg)
     console.print(
         f"done {summary['done']}, skipped {summary['skipped']}, failed {summary['failed']}, "
@@ -379,7 +229,7 @@ def extract(
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):
         console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run "
-                      f"({_claims_line(summary['claims'], claim_timeout)}); re-run later to pick up any it leaves",
+                      f"({_claims_line(summary['claims'], cfg.claim_timeout_s)}); re-run later to pick up any it leaves",
                       highlight=False, soft_wrap=True)
 
 
@@ -393,74 +243,6 @@ def _claims_line(claims: list[dict], timeout: float) -> str:
             f"{more}; a claim is taken over after --claim-timeout {timeout:g} s without a heartbeat")
 
 
-def train_config(
-    store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
-    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = str(TRAIN.init).lower(),
-    frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path(TRAIN.run.out),
-    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = ",".join(TRAIN.init_parts),
-    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
-    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter(TRAIN.model.adapter),
-    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery(TRAIN.model.attn_query),
-    temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
-    freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
-    frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
-    temporal_dim: Annotated[Optional[int], typer.Option(help="With --init none: temporal width (default: the frame feature's).")] = TRAIN.model.temporal_dim,
-    temporal_heads: Annotated[Optional[int], typer.Option(help="With --init none: temporal heads (default: width // 64).")] = TRAIN.model.temporal_heads,
-    drop_rate: Annotated[float, typer.Option(help="Dropout in the temporal transformer and before the head.")] = TRAIN.model.drop_rate,
-    drop_path_rate: Annotated[float, typer.Option(help="Stochastic depth in the temporal transformer.")] = TRAIN.model.drop_path_rate,
-    epochs: EpochsOpt = TRAIN.optim.epochs,
-    batch_size: BatchOpt = TRAIN.optim.batch_size,
-    lr: LrOpt = TRAIN.optim.lr,
-    weight_decay: WeightDecayOpt = TRAIN.optim.weight_decay,
-    warmup_epochs: WarmupOpt = TRAIN.optim.warmup_epochs,
-    label_smoothing: SmoothingOpt = TRAIN.optim.label_smoothing,
-    min_lr: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")] = TRAIN.optim.min_lr,
-    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = TRAIN.optim.grad_clip,
-    accum_steps: AccumOpt = TRAIN.optim.accum_steps,
-    precision: PrecisionOpt = Precision(TRAIN.optim.precision),
-    temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
-    frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
-    token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
-    in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
-    cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = TRAIN.cache_mb,
-    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache), sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems), or auto: random when the store's features fit --cache-mb and --workers is 0, else sequential.")] = ReadMode(TRAIN.read),
-    shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = TRAIN.shuffle_buffer,
-    read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = TRAIN.read_streams,
-    val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,
-    splits: Annotated[Optional[str], typer.Option(help="Annotations whose train/val split to use.")] = None,
-    video_root: VideoRootOpt = None,
-    eval_views: ViewsOpt = TRAIN.run.eval_views,
-    workers: WorkersOpt = TRAIN.run.workers,
-    checkpoint_every: CheckpointEveryOpt = TRAIN.run.checkpoint_every,
-    seed: SeedOpt = TRAIN.run.seed,
-    device: DeviceOpt = TRAIN.run.device,
-    resume: ResumeOpt = False,
-    resume_mode: ResumeModeArg = None,
-    overwrite: OverwriteOpt = False,
-):
-    """The `TrainConfig` of a `vivitcache train` command line (also how `sweep` reads each of its configs)."""
-    from vivitcache.config import ModelConfig, OptimConfig, RunConfig
-    from vivitcache.train_temporal import AugmentConfig
-
-    return TrainConfig(
-        store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
-        no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
-        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth,
-                          temporal_dim=temporal_dim, temporal_heads=temporal_heads, drop_rate=drop_rate,
-                          drop_path_rate=drop_path_rate),
-        val_store=str(val_store) if val_store else None,
-        splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
-        read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
-        augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
-        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, min_lr=min_lr,
-                          grad_clip=grad_clip, accum_steps=accum_steps, precision=precision.value),
-        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=_resume(resume, resume_mode), overwrite=overwrite),
-    )
-
-
 @app.command(
     name="train",
     epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
@@ -468,24 +250,18 @@ def train_config(
     "torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
 )
 @user_errors
-@functools.wraps(train_config, assigned=())  # train_config's options, its own name and help
-def train(**options):
+@TRAIN_OPTIONS.command
+def train(cfg: TrainConfig):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
     from vivitcache.train_temporal import run_train
 
-    cfg = train_config(**options)
     _print_run_summary(Path(cfg.run.out), run_train(cfg))
-
-
-class Prune(str, Enum):
-    none = "none"
-    halving = "halving"
 
 
 def _train_parser():
     """`train`'s options as a click command that returns the TrainConfig (what `sweep` parses each config with)."""
     parser = typer.Typer(add_completion=False)
-    parser.command()(train_config)
+    parser.command()(TRAIN_OPTIONS.command(lambda cfg: cfg))
     command = typer.main.get_command(parser)
 
     def parse(name: str, argv: list[str]) -> TrainConfig:
@@ -508,14 +284,8 @@ def _train_parser():
     "vivitcache sweep --out runs/sweep --resume",
 )
 @user_errors
-def sweep(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Sweep folder: configs/<name>/ run folders, sweep.json, sweep.md, sweep.png.")] = Path(SWEEP.out),
-    grid: Annotated[Optional[Path], typer.Option(help="TOML grid: a \\[grid] table (lists multiplied out) and/or \\[\\[config]] tables.")] = None,
-    prune: Annotated[Prune, typer.Option(help="halving: stop the worse half of the configs at epochs E/2, E/4, … (successive halving).")] = Prune(SWEEP.prune),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue every unfinished config of the sweep in --out (train options may be left out).")] = SWEEP.resume,
-    overwrite: OverwriteOpt = SWEEP.overwrite,
-):
+@SWEEP_OPTIONS.command
+def sweep(cfg: SweepConfig, ctx: typer.Context):
     """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
     the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
     from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
@@ -523,13 +293,13 @@ def sweep(
     parse, options = _train_parser()
     kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
                         valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
-    if resume and not ctx.args and grid is None:  # the sweep as it was started
+    out = Path(cfg.out)
+    if cfg.resume and not ctx.args and cfg.grid is None:  # the sweep as it was started
         configs, pruning = load_plan(out)
+        cfg = dataclasses.replace(cfg, prune=pruning)
     else:
-        configs, pruning = expand(list(ctx.args), grid, kinds), prune.value
-    cfg = SweepConfig(out=str(out), grid=str(grid) if grid else None, prune=pruning, resume=resume,
-                      overwrite=overwrite)
-    own = ["--resume", "auto"] if resume else ["--overwrite"] if overwrite else []
+        configs = expand(list(ctx.args), None if cfg.grid is None else Path(cfg.grid), kinds)
+    own = ["--resume", "auto"] if cfg.resume else ["--overwrite"] if cfg.overwrite else []
     parsed = [(c, parse(c.name, [*c.args, "--out", str(out / "configs" / c.name), *own])) for c in configs]
     content = run_sweep(cfg, parsed)
     best = content["configs"][0]
