@@ -14,10 +14,12 @@ from vivitcache.errors import ConfigError, UserError
 from vivitcache.options import Options
 from vivitcache.progress import console
 from vivitcache.store.layout import FRAME_TOKENS
-from vivitcache.config import PretrainConfig
+from vivitcache.config import PredictConfig, PretrainConfig
+from vivitcache.data.synth import SynthConfig
 from vivitcache.extract.config import ExtractConfig
+from vivitcache.pretrain.image import ImagePretrainConfig
 from vivitcache.sweep.config import SweepConfig
-from vivitcache.train_temporal.config import TrainConfig
+from vivitcache.train_temporal.config import EvalConfig, TrainConfig
 
 # Each option's default, help and range is its config field's (options.py): a command only names the fields it takes
 PRETRAIN_OPTIONS = Options(PretrainConfig(), [
@@ -51,6 +53,12 @@ EXTRACT_OPTIONS = Options(ExtractConfig(), [
     "decode_threads", "compile", "decoder", "scheduler", "videos_per_part", "compression", "device", "seed", "strict",
     "repair", "claim_timeout_s", "retry_failed",
 ])
+SYNTH_OPTIONS = Options(SynthConfig(), ["classes", "videos_per_class", "frames", "size", "seed"])
+IMAGE_PRETRAIN_OPTIONS = Options(ImagePretrainConfig(), [
+    "data", "out", "model", "img_size", "patch_size", "spatial_depth", "steps", "batch_size", "lr", "seed",
+])
+EVAL_OPTIONS = Options(EvalConfig(), ["store", "checkpoint", "eval_views", "split", "out", "batch_size", "device"])
+PREDICT_OPTIONS = Options(PredictConfig(), ["checkpoint", "store", "spatial", "eval_views", "top"])
 SWEEP_OPTIONS = Options(SweepConfig(), ["out", "grid", "prune", "resume", "overwrite"])
 
 app = typer.Typer(
@@ -130,19 +138,13 @@ def demo(
 
 @app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 96 --frames 64 --size 32")
 @user_errors
-def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")],
-    classes: Annotated[int, typer.Option(help="Number of motion classes (at most 10).")] = 8,
-    videos_per_class: Annotated[int, typer.Option(help="Videos per class.")] = 96,
-    frames: Annotated[int, typer.Option(help="Frames per video.")] = 64,
-    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 32,
-    seed: SeedOpt = 0,
-):
+@SYNTH_OPTIONS.command
+def synth(cfg: SynthConfig, out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")]):
     """Make a deterministic synthetic dataset whose classes depend only on motion."""
     from vivitcache.data.synth import make_synth_dataset
 
-    path = make_synth_dataset(out, classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, seed=seed)
-    console.print(f"wrote {classes * videos_per_class} videos and {path / 'labels.csv'}")
+    path = make_synth_dataset(out, **dataclasses.asdict(cfg))
+    console.print(f"wrote {cfg.classes * cfg.videos_per_class} videos and {path / 'labels.csv'}")
 
 
 @app.command(
@@ -166,29 +168,12 @@ def pretrain(cfg: PretrainConfig):
     "--patch-size 8 --spatial-depth 2 --steps 600 --out runs/image.safetensors",
 )
 @user_errors
-def image_pretrain(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Output weights (.safetensors) for pretrain --weights.")] = Path(
-        "runs/image.safetensors"
-    ),
-    model: ModelOpt = "vit-ti",
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
-    batch_size: Annotated[int, typer.Option(help="Frames per step.")] = 64,
-    lr: LrOpt = 1e-3,
-    seed: SeedOpt = 0,
-):
+@IMAGE_PRETRAIN_OPTIONS.command
+def image_pretrain(cfg: ImagePretrainConfig):
     """Offline stand-in for an image checkpoint: teach the spatial ViT to locate what moves, on single frames."""
-    from vivitcache.pretrain.image import ImagePretrainConfig, run_image_pretrain
+    from vivitcache.pretrain.image import run_image_pretrain
 
-    record = run_image_pretrain(
-        ImagePretrainConfig(
-            data=data, out=str(out), model=model, img_size=img_size, patch_size=patch_size,
-            spatial_depth=spatial_depth, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        )
-    )
+    record, out = run_image_pretrain(cfg), cfg.out
     console.print(
         f"localisation loss {record['initial_loss']:.3f} → {record['final_loss']:.3f} "
         f"(predicting the mean: {record['chance_loss']:.3f})  {record['seconds']:.0f} s  → {out}"
@@ -309,22 +294,16 @@ def sweep(cfg: SweepConfig, ctx: typer.Context):
 
 @app.command(name="eval", epilog="Example: vivitcache eval --store runs/tokens.zarr --checkpoint runs/stage2 --eval-views 2")
 @user_errors
-def eval_(
-    store: Annotated[Path, typer.Option(help="Token store.")],
-    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
-    eval_views: ViewsOpt = 1,
-    split: Annotated[str, typer.Option(help="auto (the run's val split), val, train or all.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Where eval.json and the confusion PNG go (default: the run).")] = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-):
+@EVAL_OPTIONS.command
+def eval_(cfg: EvalConfig):
     """Top-1/top-5 over fixed views of a stage-2 run on a store; writes eval.json and a confusion matrix PNG."""
     from vivitcache.train_temporal import run_eval
 
-    r = run_eval(store, checkpoint, views=eval_views, out=out, batch_size=batch_size, split=split, device=device)
+    r = run_eval(cfg.store, cfg.checkpoint, views=cfg.eval_views, out=cfg.out, batch_size=cfg.batch_size,
+                 split=cfg.split, device=cfg.device)
     console.print(
         f"top-1 {100 * r['val_top1']:.1f}%  top-5 {100 * r['val_top5']:.1f}%  on {r['val_videos']} videos "
-        f"({r['split']}, {eval_views} views) → {r['json']}, {r['png']}"
+        f"({r['split']}, {cfg.eval_views} views) → {r['json']}, {r['png']}"
     )
 
 
@@ -333,20 +312,18 @@ def eval_(
     "vivitcache predict move_left_003 --checkpoint runs/stage2 --store runs/tokens.zarr"
 )
 @user_errors
+@PREDICT_OPTIONS.command
 def predict(
+    cfg: PredictConfig,
     video: Annotated[str, typer.Argument(help="A video file, or a video id of --store.")],
-    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
-    store: Annotated[Optional[Path], typer.Option(help="Read cached tokens when the video is in this store.")] = None,
-    spatial: Annotated[Optional[str], typer.Option(help="Spatial ViT for on-the-fly: stage-1 run or weights file.")] = None,
-    eval_views: Annotated[Optional[int], typer.Option(help="Temporal views (default: the run's).")] = None,
-    top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Top-5 labels with probabilities for one video (spatial ViT on the fly, or cached tokens from --store)."""
     from vivitcache.predict import predict as run_predict
 
-    video_id = None if Path(video).is_file() or store is None else video
-    p = run_predict(video, checkpoint, store=store, video_id=video_id, views=eval_views, top=top, spatial=spatial)
+    video_id = None if Path(video).is_file() or cfg.store is None else video
+    p = run_predict(video, cfg.checkpoint, store=cfg.store, video_id=video_id, views=cfg.eval_views, top=cfg.top,
+                    spatial=cfg.spatial)
     if as_json:
         _print_json({"video": p.video, "source": p.source, "top": [{"label": c, "prob": q} for c, q in p.top]})
         return

@@ -226,3 +226,19 @@ class PretrainConfig(Serialisable):
     """Optimiser settings."""
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/stage1"))
     """Run folder (default runs/stage1), seed, device."""
+
+
+@dataclass
+class PredictConfig:
+    """`vivitcache predict`: the top classes of one video (`vivitcache.predict.predict`)."""
+
+    checkpoint: str = field(default="", metadata=opt("Stage-2 run folder.", path=True, required=True))
+    store: str | None = field(default=None, metadata=opt(
+        "Read cached tokens when the video is in this store.", path=True))
+    spatial: str | None = field(default=None, metadata=opt(
+        "Spatial ViT for on-the-fly: stage-1 run or weights file."))
+    eval_views: int | None = field(default=None, metadata=opt("Temporal views (default: the run's).", ge=1))
+    top: int = field(default=5, metadata=opt("How many classes to show.", ge=1))
+
+    def __post_init__(self):
+        check_fields(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vivitcache.config import VIDEO_ROOT_HELP, ModelConfig, OptimConfig, RunConfig, Serialisable
+from vivitcache.config import DEVICE_HELP, VIDEO_ROOT_HELP, ModelConfig, OptimConfig, RunConfig, Serialisable
 from vivitcache.errors import ConfigError
 from vivitcache.options import COMMA_LIST, NONE_WORD, check_fields, opt
 from vivitcache.store.layout import FRAME_TOKENS
@@ -122,3 +122,24 @@ class TrainConfig(Serialisable):
                 self.read_streams % self.run.workers:
             raise ConfigError(f"--workers {self.run.workers}: must divide --read-streams {self.read_streams} with "
                               "--read sequential (each worker reads its own streams' parts)")
+
+
+EVAL_SPLITS = ("auto", "val", "train", "all")
+
+
+@dataclass
+class EvalConfig:
+    """`vivitcache eval`: top-1/top-5 of a run over fixed views of a store's videos (`run_eval`)."""
+
+    store: str = field(default="", metadata=opt("Token store.", path=True, required=True))
+    checkpoint: str = field(default="", metadata=opt("Stage-2 run folder.", path=True, required=True))
+    eval_views: int = field(default=1, metadata=opt("Temporal views per validation video.", ge=1))
+    split: str = field(default="auto", metadata=opt("auto (the run's val split), val, train or all.",
+                                                    choices=EVAL_SPLITS))
+    out: str | None = field(default=None, metadata=opt(
+        "Where eval.json and the confusion PNG go (default: the run).", path=True))
+    batch_size: int = field(default=16, metadata=opt("Clips per forward pass.", ge=1))
+    device: str = field(default="auto", metadata=opt(DEVICE_HELP))
+
+    def __post_init__(self):
+        check_fields(self)
