@@ -36,7 +36,7 @@ def test_help_shows_each_field_help_and_default(command):
     text = _help(command)
     for param in COMMANDS[command].params:
         assert f"--{param.flag} " in text, param.flag
-        assert param.opt.help.replace("\\", "").split("(")[0].strip()[:40] in text, param.flag  # markup unescaped
+        assert param.opt.help.replace("\\", "").split("(")[0].strip(" .")[:40] in text, param.flag  # markup unescaped
         default = param.parameter.default
         if default not in (None, False, inspect.Parameter.empty):
             shown = getattr(default, "value", default)
@@ -46,6 +46,13 @@ def test_help_shows_each_field_help_and_default(command):
 def test_a_default_comes_from_the_config():
     text = _help("train")
     assert f"[default: {TrainConfig().optim.epochs}]" in text and f"[default: {TrainConfig().run.out}]" in text
+
+
+def test_a_preset_option_names_both_defaults():
+    from vivitcache.demo.config import DemoConfig
+
+    full, quick = DemoConfig.preset(False).stage1_epochs, DemoConfig.preset(True).stage1_epochs
+    assert full != quick and f"(default {full}; --quick: {quick})" in _help("demo")
 
 
 def one_error_line(result) -> str:

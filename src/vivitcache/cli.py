@@ -11,11 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 from vivitcache.errors import ConfigError, UserError
-from vivitcache.options import Options
+from vivitcache.options import Options, Presets
 from vivitcache.progress import console
 from vivitcache.store.layout import FRAME_TOKENS
 from vivitcache.config import PredictConfig, PretrainConfig
 from vivitcache.data.synth import SynthConfig
+from vivitcache.demo.config import DemoConfig
 from vivitcache.extract.config import ExtractConfig
 from vivitcache.pretrain.image import ImagePretrainConfig
 from vivitcache.sweep.config import SweepConfig
@@ -53,6 +54,7 @@ EXTRACT_OPTIONS = Options(ExtractConfig(), [
     "decode_threads", "compile", "decoder", "scheduler", "videos_per_part", "compression", "device", "seed", "strict",
     "repair", "claim_timeout_s", "retry_failed",
 ])
+DEMO_OPTIONS = Presets(DemoConfig, ["out", "seed", "quick", "stage1_epochs", "stage2_epochs", "stage2_frames"])
 SYNTH_OPTIONS = Options(SynthConfig(), ["classes", "videos_per_class", "frames", "size", "seed"])
 IMAGE_PRETRAIN_OPTIONS = Options(ImagePretrainConfig(), [
     "data", "out", "model", "img_size", "patch_size", "spatial_depth", "steps", "batch_size", "lr", "seed",
@@ -115,21 +117,15 @@ ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video
 # ---------------------------------------------------------------------------------------------------- commands
 @app.command(epilog="Example: vivitcache demo --out demo_out   |   vivitcache demo --quick --out /tmp/demo --overwrite")
 @user_errors
+@DEMO_OPTIONS.command
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for data, stage1, tokens.zarr, stage2, report.md, report.json.")] = Path("demo_out"),
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default: DemoConfig.seed).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (tests): the whole demo in under 40 s.")] = False,
+    cfg: DemoConfig,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo's outputs in --out.")] = False,
-    stage1_epochs: Annotated[Optional[int], typer.Option(help="Stage-1 epochs (default: DemoConfig.stage1_epochs).")] = None,
-    stage2_epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs (default: DemoConfig.stage2_epochs).")] = None,
-    stage2_frames: Annotated[Optional[int], typer.Option(help="Stage-2 frames per clip (default: DemoConfig.stage2_frames).")] = None,
 ):
     """The whole method offline: synth → stage 1 (short clips) → extract (Dask) → stage 2 (long clips, cached
     tokens) → eval → OUT/report.md."""
-    from vivitcache.demo import DemoConfig, run_demo
+    from vivitcache.demo import run_demo
 
-    cfg = DemoConfig.preset(quick, out=str(out), seed=seed, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs,
-                            stage2_frames=stage2_frames)
     report = run_demo(cfg, overwrite=overwrite)
     console.print(f"report: {report['report_md']}", highlight=False)
     for line in report["takeaway"]:

@@ -28,6 +28,8 @@ from vivitcache.errors import ConfigError
 
 KEY = "vivitcache.option"
 """The key of a field's `Opt` in its dataclass field metadata."""
+NOT_GIVEN = object()
+"""The default of an option whose value, when left out, a preset decides."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ def _num(x: float) -> str:
 def opt(help: str, **kw: Any) -> dict[str, Opt]:
     """Field metadata of an option: `field(default=4, metadata=opt("Patch grid side.", ge=1))`."""
     return {KEY: Opt(help, **kw)}
+
+
+def valid(**kw: Any) -> dict[str, Opt]:
+    """Field metadata of a range only, for a field no command has an option for: `field(default=2, metadata=valid(ge=0))`."""
+    return opt("", **kw)
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -172,25 +179,31 @@ class Options:
     def _param(self, path: str, change: str | dict) -> _Param:
         f, kind = _field(type(self.base), path)
         o: Opt = dataclasses.replace(f.metadata[KEY], **({"help": change} if isinstance(change, str) else change))
-        flag, default, helptext = flag_of(f), _value(self.base, path), o.help
-        optional = type(None) in typing.get_args(kind)
-        kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind) if optional else kind
+        flag, (default, helptext) = flag_of(f), self._default(path, o)
+        given = default is not NOT_GIVEN
+        default = default if given else None
+        if type(None) in typing.get_args(kind):  # `int | None`
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
         choice = enum.Enum(flag, {c: c for c in o.choices}, type=str) if o.choices else None
         if kind is bool or o.auto_arg:
             kind, default = bool, bool(default)
         elif o.text:
-            kind, default = str, o.text.show(default)
+            kind, default = str, o.text.show(default) if given else None
         elif o.path:
             kind, default = Path, None if default is None else Path(default)
         elif choice:
             kind, default = choice, None if default is None else choice(default)
-        if optional and default is None:
+        if default is None:
             kind = Optional[kind]
         info = typer_option(f"--{flag}", helptext)
         default = inspect.Parameter.empty if o.required else default
         parameter = inspect.Parameter(flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=default,
                                       annotation=Annotated[kind, info])
         return _Param(path, flag, o, parameter, choice)
+
+    def _default(self, path: str, o: Opt) -> tuple[Any, str]:
+        """The option's default and help."""
+        return _value(self.base, path), o.help
 
     def parameters(self) -> list[inspect.Parameter]:
         out = []
@@ -203,6 +216,10 @@ class Options:
 
     def build(self, parsed: dict[str, Any]) -> Any:
         """The config of parsed option values (keyed by parameter name); consumes them from `parsed`."""
+        return _replace(copy.deepcopy(self.base), self._values(parsed))
+
+    def _values(self, parsed: dict[str, Any]) -> dict[str, Any]:
+        """Field path → value, from the parsed values of the options (consumed from `parsed`)."""
         values = {}
         for p in self.params:
             value = parsed.pop(p.parameter.name)
@@ -218,7 +235,7 @@ class Options:
                 except ConfigError as e:
                     raise ConfigError(f"--{p.flag} {e}") from None
             values[p.path] = value
-        return _replace(copy.deepcopy(self.base), values)
+        return values
 
     def command(self, fn: Callable) -> Callable:
         """`fn(cfg, **own)` as a typer command: `own` are fn's further (typer-annotated) parameters, then one option
@@ -237,6 +254,29 @@ class Options:
     def flags(self) -> dict[str, bool]:
         """Option spelling → whether it is a flag (takes no value)."""
         return {f"--{p.flag}": p.parameter.annotation.__origin__ is bool for p in self.params}
+
+
+class Presets(Options):
+    """Options of a flat config made by `cls.preset(quick, **given)` (demo, bench): an option whose default the
+    `--quick` preset changes is None when not given, and its help names both defaults. `quick` is one of the paths."""
+
+    def __init__(self, cls: type, paths: list[str | tuple[str, str | dict]], **preset: Any):
+        self.full, self.quick = cls.preset(False, **preset), cls.preset(True, **preset)
+        super().__init__(self.full, paths)
+
+    def _default(self, path: str, o: Opt) -> tuple[Any, str]:
+        full, quick = _value(self.full, path), _value(self.quick, path)
+        if path == "quick" or full == quick:
+            return full, o.help
+        return NOT_GIVEN, f"{o.help.rstrip('.')} (default {_shown(full, o)}; --quick: {_shown(quick, o)})."
+
+    def build(self, parsed: dict[str, Any]) -> Any:
+        values = self._values(parsed)
+        return type(self.base).preset(values.pop("quick"), **values)
+
+
+def _shown(value: Any, o: Opt) -> str:
+    return o.text.show(value) if o.text else "none" if value is None else str(value)
 
 
 def _replace(config: Any, values: dict[str, Any]) -> Any:
