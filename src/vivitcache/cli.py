@@ -11,9 +11,11 @@ from typing import Annotated, Optional
 import typer
 
 from vivitcache.errors import ConfigError, UserError
-from vivitcache.options import Options, Presets
+from vivitcache.options import Either, Options, Presets
 from vivitcache.progress import console
 from vivitcache.store.layout import FRAME_TOKENS
+from vivitcache.bench.config import BenchConfig
+from vivitcache.bench.recipes_config import RecipesConfig
 from vivitcache.config import PredictConfig, PretrainConfig
 from vivitcache.data.synth import SynthConfig
 from vivitcache.demo.config import DemoConfig
@@ -61,6 +63,12 @@ IMAGE_PRETRAIN_OPTIONS = Options(ImagePretrainConfig(), [
 ])
 EVAL_OPTIONS = Options(EvalConfig(), ["store", "checkpoint", "eval_views", "split", "out", "batch_size", "device"])
 PREDICT_OPTIONS = Options(PredictConfig(), ["checkpoint", "store", "spatial", "eval_views", "top"])
+_BENCH = ["out", "quick", "model", "img_size", "patch_size", "spatial_depth", "temporal_depth", "frames", "epochs",
+          "batch_size", "classes", "videos_per_class", "video_frames", "video_size", "data", "seed", "threads",
+          "device"]
+BENCH_OPTIONS = Either(Presets(BenchConfig, [*_BENCH[:10], "accum_steps", *_BENCH[10:]]), Presets(RecipesConfig, [
+    *_BENCH, "recipes", "stage1_epochs", "stage1_frames", "weights", "image_steps", "lr", "eval_views", "workers",
+    "d_tokens", "d_adapter"]), "recipes")
 SWEEP_OPTIONS = Options(SweepConfig(), ["out", "grid", "prune", "resume", "overwrite"])
 
 app = typer.Typer(
@@ -408,70 +416,26 @@ def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
 @app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick   |   "
              "vivitcache bench --recipes --out runs/recipes")
 @user_errors
+@BENCH_OPTIONS.command
 def bench(
-    out: Annotated[Optional[Path], typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md (--recipes: recipes.json/.md/.png; default runs/bench, --recipes: runs/recipes).")] = None,
-    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage 1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (vit-ti at 32 px, 8 frames, 4×4 videos): under a minute.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick, --recipes: vit-ti).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick, --recipes: 32; 0: the model's).")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick, --recipes: 8; 0: the model's).")] = None,
-    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick, --recipes: 2; 0: all).")] = None,
-    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1; --recipes: 2).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Frames per clip T in every mode (default 32; quick: 8).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1; --recipes: the epoch budget of every recipe's longest stage, 10).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4; --recipes: 16).")] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches per optimiser step (default 4; quick: 2).")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4; --recipes: 8).")] = None,
-    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4; --recipes: 48).")] = None,
-    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16; --recipes: 64).")] = None,
-    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick, --recipes: 32).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Existing annotations instead of the synthetic videos.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default 0).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads per mode and for extraction (default 1; 0: torch's).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or auto, for every mode and extraction.")] = None,
-    only: Annotated[Optional[str], typer.Option(help="--recipes: which recipes, letters of abcd (default all).")] = None,
-    stage1_epochs: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 epochs of (b) and (c).")] = None,
-    stage1_frames: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 frames per clip (default 8).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="--recipes: image checkpoint of the spatial ViT (default: made by image-pretrain).")] = None,
-    image_steps: Annotated[Optional[int], typer.Option(help="--recipes: image-pretrain steps when no --weights (default 600).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="--recipes: peak learning rate of every stage (default 1e-3).")] = None,
-    eval_views: Annotated[Optional[int], typer.Option(help="--recipes: temporal views per val video (default 1).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="--recipes: DataLoader workers of every stage (GPU machines).")] = None,
-    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default grid).")] = None,
-    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default attn).")] = None,
+    cfg: BenchConfig | RecipesConfig,
+    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage "
+                                          "1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
 ):
     """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c).
     With --recipes: whole recipes on the same data, val top-1 against wall time (recipes.json, .md, .png)."""
-    common = dict(out=None if out is None else str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-                  temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, classes=classes,
-                  videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size, data=data,
-                  seed=seed, threads=threads, device=device)
-    recipe_only = dict(recipes=only, stage1_epochs=stage1_epochs, stage1_frames=stage1_frames, weights=weights,
-                       image_steps=image_steps, lr=lr, eval_views=eval_views, workers=workers, d_tokens=d_tokens,
-                       d_adapter=d_adapter)
     if recipes:
-        if accum_steps is not None:
-            raise ConfigError("--accum-steps: not an option of --recipes")
-        _bench_recipes(quick, {**common, **recipe_only})
-        return
-    given = sorted(f"--{'only' if k == 'recipes' else k.replace('_', '-')}" for k, v in recipe_only.items()
-                   if v is not None)
-    if given:
-        raise ConfigError(f"{', '.join(given)}: only with --recipes")
-    from vivitcache.bench import BenchConfig, run_bench
+        from vivitcache.bench.recipes import run_recipes
 
-    cfg = BenchConfig.preset(quick, accum_steps=accum_steps, **common)
+        result = run_recipes(cfg)
+        print(result["markdown"])
+        console.print(f"→ {', '.join(result['files'].values())}")
+        return
+    from vivitcache.bench import run_bench
+
     result = run_bench(cfg)
     print(result["markdown"])
     console.print(f"→ {result['files']['md']}, {result['files']['json']}")
-
-
-def _bench_recipes(quick: bool, options: dict) -> None:
-    from vivitcache.bench.recipes import RecipesConfig, run_recipes
-
-    result = run_recipes(RecipesConfig.preset(quick, **options))
-    print(result["markdown"])
-    console.print(f"→ {', '.join(result['files'].values())}")
 
 
 def main() -> None:

@@ -96,7 +96,7 @@ def opt(help: str, **kw: Any) -> dict[str, Opt]:
 
 
 def valid(**kw: Any) -> dict[str, Opt]:
-    """Field metadata of a range only, for a field no command has an option for: `field(default=2, metadata=valid(ge=0))`."""
+    """Field metadata of a range only, for a field no command has an option for (`metadata=valid(ge=0)`)."""
     return opt("", **kw)
 
 
@@ -273,6 +273,45 @@ class Presets(Options):
     def build(self, parsed: dict[str, Any]) -> Any:
         values = self._values(parsed)
         return type(self.base).preset(values.pop("quick"), **values)
+
+
+class Either(Options):
+    """One command over two `Presets` picked by a flag (`bench`, `bench --recipes`): the options of both, each one's
+    help naming its defaults in both; an option that only the config not picked has is refused."""
+
+    def __init__(self, first: Presets, second: Presets, flag: str):
+        self.first, self.second, self.flag = first, second, flag
+        mine, theirs = ({p.parameter.name: p for p in o.params} for o in (first, second))
+        self.params = [self._merged(mine.get(name), theirs.get(name)) for name in dict.fromkeys([*mine, *theirs])]
+
+    def _merged(self, mine: _Param | None, theirs: _Param | None) -> _Param:
+        p = mine or theirs
+        if p.path == "quick":
+            return p
+        shown = [(label, _value(cfg, q.path)) for q, label, cfg in [
+            (mine, "", self.first.full), (mine, "--quick", self.first.quick),
+            (theirs, f"--{self.flag}", self.second.full), (theirs, f"--{self.flag} --quick", self.second.quick)] if q]
+        kept = [(label, value) for i, (label, value) in enumerate(shown)
+                if i == 0 or value != shown[i - 1 if label.endswith("--quick") else 0][1]]
+        words = "; ".join(f"{label}: {_shown(value, p.opt)}" if i else f"default {_shown(value, p.opt)}"
+                          for i, (label, value) in enumerate(kept))
+        helptext = ("" if mine else f"--{self.flag}: ") + f"{p.opt.help.rstrip('.')} ({words})."
+        kind = typing.get_args(p.parameter.annotation)[0]
+        parameter = p.parameter.replace(default=None, annotation=Annotated[Optional[kind],
+                                                                           typer_option(f"--{p.flag}", helptext)])
+        return dataclasses.replace(p, parameter=parameter)
+
+    def build(self, parsed: dict[str, Any]) -> Any:
+        second = parsed[self.flag]
+        picked, other = (self.second, self.first) if second else (self.first, self.second)
+        names = {p.parameter.name for p in picked.params}
+        stray = [f"--{p.flag}" for p in self.params
+                 if p.parameter.name not in names and parsed[p.parameter.name] is not None]
+        if stray:
+            raise ConfigError(f"{', '.join(stray)}: " + (f"not an option of --{self.flag}" if second
+                                                         else f"only with --{self.flag}"))
+        given = {p.parameter.name: parsed.pop(p.parameter.name) for p in self.params}
+        return picked.build({name: value for name, value in given.items() if name in names})
 
 
 def _shown(value: Any, o: Opt) -> str:
