@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -107,19 +107,6 @@ def user_errors(fn):
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-# ---------------------------------------------------------------------------------------------------- options
-DataOpt = Annotated[str, typer.Option("--data", help="Class-per-folder dir, CSV path,label[,split], Kinetics CSV, or SSv2 JSON.")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Spatial model: vit-ti|vit-s|vit-b|vit-l|vit-h|vit-g or a timm ViT-family name with its tag, e.g. vit_base_patch16_clip_224.openai.")]
-ImgSizeOpt = Annotated[Optional[int], typer.Option(help="Spatial input size override (default: the model's).")]
-PatchOpt = Annotated[Optional[int], typer.Option(help="Patch size override (random-init models).")]
-DepthOpt = Annotated[Optional[int], typer.Option(help="Spatial depth override (tiny random-init models).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for init, sampling and shuffling.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-BatchOpt = Annotated[int, typer.Option(help="Global batch size per optimiser step.")]
-LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup + cosine).")]
-ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video.")]
 
 
 # ---------------------------------------------------------------------------------------------------- commands
