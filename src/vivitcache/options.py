@@ -150,7 +150,6 @@ class _Param:
     flag: str
     opt: Opt
     parameter: inspect.Parameter
-    enum: type[enum.Enum] | None
 
 
 def _field(cls: type, path: str) -> tuple[dataclasses.Field, type]:
@@ -195,11 +194,11 @@ class Options:
             kind, default = choice, None if default is None else choice(default)
         if default is None:
             kind = Optional[kind]
-        info = typer_option(f"--{flag}", helptext)
+        info = _typer_option(f"--{flag}", helptext)
         default = inspect.Parameter.empty if o.required else default
         parameter = inspect.Parameter(flag.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=default,
                                       annotation=Annotated[kind, info])
-        return _Param(path, flag, o, parameter, choice)
+        return _Param(path, flag, o, parameter)
 
     def _default(self, path: str, o: Opt) -> tuple[Any, str]:
         """The option's default and help."""
@@ -210,8 +209,9 @@ class Options:
         for p in self.params:
             out.append(p.parameter)
             if p.opt.auto_arg:  # `--resume auto`: the word after the flag
+                word = Annotated[Optional[str], _typer_argument(f"--{p.flag} auto")]
                 out.append(inspect.Parameter(f"{p.parameter.name}_mode", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                             annotation=Annotated[Optional[str], typer_argument(f"--{p.flag} auto")]))
+                                             annotation=word))
         return out
 
     def build(self, parsed: dict[str, Any]) -> Any:
@@ -250,10 +250,6 @@ class Options:
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
         return command
-
-    def flags(self) -> dict[str, bool]:
-        """Option spelling → whether it is a flag (takes no value)."""
-        return {f"--{p.flag}": p.parameter.annotation.__origin__ is bool for p in self.params}
 
 
 class Presets(Options):
@@ -296,14 +292,13 @@ class Either(Options):
         words = "; ".join(f"{label}: {_shown(value, p.opt)}" if i else f"default {_shown(value, p.opt)}"
                           for i, (label, value) in enumerate(kept))
         helptext = ("" if mine else f"--{self.flag}: ") + f"{p.opt.help.rstrip('.')} ({words})."
-        kind = typing.get_args(p.parameter.annotation)[0]
-        parameter = p.parameter.replace(default=None, annotation=Annotated[Optional[kind],
-                                                                           typer_option(f"--{p.flag}", helptext)])
-        return dataclasses.replace(p, parameter=parameter)
+        kind = Optional[typing.get_args(p.parameter.annotation)[0]]  # left out: the picked preset's
+        annotation = Annotated[kind, _typer_option(f"--{p.flag}", helptext)]
+        return dataclasses.replace(p, parameter=p.parameter.replace(default=None, annotation=annotation))
 
     def build(self, parsed: dict[str, Any]) -> Any:
         second = parsed[self.flag]
-        picked, other = (self.second, self.first) if second else (self.first, self.second)
+        picked = self.second if second else self.first
         names = {p.parameter.name for p in picked.params}
         stray = [f"--{p.flag}" for p in self.params
                  if p.parameter.name not in names and parsed[p.parameter.name] is not None]
@@ -341,13 +336,13 @@ def _auto(flag: str, on: bool, word: str | None) -> bool | str:
     return "auto"
 
 
-def typer_option(flag: str, help: str):
+def _typer_option(flag: str, help: str):
     import typer
 
     return typer.Option(flag, help=help)
 
 
-def typer_argument(metavar: str):
+def _typer_argument(metavar: str):
     import typer
 
     return typer.Argument(hidden=True, metavar=metavar, show_default=False)
