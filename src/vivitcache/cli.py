@@ -18,7 +18,7 @@ from vivitcache.bench.config import BenchConfig
 from vivitcache.bench.recipes_config import RecipesConfig
 from vivitcache.config import PredictConfig, PretrainConfig
 from vivitcache.data.synth import SynthConfig
-from vivitcache.demo.config import DemoConfig
+from vivitcache.demo.config import CLI_OPTIONS as DEMO_CLI_OPTIONS, DemoConfig
 from vivitcache.extract.config import ExtractConfig
 from vivitcache.pretrain.image import ImagePretrainConfig
 from vivitcache.sweep.config import SweepConfig
@@ -56,7 +56,7 @@ EXTRACT_OPTIONS = Options(ExtractConfig(), [
     "decode_threads", "compile", "decoder", "scheduler", "videos_per_part", "compression", "device", "seed", "strict",
     "repair", "claim_timeout_s", "retry_failed",
 ])
-DEMO_OPTIONS = Presets(DemoConfig, ["out", "seed", "quick", "stage1_epochs", "stage2_epochs", "stage2_frames"])
+DEMO_OPTIONS = Presets(DemoConfig, ["out", "quick", *DEMO_CLI_OPTIONS])
 SYNTH_OPTIONS = Options(SynthConfig(), ["classes", "videos_per_class", "frames", "size", "seed"])
 IMAGE_PRETRAIN_OPTIONS = Options(ImagePretrainConfig(), [
     "data", "out", "model", "img_size", "patch_size", "spatial_depth", "steps", "batch_size", "lr", "seed",

@@ -143,7 +143,8 @@ class DemoConfig:
 
 
 CLI_OPTIONS = ("seed", "stage1_epochs", "stage2_epochs", "stage2_frames")
-"""Settings `vivitcache demo` has an option for (`--stage1-epochs` …), besides --out and --quick."""
+"""Settings `vivitcache demo` has an option for (`--stage1-epochs` …), besides --out and --quick (`cli.py` makes
+them from this list)."""
 
 QUICK: dict[str, Any] = dict(
     classes=4, videos_per_class=3, video_frames=32, image_steps=10, image_batch_size=16, stage1_epochs=1,
