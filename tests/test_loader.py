@@ -38,7 +38,7 @@ from vivitcache.train_temporal import clip_frames
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import ReadAhead, TokenClipDataset, VideoEntry, collate_batch, resolve_read
-from vivitcache.train_temporal.sequential import plan_epoch
+from vivitcache.train_temporal.sequential import order_epoch
 from vivitcache.training.checkpoint import load_model_state
 from vivitcache.training.loop import to_device
 from vivitcache.training.sampler import ResumableSampler
@@ -299,7 +299,7 @@ def test_sequential_covers_every_video_once_across_2_ranks_and_2_workers(store):
             assert {number for _, number in w._sequential.schedule} == mine
             assert len(w._sequential.schedule) == w._sequential.parts_read
     assert sorted(seen) == list(range(n))  # 40 videos = 2 ranks × 5 batches of 4: every one exactly once
-    uneven = plan_epoch(np.arange(11) // 3, np.arange(11) % 3, 0, 0, world=2, streams=2, batch=2, buffer=3,
+    uneven = order_epoch(np.arange(11) // 3, np.arange(11) % 3, 0, 0, world=2, streams=2, batch=2, buffer=3,
                         drop_last=False)
     assert sorted(uneven.rank_order(0) + uneven.rank_order(1)) == list(range(11))
     # a real DataLoader with 2 spawned workers gives the batches of the order, in order
@@ -323,7 +323,7 @@ def test_sequential_resumes_mid_epoch_with_the_same_batches(store):
     rest = list(sampler)
     assert rest == order[12:]
     assert all(torch.equal(x, y) for x, y in zip(_batches(resumed, rest, 4), expected[3:]))
-    first_load = (int(resumed.plan(2, 1).piece_of[rest[0]]), int(resumed.table.part[rest[0]]))
+    first_load = (int(resumed.order_of(2, 1).piece_of[rest[0]]), int(resumed.table.part[rest[0]]))
     assert resumed._sequential.schedule[0] == first_load  # it reads ahead from where it resumed, not from the start
 
 

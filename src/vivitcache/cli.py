@@ -264,14 +264,14 @@ def _train_parser():
 def sweep(cfg: SweepConfig, ctx: typer.Context):
     """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
     the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
-    from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
+    from vivitcache.sweep import OptionKinds, expand, load_manifest, run_sweep
 
     parse, options = _train_parser()
     kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
                         valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
     out = Path(cfg.out)
     if cfg.resume and not ctx.args and cfg.grid is None:  # the sweep as it was started
-        configs, pruning = load_plan(out)
+        configs, pruning = load_manifest(out)
         cfg = dataclasses.replace(cfg, prune=pruning)
     else:
         configs = expand(list(ctx.args), None if cfg.grid is None else Path(cfg.grid), kinds)
@@ -396,7 +396,7 @@ def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
     if dropped:
         console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
-                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the part plan lists)",
                       highlight=False, soft_wrap=True)
 
 

@@ -7,7 +7,9 @@ written lives under `staging/` and appears atomically when its writer commits.
 A reader never hands out tokens it has not checked the way `verify --quick` does: the first time a process touches a
 part, its commit record is read and compared with the index, and every file the record lists is checked for
 presence and size (a deleted shard would otherwise read as zeros, a truncated one may too). Reads go through zarr,
-which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Whole parts
+which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Batches of
+scattered chunks (stage 2's random reads) are read by `chunks.ShardChunks` (`shard_chunks`), which checks them the
+same way without zarr's per-chunk pipeline. Whole parts
 (`part_tokens`) are decoded by zarrs instead, which is much faster but does not check crc32c on partly filled
 shards, so their shard files are first read and checked here (`read_shards`, `check_shard`).
 """
@@ -25,12 +27,14 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from vivitcache.store.chunks import ShardChunks
 from vivitcache.store.dtypes import decode_tokens
 from vivitcache.store.index import VIDEO_FIELDS, open_index, read_commit, read_commit_digest
 from vivitcache.store.layout import (
     FRAME_TIMES,
     META,
     PARTS,
+    REPAIR_HINT,
     ROOT_KEY,
     SCHEMA,
     TOKENS,
@@ -41,8 +45,6 @@ from vivitcache.store.layout import (
 )
 
 __all__ = ["StoreDamageError", "StoreError", "TokenStore", "VIDEO_FIELDS", "read_root"]
-
-REPAIR_HINT = "run `vivitcache verify STORE`, then `vivitcache extract ... --repair` to re-extract damaged parts"
 
 
 def read_root(path: Path) -> dict:
@@ -85,6 +87,7 @@ class TokenStore:
         self._arrays: dict[tuple[str, str, bool], CheckedArray] = {}  # (part, array, through zarrs)
         self._checked: set[str] = set()
         self._shards_checked: set[str] = set()  # parts whose shard checksums `read_shards` checked
+        self._chunk_readers: dict[str, ShardChunks | None] = {}
 
     @classmethod
     def open(cls, path, strict: bool = True) -> TokenStore:
@@ -206,6 +209,15 @@ class TokenStore:
     def tokens_array(self, part_id: str) -> CheckedArray:
         """The tokens array [F_part, K, D] of one part (stored dtype: float16, or uint16 bf16 bits), checked."""
         return self._array(part_id, TOKENS)
+
+    def shard_chunks(self, part_id: str) -> ShardChunks | None:
+        """The direct reader of the part's inner token chunks (`chunks.py`: checked as zarr checks them, without its
+        per-chunk pipeline), or None when its tokens array is not laid out as our writer makes it (read it through
+        `tokens_array` then). The part's files are checked first, as for every read."""
+        if part_id not in self._chunk_readers:
+            arr = self.tokens_array(part_id)
+            self._chunk_readers[part_id] = ShardChunks.of(part_id, arr.folder, arr)
+        return self._chunk_readers[part_id]
 
     def read_shards(self, part_id: str) -> int:
         """Read the part's token shard files front to back, each in one pass, and check every crc32c in them

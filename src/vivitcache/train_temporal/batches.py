@@ -8,13 +8,14 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
 
 - `MemoryBatches`: every part's features in one shared-memory array [F_all, Din]; a batch is one gather.
 - `StoreBatches`: streamed from the store. Random access (`gather`) goes through a cache of decoded chunks kept
-  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (reads of
-  missing ones coalesced across the batch's clips, one zarr read per run of consecutive chunks), and the batch is
-  then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
+  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (the
+  missing ones read together, one request per run of chunks back to back in a shard file), and the batch is then
+  one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
   in one request each.
 
 Whole parts are decoded through `zarrs`' codec pipeline when it is installed (`TokenStore.part_tokens`, after its
-own checksum pass); chunk reads go through zarr's pipeline, which checks each chunk's crc32c.
+own checksum pass); chunk reads go straight to the shard files (`store.chunks.ShardChunks`: each chunk's crc32c
+checked, no zarr pipeline per chunk), or through zarr's pipeline for a layout our writer does not make.
 
 Both are `BatchReader`s, the one interface `TokenClipDataset` reads through (no other dispatch). The per-clip
 reference readers they must equal live with the tests (`tests/clip_readers.py`).
@@ -23,7 +24,7 @@ reference readers they must equal live with the tests (`tests/clip_readers.py`).
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -164,7 +165,7 @@ class StoreBatches(StoreReader):
 
     streamed = True
     READ_THREADS = 8
-    """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
+    """Reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
 
     def _open(self) -> None:
@@ -184,6 +185,7 @@ class StoreBatches(StoreReader):
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
         self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
+        self._scratch: np.ndarray | None = None  # [U, cf, K, D] stored chunks before the rule (no pass-through)
         self.hits = self.misses = 0
 
     @property
@@ -249,7 +251,54 @@ class StoreBatches(StoreReader):
         return slots, len(missing)
 
     def _read(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Decode chunks `keys` (sorted) into `slots`: one zarr read per run of consecutive chunks of a part."""
+        """Decode chunks `keys` (sorted) into `slots`: straight from the shard files where a part has our writer's
+        layout (`TokenStore.shard_chunks`), else through zarr."""
+        parts = keys >> 32  # [U]
+        readers = {p: self._store.shard_chunks(self._part_ids[p]) for p in np.unique(parts).tolist()}
+        direct = np.array([readers[p] is not None for p in parts.tolist()], dtype=bool)  # [U]
+        if direct.any():
+            self._read_direct(keys[direct], slots[direct], readers)
+        if not direct.all():
+            self._read_zarr(keys[~direct], slots[~direct])
+
+    def _map(self, fn, items: list) -> list:
+        """`fn` over `items` on the read threads (inline for one). Every call has ended when this returns or raises
+        (the first error, in item order): a read still running must not write into a slot handed out again."""
+        if len(items) <= 1:
+            return list(map(fn, items))
+        self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-read")
+        futures = [self._pool.submit(fn, item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
+
+    def _read_direct(self, keys: np.ndarray, slots: np.ndarray, readers: dict) -> None:
+        """Chunks `keys` into `slots` through `ShardChunks`: the batch's reads all in flight at once on the read
+        threads, one request per run of chunks back to back in a file, each chunk's crc32c checked. Features that
+        are the stored bytes (`rule.passthrough`) are read straight into the slab; others into a scratch array, then
+        decoded and put through the rule."""
+        cf, layout = self.chunk_frames, self._store.layout
+        k, d = layout.tokens_per_frame, layout.dim
+        if self.rule.passthrough:
+            out, targets = self._slab.reshape(self.slots, cf, k, d), slots  # a view of the slab: [slots, cf, K, D]
+        else:
+            if self._scratch is None or len(self._scratch) < len(keys):
+                self._scratch = np.empty((len(keys), cf, k, d), dtype=layout.numpy_dtype)  # [U, cf, K, D]
+            out, targets = self._scratch, np.arange(len(keys))
+        parts, chunks = np.divmod(keys, 1 << 32)  # [U], [U]
+        jobs = []
+        for p, reader in readers.items():
+            mine = parts == p
+            if reader is not None and mine.any():
+                runs, empty = reader.runs(chunks[mine], targets[mine])
+                reader.fill_value(out, empty)
+                jobs += [(reader, run) for run in runs]
+        self._map(lambda job: job[0].read(job[1], out), jobs)
+        if not self.rule.passthrough:
+            feats = self.rule(self._store.decode(out[: len(keys)].reshape(-1, k, d)))  # [U·cf, Din]
+            self._slab[slots] = feats.reshape(len(keys), cf, -1)
+
+    def _read_zarr(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Decode chunks `keys` (sorted) into `slots` through zarr: one read per run of consecutive chunks of a part."""
         cf = self.chunk_frames
         runs = np.split(np.arange(len(keys)), np.flatnonzero(np.diff(keys) != 1) + 1)
 
@@ -259,12 +308,7 @@ class StoreBatches(StoreReader):
             start, stop = first * cf, min((first + len(run)) * cf, arr.shape[0])
             return self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
 
-        if len(runs) > 1:
-            self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-read")
-            read_runs = self._pool.map(read, runs)
-        else:
-            read_runs = map(read, runs)
-        for run, feats in zip(runs, read_runs):
+        for run, feats in zip(runs, self._map(read, runs)):
             for k, j in enumerate(run):
                 block = feats[k * cf : (k + 1) * cf]  # [<= cf, Din]; a short last chunk leaves its slot's tail unused
                 self._slab[slots[j], : len(block)] = block

@@ -10,7 +10,7 @@ A training clip depends only on (seed, epoch, index), so DataLoader workers, DDP
 the same clip for the same sample, whichever reader reads it.
 
 Sample order (`resolve_read` picks one for `--read auto`): `read="random"` leaves it to `fit`'s `ResumableSampler` (a seeded permutation); `read="sequential"`
-gives the sampler the order of `sequential.plan_epoch` (parts in a seeded order, shuffle buffers across parts),
+gives the sampler the order of `sequential.order_epoch` (parts in a seeded order, shuffle buffers across parts),
 and a streamed reader then reads each part whole (`sequential.SequentialClips`). In memory, both orders read the
 same array.
 
@@ -34,7 +34,11 @@ from torch.utils.data import Dataset, get_worker_info
 from vivitcache.train_temporal.batches import BatchReader
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
-from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
+from vivitcache.train_temporal.sequential import (
+    EpochOrder,
+    SequentialClips,
+    order_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -163,14 +167,14 @@ class TokenClipDataset(Dataset):
         self.read_ahead = read_ahead
         self.read = read if train else "random"  # evaluation reads its fixed views in index order
         self.batch, self.streams, self.shuffle_buffer = batch, streams, shuffle_buffer
-        self.world = world  # DDP ranks of the sequential plan: the sampler's, once it asks for `epoch_order`
+        self.world = world  # DDP ranks of the sequential order: the sampler's, once it asks for `epoch_order`
         self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)  # [N]
         self.labels = torch.tensor([v.label for v in self.videos], dtype=torch.int64)  # [N]
         self.table = features.table([v.id for v in self.videos])
         self.epoch = 0
         self._ahead: ReadAhead | None = None
         self._walk: list[int] | None = None  # the order this rank's samples will be asked in (`follow`)
-        self._plan: tuple[tuple[int, int], EpochPlan] | None = None
+        self._order: tuple[tuple[int, int], EpochOrder] | None = None
         self._sequential: SequentialClips | None = None
         self._slab: np.ndarray | None = None  # the sequential reader's slab, kept for the next epoch (no page faults)
 
@@ -228,26 +232,26 @@ class TokenClipDataset(Dataset):
             table = self.table
             make = lambda rows, feats: self._gather(  # noqa: E731
                 rows, lambda r, i: np.take(feats, table.offset[r][:, None] + i, axis=0))
-            plan = self.plan(self.epoch, self.world or 1)
+            order = self.order_of(self.epoch, self.world or 1)
             worker = get_worker_info()
             workers = (worker.num_workers, worker.id) if worker is not None else (1, 0)
             # the most clips waiting at once: the shuffle buffers, one part per piece and a batch
             capacity = min(len(self.videos), self.shuffle_buffer + self.streams * int(np.bincount(table.part).max())
                            + self.batch)
-            self._sequential = SequentialClips(plan, table.part, self.features.part, make,
+            self._sequential = SequentialClips(order, table.part, self.features.part, make,
                                                prefetch=self.features.prefetch,
                                                workers=workers,
                                                slab=self._slab, capacity=capacity)
             self._slab = None
         return self._sequential
 
-    def plan(self, epoch: int, world: int) -> EpochPlan:
+    def order_of(self, epoch: int, world: int) -> EpochOrder:
         """The sequential order of epoch `epoch` over `world` ranks (cached for the latest epoch)."""
         key = (epoch, world)
-        if self._plan is None or self._plan[0] != key:
-            self._plan = (key, plan_epoch(self.table.part, self.table.offset, self.seed, epoch, world, self.streams,
+        if self._order is None or self._order[0] != key:
+            self._order = (key, order_epoch(self.table.part, self.table.offset, self.seed, epoch, world, self.streams,
                                           self.batch, self.shuffle_buffer, drop_last=self.train))
-        return self._plan[1]
+        return self._order[1]
 
     def epoch_order(self, epoch: int, rank: int, world: int) -> list[int] | None:
         """The samples of rank `rank` in epoch `epoch` in the order `fit`'s sampler must visit them; None: the
@@ -255,7 +259,7 @@ class TokenClipDataset(Dataset):
         if self.read != "sequential":
             return None
         self.world = world
-        return self.plan(epoch, world).rank_order(rank)
+        return self.order_of(epoch, world).rank_order(rank)
 
     # ---- one sample ---------------------------------------------------------------------------------------------
     def __getitem__(self, index: int):
