@@ -16,7 +16,7 @@ from vivitcache.progress import console
 from vivitcache.store.layout import FRAME_TOKENS
 from vivitcache.bench.config import BenchConfig
 from vivitcache.bench.recipes_config import RecipesConfig
-from vivitcache.config import PredictConfig, PretrainConfig
+from vivitcache.config import PIXEL_ADAPTERS, PredictConfig, PretrainConfig
 from vivitcache.data.synth import SynthConfig
 from vivitcache.demo.config import CLI_OPTIONS as DEMO_CLI_OPTIONS, DemoConfig
 from vivitcache.extract.config import ExtractConfig
@@ -28,7 +28,7 @@ from vivitcache.train_temporal.config import EvalConfig, TrainConfig
 PRETRAIN_OPTIONS = Options(PretrainConfig(), [
     "data.data", "run.out", "model.spatial", "model.img_size", "model.patch_size", "model.spatial_depth",
     "model.weights", "model.pretrained", "model.num_frames", ("model.frame_token", {"choices": FRAME_TOKENS}),
-    ("model.adapter", {"choices": ("mlp", "linear", "none")}), "model.temporal_depth", "model.temporal_dim",
+    ("model.adapter", {"choices": PIXEL_ADAPTERS}), "model.temporal_depth", "model.temporal_dim",
     "data.video_root", "data.labels", "data.fps", "data.stride", "optim.epochs", "optim.batch_size", "optim.lr",
     "optim.weight_decay", "optim.warmup_epochs", "optim.label_smoothing", "optim.spatial_lr_scale",
     "optim.accum_steps", "optim.precision", "run.eval_views", "run.workers", "run.checkpoint_every", "run.seed",

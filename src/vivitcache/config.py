@@ -19,6 +19,8 @@ T = TypeVar("T")
 
 ADAPTER_KINDS = ("mlp", "linear", "none", "attn")
 """Adapters between the frame features and the temporal transformer (`models/adapter.py`; `attn`: stage 2 only)."""
+PIXEL_ADAPTERS = tuple(kind for kind in ADAPTER_KINDS if kind != "attn")
+"""The adapters of a model that sees pixels (stage 1): `attn` attends over stored tokens."""
 ALL_TOKENS = "tokens"
 """The frame token of an `attn` adapter's model: every stored token of a frame (`models/tokens.py`)."""
 
