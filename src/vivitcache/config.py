@@ -1,4 +1,5 @@
-"""Dataclass configs shared by the CLI, stage 1, extraction and stage 2. One doc line per field.
+"""Dataclass configs shared by the CLI, stage 1, extraction and stage 2. One doc line per field: its option help
+(`opt`, `options.py`), and a docstring where there is more to say.
 
 Configs are plain dataclasses so they serialise to JSON (`asdict`) into every artifact and load back with
 `from_dict`, which ignores nothing silently: unknown keys raise.
@@ -114,10 +115,8 @@ class ModelConfig:
     """Number of classes of the head (set from the dataset)."""
     drop_rate: float = field(default=0.0, metadata=opt(
         "Dropout in the temporal transformer and before the head.", ge=0, lt=1))
-    """Dropout in the temporal transformer and before the head."""
     drop_path_rate: float = field(default=0.0, metadata=opt(
         "Stochastic depth in the temporal transformer.", ge=0, lt=1))
-    """Stochastic depth in the temporal transformer."""
 
     def __post_init__(self):
         check_fields(self)
@@ -129,7 +128,6 @@ class OptimConfig:
 
     epochs: int = field(default=10, metadata=opt(
         "Training epochs.", ge=0, must="at least 1"))  # 0 only in records of untrained runs; `fit` wants 1
-    """Training epochs."""
     batch_size: int = field(default=16, metadata=opt("Global batch size per optimiser step.", ge=1))
     """Global batch size (split across processes under torchrun)."""
     lr: float = field(default=1e-3, metadata=opt("Peak learning rate (AdamW, warmup + cosine).", gt=0))
@@ -139,7 +137,6 @@ class OptimConfig:
     warmup_epochs: float = field(default=1.0, metadata=opt("Warmup epochs.", ge=0))
     """Linear warmup length in epochs, then cosine decay to `min_lr`."""
     min_lr: float = field(default=1e-5, metadata=opt("Final learning rate of the cosine schedule.", ge=0))
-    """Final learning rate of the cosine schedule."""
     spatial_lr_scale: float = field(default=1.0, metadata=opt(
         "LR multiplier of the spatial ViT (0 freezes it).", ge=0))
     """LR multiplier of the spatial ViT when it trains (stage 1): a pretrained backbone is fine-tuned gently; 0 freezes it."""

@@ -83,9 +83,7 @@ class BenchConfig(Preset):
     spatial_depth: int | None = field(default=None, metadata=opt("Spatial blocks override (0: all).", ge=1))
     """Spatial blocks override (None: the full model, 12 for vit-s)."""
     temporal_depth: int = field(default=4, metadata=opt("Temporal transformer blocks.", ge=1))
-    """Temporal transformer blocks."""
     frames: int = field(default=32, metadata=opt("Frames per clip T in every mode.", ge=1))
-    """Frames per clip T in every mode."""
     epochs: int = field(default=1, metadata=opt("Stage-2 epochs per mode.", ge=1))
     """Stage-2 epochs per mode (the same for all three)."""
     batch_size: int = field(default=4, metadata=opt("Clips per optimiser step in every mode.", ge=1))

@@ -65,9 +65,7 @@ class ImagePretrainConfig:
     spatial_depth: int | None = field(default=None, metadata=_model_opt("spatial_depth"))
     """Spatial blocks override."""
     steps: int = field(default=600, metadata=opt("Optimiser steps.", ge=1))
-    """Optimiser steps."""
     batch_size: int = field(default=64, metadata=opt("Frames per step.", ge=1))
-    """Frames per step."""
     lr: float = field(default=1e-3, metadata=opt("Peak learning rate (AdamW, warmup + cosine).", gt=0))
     """Peak AdamW learning rate (warmup 10 %, then cosine)."""
     frames_per_video: int = field(default=32, metadata=opt("Frames decoded per training video.", ge=2))
