@@ -6,14 +6,17 @@ The store is `bench_loader.py`'s (fp16 `cls` tokens, 64-frame chunks, ~32 MiB sh
 D = `--dim`), plus the same tokens as one `.npy` per video (video_features' layout) for the reference rate. For each
 clip length T, the clips of one epoch (the project's clip rule, seed 0, epoch 0, the sampler's order, batches of
 `--batch`) are read through `TokenClipDataset` over a fresh `StoreBatches` (chunk cache of twice the store), after
-dropping the files from the page cache (`posix_fadvise(DONTNEED)`; `fincore` confirms):
+dropping the files from the page cache (`posix_fadvise(DONTNEED)`; `resident_after_drop`: what `fincore` still
+finds):
 
 - `cold` / `warm`: clips/s of the first epoch (every chunk read from storage) and of the same epoch again;
   `cold_read_ahead`: the first epoch with the read-ahead thread walking the order (what `fit` does); `npy_cold` /
-  `npy_warm`: the same clips read from fresh `np.load(mmap_mode="r")` memmaps, one per clip. These run in
+  `npy_warm`: the same clips read from `np.load(mmap_mode="r")` memmaps (cold: each opened on its video's first
+  clip; warm: the same epoch again through the maps kept open). These run in
   `--rounds` interleaved rounds (the machine is shared: each case sees the same load) and the best round counts.
 
-`breakdown`, from one more cold epoch:
+`breakdown`, from cold epochs run before the rounds (the first one is the process's first reader of that T: for the
+first T, memory the process never touched before):
 
 - the bytes the clips need (their frames; whole 64-frame chunks) against what the process read: `/proc/self/io`
   (`read_bytes`: from storage, `rchar`: through read calls, `syscr`: read calls) and CPU time (user + system, all
@@ -233,8 +236,8 @@ class ThreadProfiles:
 def group(file: str, name: str) -> str:
     """Where a function's own time goes, for the breakdown."""
     if file == "~":
-        if any(w in name for w in ("acquire", "wait", "select", "poll", "sleep", "join")):
-            return "waiting (locks, futures, event loop idle)"
+        if any(w in name for w in ("acquire", "wait", "select", "poll", "sleep", "join", "_queue")):
+            return "waiting (locks, futures, idle threads and event loop)"
         if any(w in name for w in ("read", "pread", "open", "stat", "close", "seek")):
             return "file syscalls (open/read/stat/close)"
         if "crc32c" in name or "google_crc32c" in name:
@@ -260,14 +263,19 @@ def make_npy(store: TokenStore, folder: Path) -> Path:
     return folder
 
 
-def npy_epoch(folder: Path, ds: TokenClipDataset, batches: list[list[int]]) -> dict:
-    """Every batch from fresh memmaps (one `np.load(mmap_mode="r")` per clip, as a .npy-per-video loader does)."""
+def npy_epoch(folder: Path, ds: TokenClipDataset, batches: list[list[int]], maps: dict) -> dict:
+    """Every batch from .npy memmaps, as a .npy-per-video loader reads: a video's map is opened on its first clip
+    (`np.load(mmap_mode="r")`) and kept in `maps` (cold: pass a new dict, after dropping the page cache; warm: the
+    dict of the cold pass)."""
     ids = ds.table.ids
     start = counters()
     for rows in batches:
         r = np.asarray(rows, dtype=np.int64)
         idx, _ = ds.clip_indices(r)  # [B, T]
-        np.stack([np.take(np.load(folder / f"{ids[i]}.npy", mmap_mode="r"), k, axis=0) for i, k in zip(r, idx)])
+        for i in r.tolist():
+            if i not in maps:
+                maps[i] = np.load(folder / f"{ids[i]}.npy", mmap_mode="r")  # [n, D]
+        np.stack([np.take(maps[i], k, axis=0) for i, k in zip(r.tolist(), idx)])  # [B, T, D]
     spent = since(start)
     return {"clips_per_s": sum(map(len, batches)) / spent["wall_s"], **spent}
 
@@ -288,9 +296,11 @@ def rates(path: Path, npy: Path, make, batches: list[list[int]], rounds: int) ->
         ahead.follow([i for rows in batches for i in rows])
         runs["cold_read_ahead"].append(epoch(ahead, batches))
         ahead.stop_read_ahead()
-        drop_page_cache(npy)
-        runs["npy_cold"].append(npy_epoch(npy, ds, batches))
-        runs["npy_warm"].append(npy_epoch(npy, ds, batches))
+        drop_page_cache(npy)  # with no map open: pages an open map holds are not dropped
+        maps: dict = {}
+        runs["npy_cold"].append(npy_epoch(npy, ds, batches, maps))
+        runs["npy_warm"].append(npy_epoch(npy, ds, batches, maps))
+        maps.clear()  # closed before the next drop
     out = {k: max(v, key=lambda r: r["clips_per_s"]) | {"rounds_clips_per_s": [r["clips_per_s"] for r in v]}
            for k, v in runs.items()}
     out["ratios"] = {"cold_vs_npy_cold": out["cold"]["clips_per_s"] / out["npy_cold"]["clips_per_s"],

@@ -3,13 +3,14 @@
 The random-read path of stage 2 (`train_temporal.batches.StoreBatches`) needs a few hundred scattered inner chunks
 per batch. Read through zarr-python, each chunk goes through its per-chunk asyncio codec pipeline (the shard index
 read again for every request, one file open per chunk, an output buffer per read), which costs far more CPU than
-reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") puts a cold epoch at ~10x its storage time.
-zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard (`reader.check_shard`), so it
-cannot serve chunk reads. Hence this hand-written reader of the one layout our writer makes (zarr v3 sharding codec,
-index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian), optionally `zstd`, then `crc32c`),
-checked exactly as zarr checks it:
+reading the bytes: the profile in BENCHMARKS.md ("Cold random reads") finds most of a cold epoch there, not in
+storage. zarrs would be fast, but it skips the inner chunks' crc32c on reads smaller than a shard
+(`reader.check_shard`), so it cannot serve chunk reads. Hence this hand-written reader of the one layout our writer
+makes (zarr v3 sharding codec, index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian),
+optionally `zstd`, then `crc32c`), checking what zarr checks:
 
-- each shard's index is read once (its crc32c checked, every entry bounded by the data) and kept;
+- each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept; every
+  later read checks that the file still has the size it had then;
 - a run of inner chunks that lie back to back in the file is one `preadv` (uncompressed: straight into the caller's
   array, the 4-byte checksums into a side buffer, no copy); every chunk's crc32c is checked before it counts;
 - damage (a missing or short file, a checksum mismatch, an entry past the data) is a `StoreDamageError` naming the
@@ -35,6 +36,45 @@ EMPTY = 2**64 - 1
 """Offset and size of an inner chunk never written (zarr reads it as the fill value)."""
 MAX_RUN = 256
 """Chunks of one `preadv` at most (two buffers each, under the kernel's 1024)."""
+
+
+def shard_index(tail, inner: int, file_bytes: int, chunk_crc: bool = True,
+                chunk_bytes: int | None = None) -> np.ndarray:
+    """(offset, nbytes) of each inner chunk from the last `16 * inner + 4` bytes (`tail`) of a shard file of
+    `file_bytes` bytes: [inner, 2] uint64 (`EMPTY` for a chunk never written). ValueError unless the index's crc32c
+    matches and every written chunk lies in the data before the index, holds its own crc32c (`chunk_crc`) and, when
+    given, is `chunk_bytes` long."""
+    size = inner * 16
+    if len(tail) != size + 4:
+        raise ValueError(f"{file_bytes} bytes: shorter than its shard index")
+    if google_crc32c.value(bytes(tail[:size])) != int.from_bytes(bytes(tail[size:]), "little"):
+        raise ValueError("crc32c checksum mismatch in the shard index")
+    pairs = np.frombuffer(bytes(tail), dtype="<u8", count=2 * inner).reshape(inner, 2)  # [inner, 2]
+    written = pairs[:, 0] != EMPTY
+    bad = written & ((pairs[:, 1] < 4 * chunk_crc) | (pairs[:, 0] + pairs[:, 1] > file_bytes - size - 4))
+    if chunk_bytes is not None:
+        bad |= written & (pairs[:, 1] != chunk_bytes)
+    if bad.any():
+        at = int(pairs[np.argmax(bad), 0])
+        raise ValueError(f"inner chunk at byte {at} runs past the data or has the wrong size")
+    return pairs
+
+
+def read_into(fd: int, buffers: list[memoryview], offset: int) -> int:
+    """`preadv` into `buffers` from byte `offset` until they are full or the file ends; returns the bytes read. A
+    single `preadv` may return less (a signal, some network filesystems): the rest is asked for again."""
+    done = 0
+    while buffers:
+        got = os.preadv(fd, buffers, offset + done)
+        if got == 0:
+            break
+        done += got
+        while buffers and got >= len(buffers[0]):  # drop the buffers filled, cut into the one filled in part
+            got -= len(buffers[0])
+            buffers = buffers[1:]
+        if buffers and got:
+            buffers = [buffers[0][got:], *buffers[1:]]
+    return done
 
 
 @dataclass(frozen=True)
@@ -71,12 +111,11 @@ class ShardChunks:
         if len(meta.codecs) != 1 or not isinstance(meta.codecs[0], ShardingCodec) or len(meta.shape) != 3:
             return None
         sharding = meta.codecs[0]
-        inner, index = list(sharding.codecs), list(sharding.index_codecs)
-        little = lambda c: isinstance(c, BytesCodec) and c.endian is not None and c.endian.value == "little"  # noqa: E731
-        crc = lambda c: isinstance(c, Crc32cCodec)  # noqa: E731
-        plain = len(inner) == 2 and little(inner[0]) and crc(inner[1])
-        zstd = len(inner) == 3 and little(inner[0]) and isinstance(inner[1], ZstdCodec) and crc(inner[2])
-        ok = (plain or zstd) and len(index) == 2 and little(index[0]) and crc(index[1])
+        inner, index = [type(c) for c in sharding.codecs], [type(c) for c in sharding.index_codecs]
+        codecs = (*sharding.codecs, *sharding.index_codecs)
+        little = all(c.endian is not None and c.endian.value == "little" for c in codecs if isinstance(c, BytesCodec))
+        zstd = inner == [BytesCodec, ZstdCodec, Crc32cCodec]
+        ok = little and (inner == [BytesCodec, Crc32cCodec] or zstd) and index == [BytesCodec, Crc32cCodec]
         shard, inner_shape = tuple(meta.chunk_grid.chunk_shape), tuple(sharding.chunk_shape)
         whole = inner_shape[1:] == shard[1:] == tuple(meta.shape[1:]) and shard[0] % inner_shape[0] == 0
         if not (ok and whole) or sharding.index_location != ShardingCodecIndexLocation.end:
@@ -108,18 +147,10 @@ class ShardChunks:
             tail = os.pread(fd, size + 4, end - size - 4) if end >= size + 4 else b""
         finally:
             os.close(fd)
-        if len(tail) != size + 4:
-            raise self.damage(shard, f"{end} bytes: shorter than its shard index")
-        if google_crc32c.value(tail[:size]) != int.from_bytes(tail[size:], "little"):
-            raise self.damage(shard, "crc32c checksum mismatch in the shard index")
-        pairs = np.frombuffer(tail, dtype="<u8", count=2 * self.per_shard).reshape(-1, 2)  # [per_shard, 2]
-        written = pairs[:, 0] != EMPTY
-        bad = written & ((pairs[:, 1] < 4) | (pairs[:, 0] + pairs[:, 1] > end - size - 4))
-        if not self.zstd:
-            bad |= written & (pairs[:, 1] != self.payload + 4)
-        if bad.any():
-            raise self.damage(shard, f"inner chunk at byte {int(pairs[np.argmax(bad), 0])} runs past the data or "
-                                     "has the wrong size")
+        try:
+            pairs = shard_index(tail, self.per_shard, end, chunk_bytes=None if self.zstd else self.payload + 4)
+        except ValueError as e:
+            raise self.damage(shard, str(e)) from None
         self._index[shard], self._size[shard] = pairs, end
         return pairs
 
@@ -145,27 +176,28 @@ class ShardChunks:
     def read(self, run: Run, out: np.ndarray) -> None:
         """Read one run into rows `run.targets` of `out` ([N, cf, K, D] in the stored dtype, C-contiguous), every
         chunk's crc32c checked; StoreDamageError naming the part and the file."""
-        fd = self._open(run.shard)
+        fd, want = self._open(run.shard), int(run.sizes.sum())
         try:
-            if os.fstat(fd).st_size != self._size[run.shard]:  # the index held no longer describes the file
-                raise self.damage(run.shard, f"{os.fstat(fd).st_size} bytes, {self._size[run.shard]} when its shard "
-                                             "index was read (truncated or replaced since)")
+            size = os.fstat(fd).st_size
+            if size != self._size[run.shard]:  # the index held no longer describes the file
+                raise self.damage(run.shard, f"{size} bytes, {self._size[run.shard]} when its shard index was read "
+                                             "(truncated or replaced since)")
             if self.zstd:
-                data = os.pread(fd, int(run.sizes.sum()), run.offset)
-                got, want = len(data), int(run.sizes.sum())
+                data = bytearray(want)
+                buffers = [memoryview(data)]
             else:
                 crcs = bytearray(4 * len(run.sizes))
                 views = memoryview(crcs)
                 buffers = []
                 for j, t in enumerate(run.targets.tolist()):
                     buffers += [memoryview(out[t]).cast("B"), views[4 * j : 4 * j + 4]]
-                got, want = os.preadv(fd, buffers, run.offset), int(run.sizes.sum())
+            got = read_into(fd, buffers, run.offset)
         finally:
             os.close(fd)
         if got != want:
-            raise self.damage(run.shard, f"{want - got} bytes of inner chunks at byte {run.offset} past its end")
+            raise self.damage(run.shard, f"ends {want - got} bytes before the inner chunks at byte {run.offset} do")
         if self.zstd:
-            self._decode_zstd(run, data, out)
+            self._decode_zstd(run, bytes(data), out)
             return
         for j, t in enumerate(run.targets.tolist()):
             chunk = out[t].view()
@@ -179,15 +211,15 @@ class ShardChunks:
 
         start = 0
         for size, t in zip(run.sizes.tolist(), run.targets.tolist()):
-            chunk = data[start : start + size]
+            chunk, at = data[start : start + size], run.offset + start
             if google_crc32c.value(chunk[:-4]) != int.from_bytes(chunk[-4:], "little"):
-                raise self.damage(run.shard, f"crc32c checksum mismatch in the inner chunk at byte {run.offset + start}")
+                raise self.damage(run.shard, f"crc32c checksum mismatch in the inner chunk at byte {at}")
             try:
                 raw = Zstd().decode(chunk[:-4])
             except Exception as e:  # noqa: BLE001 — numcodecs raises RuntimeError/ValueError for bad frames
-                raise self.damage(run.shard, f"inner chunk at byte {run.offset + start}: {e}") from None
+                raise self.damage(run.shard, f"inner chunk at byte {at}: {e}") from None
             if len(raw) != self.payload:
-                raise self.damage(run.shard, f"inner chunk at byte {run.offset + start} decodes to {len(raw)} bytes")
+                raise self.damage(run.shard, f"inner chunk at byte {at} decodes to {len(raw)} bytes")
             out[t] = np.frombuffer(raw, dtype=self.dtype).reshape(self.chunk_shape)
             start += size
 

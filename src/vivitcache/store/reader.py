@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from vivitcache.store.chunks import ShardChunks
+from vivitcache.store.chunks import EMPTY, ShardChunks, shard_index
 from vivitcache.store.dtypes import decode_tokens
 from vivitcache.store.index import VIDEO_FIELDS, open_index, read_commit, read_commit_digest
 from vivitcache.store.layout import (
@@ -301,15 +301,15 @@ _OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a 
 def codec_pipeline() -> str | None:
     """The codec pipeline `TokenStore.part_tokens` decodes whole parts with: zarrs' (Rust, the same format) when
     installed and not turned off with VIVITCACHE_ZARRS=0; on our shards it decodes many times faster than zarr's
-    default pipeline (measured in BENCHMARKS.md, "Stage-2 loader"). Every other read (slices, chunks) stays on zarr's own pipeline,
-    which checks each chunk's crc32c: zarrs does not on reads smaller than a shard (`check_shard`)."""
+    default pipeline (measured in BENCHMARKS.md, "Stage-2 loader"). Slices stay on zarr's own pipeline and chunk
+    batches go to `chunks.ShardChunks`, both checking each chunk's crc32c: zarrs does not on reads smaller than a
+    shard (`check_shard`)."""
     if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
         return None
     return "zarrs.ZarrsCodecPipeline"
 
 
 _THREAD = threading.local()
-_EMPTY = 2**64 - 1  # an inner chunk never written (offset and nbytes)
 
 
 def _read_whole(f: Path) -> np.ndarray:
@@ -337,16 +337,9 @@ def check_shard(data: np.ndarray, inner_chunks: int, chunk_crc: bool) -> None:
     flipped bytes as tokens (tests/test_loader.py shows it). The layout is the zarr v3 sharding codec's, index at the
     end: `inner_chunks` pairs of little-endian uint64 (offset, nbytes; 2**64 - 1 for a chunk never written), then the
     index's crc32c; each inner chunk ends with the crc32c of the bytes before it."""
-    size = inner_chunks * 16
-    if len(data) < size + 4:
-        raise ValueError(f"{len(data)} bytes: shorter than its shard index")
-    index = data[-size - 4 : -4]
-    if google_crc32c.value(index) != int.from_bytes(data[-4:].tobytes(), "little"):
-        raise ValueError("crc32c checksum mismatch in the shard index")
-    pairs = np.frombuffer(index.tobytes(), dtype="<u8").reshape(-1, 2)  # [inner_chunks, (offset, nbytes)]
-    for offset, nbytes in pairs[pairs[:, 0] != _EMPTY].tolist():
-        if nbytes < 4 * chunk_crc or offset + nbytes > len(data) - size - 4:
-            raise ValueError(f"inner chunk at byte {offset} runs past the data")
+    tail = data[-inner_chunks * 16 - 4 :] if len(data) >= inner_chunks * 16 + 4 else data[:0]
+    pairs = shard_index(tail, inner_chunks, len(data), chunk_crc)  # [inner_chunks, (offset, nbytes)]
+    for offset, nbytes in pairs[pairs[:, 0] != EMPTY].tolist():
         chunk = data[offset : offset + nbytes]
         if chunk_crc and google_crc32c.value(chunk[:-4]) != int.from_bytes(chunk[-4:].tobytes(), "little"):
             raise ValueError(f"crc32c checksum mismatch in the inner chunk at byte {offset}")

@@ -13,8 +13,8 @@ The epoch's order (`order_epoch`, pure index math on (seed, epoch)):
    read the same part, except the (at most one) part at each cut, which both neighbours read.
 
 Reading (`SequentialClips`, one per process and epoch): a part is read whole the first time one of its videos is
-asked for (its shard files first read front to back into the page cache, then decoded by zarrs; background threads
-do both for the parts coming next), and the clips of all of its videos still to come in the same piece are
+asked for (straight from its shard files, every chunk's checksum checked: `batches.read_part`; background threads
+read the parts coming next), and the clips of all of its videos still to come in the same piece are
 gathered from it at once (one vectorised gather per part) into a slab of clip slots; a batch is one gather from
 the slab. Clips depend only on (seed, epoch, index), so a resumed epoch (the sampler skips the samples already
 seen) re-reads the parts it needs and gives exactly the same batches.
@@ -112,9 +112,9 @@ class SequentialClips:
 
     `read_part(number)` gives a part's frame features [F_part, Din]; `make_clips(rows, feats)` gathers the training
     clips of dataset rows `rows` from it: [n, T, Din]; `prefetch(number)` (optional) brings a part's files into the
-    page cache with plain sequential reads (and checks their checksums).
+    page cache with plain sequential reads (and checks their checksums), for readers that decode them from there.
 
-    Read-ahead, on `READ_THREADS` background threads (file reads and zarrs' decoding release the GIL): at the first
+    Read-ahead, on `READ_THREADS` background threads (file reads and decoding release the GIL): at the first
     batch the process works out the parts it will read, in order (`schedule`: its rank's samples, the batches its
     DataLoader worker gets), and from then on keeps the next `DECODE_AHEAD` parts read and decoded and the
     `PREFETCH_AHEAD` after them in the page cache. So the file reads of coming parts, the decoding of the next ones
