@@ -243,7 +243,9 @@ def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgr
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:  # one pinned worker per slot (GPU and cores): extract.devices
-        cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.WARNING)
+        # workers log only what is fatal: a part's error reaches us through its future, and a Ctrl-C that reaches the
+        # workers too (the terminal signals the whole group) would otherwise print their heartbeat tracebacks
+        cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
         client.wait_for_workers(len(slots))
     futures: dict = {}
