@@ -2,6 +2,8 @@
 
     python benchmarks/bench_loader.py --out benchmarks/results/loader.json            # full (~15 min on 2 cores)
     python benchmarks/bench_loader.py --quick --out /tmp/loader_quick.json            # small (~1 min)
+    python benchmarks/bench_loader.py --dims 768 --clip-lengths 32,128 --workers 0 --batch 32 \
+        --out /tmp/loader_issue24.json                                                 # issue 24's setup (~3 min)
 
 Stores of `--videos` videos × `--frames` frames of fp16 `cls` tokens (D = 768 and 1408), written with the store API
 in the layout `extract` makes (64-frame chunks, shards of ~32 MiB). For each clip length T, store and number of
@@ -16,7 +18,9 @@ sampler, batch collation, spawned workers) exactly as training reads it:
 - `sequential_cold`: `--read sequential` from a fresh reader, page cache dropped (a run's first epoch: it also
   pays for first touching the reader's memory); `sequential_cold_next` (no workers): its next epoch, the page
   cache dropped again (every later epoch of a run whose store the page cache cannot hold); `sequential_warm`: the
-  next epochs (every part read again, now from the page cache).
+  next epochs (every part read again, now from the page cache);
+- `npy_*`, `hdf5_*` (no workers; `peer_readers.py`, h5py from the `bench` extra): the same clips from one `.npy`
+  per video (memory maps) and from one HDF5 file, cold (their files dropped, maps opened afresh) and warm.
 
 Reference points in the same run: `raw_gather` (the clips' rows gathered from one in-RAM fp16 array with
 `np.take`, the fastest numpy gather, indices precomputed: the limit of any in-memory loader here),
@@ -26,18 +30,20 @@ os.read, 8 MiB at a time: cold after dropping the page cache, and warm). Ratios 
 per-clip path the batch readers replaced (`dataset[i]` + stacking, float32), at T=128 D=768 in one process.
 `codec` compares zarr's default codec pipeline with `zarrs` (Rust) reading every shard whole and random chunks.
 
-clips/s of a case is clips / seconds from the first batch (with workers: from the first batch of the last worker)
-to the end of an epoch; start-up, paid once per epoch by `fit`, is reported apart as `start_s`. With workers an
-epoch lists every video 4 times (4 clips of each), so that it lasts long against the workers' start, and every
-case is one epoch. Without workers, the warm cases and the raw gather run in 3 interleaved rounds of at least
-`--min-seconds` each (whole epochs or passes), and the best epoch of each counts: the machine is shared, and
-interleaving exposes all of them to the same load. Cold cases are one epoch each; the cold file read is measured
-again just before each sequential cold epoch (`file_read_cold_mb_per_s`), which is what its ratio is against.
+Every epoch is handed the sampler's order first (`follow`), as `fit` does. clips/s of a case is clips / seconds of
+a whole epoch in one process; with workers, from the first batch of the last worker to the end (their start-up,
+paid once per epoch by `fit`, is `start_s`). With workers an epoch lists every video 4 times (4 clips of each), so
+that it lasts long against the workers' start, and every case is one epoch. Without workers, the warm cases and
+the raw gather run in 3 interleaved rounds of at least `--min-seconds` each (whole epochs or passes), and so do
+the cold cases (one epoch of a fresh reader each, the cold file read just before the sequential ones): the best of
+each counts, the machine is shared and interleaving exposes all of them to the same load. One-process cases also
+give clips per second of the process's CPU time (`cpu_clips_per_s`, `*_cpu` ratios), which other load changes less.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -64,6 +70,8 @@ from vivitcache.training.sampler import ResumableSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from clip_readers import InMemoryFeatures, StreamedFeatures  # noqa: E402 — the per-clip reference, kept with the tests
 
+import peer_readers  # noqa: E402 — the .npy and HDF5 peers, next to this file
+
 
 # ---------------------------------------------------------------------------------------------------- store + cache
 def make_store(path: Path, videos: int, frames: int, dim: int, per_part: int = 32) -> Path:
@@ -88,15 +96,26 @@ def store_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()]
 
 
-def drop_page_cache(path: Path) -> None:
-    """Evict the store's files from the page cache (clean pages only: fsync first)."""
-    for f in store_files(path):
+def drop_page_cache(path: Path | list[Path]) -> None:
+    """Evict a store's files (or these files) from the page cache (clean pages only: fsync first). Pages mapped by
+    a live memory map stay: close the maps first."""
+    for f in store_files(path) if isinstance(path, Path) else path:
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def read_files(files: list[Path]) -> int:
+    """Read the files whole, 8 MiB at a time; returns the bytes read."""
+    total = 0
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while chunk := fh.read(8 << 20):
+                total += len(chunk)
+    return total
 
 
 def file_read_bandwidth(path: Path) -> dict:
@@ -108,10 +127,7 @@ def file_read_bandwidth(path: Path) -> dict:
         if kind == "cold":
             drop_page_cache(path)
         t = time.perf_counter()
-        for f in shards:
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(8 << 20):
-                    pass
+        read_files(shards)
         out[f"{kind}_mb_per_s"] = total / 1e6 / (time.perf_counter() - t)
     return out
 
@@ -124,32 +140,36 @@ def entries(store: TokenStore) -> list[VideoEntry]:
 def run_epochs(ds: TokenClipDataset, batch: int, workers: int, epochs: int | None, min_seconds: float,
                first_epoch: int = 0) -> dict:
     """Iterate fit's DataLoader over whole epochs: at least `min_seconds`, or exactly `epochs`."""
-    clips, seconds, start, epoch, rates = 0, 0.0, 0.0, first_epoch, []
+    clips, seconds, start, epoch, rates, cpu_rates = 0, 0.0, 0.0, first_epoch, [], []
     while (epochs is None and seconds < min_seconds) or (epochs is not None and epoch - first_epoch < epochs):
         sampler = ResumableSampler(len(ds), 0, shuffle=True, order=ds.epoch_order)
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
-        t0 = time.perf_counter()
+        ds.follow(list(sampler))  # as fit does: the order the read-ahead walks
+        t0, c0 = time.perf_counter(), time.process_time()
         it = iter(_loader(ds, batch, sampler, workers))
-        for _ in range(max(1, workers)):  # every worker has started and delivered its first batch
-            next(it)
+        first = sum(len(next(it)[0]) for _ in range(max(1, workers)))  # every worker has delivered a batch
         t1 = time.perf_counter()
-        n = 0
+        # with workers: the clips after the first batches, over the time after them; in one process: the whole epoch
+        n, since = (0, t1) if workers else (first, t0)
         for x, _ in it:
             n += len(x)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         start += t1 - t0
-        clips += n  # clips after the first batches, over the time after them
-        seconds += t2 - t1
-        rates.append(n / max(t2 - t1, 1e-9))
+        clips += n
+        seconds += t2 - since
+        rates.append(n / max(t2 - since, 1e-9))
+        cpu_rates.append(n / max(c2 - c0, 1e-9) if not workers else None)  # this process's CPU time, one process
         epoch += 1
     return {"clips_per_s": max(rates), "median_clips_per_s": float(np.median(rates)), "seconds": seconds,
-            "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch}
+            "start_s": start, "epochs": epoch - first_epoch, "next_epoch": epoch,
+            "cpu_clips_per_s": None if workers else max(cpu_rates)}
 
 
-def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int, min_seconds: float) -> float:
+def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int, min_seconds: float
+               ) -> tuple[float, float]:
     """clips/s of `features[rows]` alone (video i's frames start at row `base[i]`): the rows of whole batches
-    precomputed with the clip rule, in random order."""
+    precomputed with the clip rule, in random order. (per second of wall time, per second of CPU time)"""
     n = len(table.frames)
     order = np.random.default_rng(0).permutation(n)
     rows = []
@@ -157,13 +177,14 @@ def raw_gather(features: np.ndarray, base: np.ndarray, table, T: int, batch: int
         b = order[i : i + batch]
         idx = train_clips(table.frames[b], T, clip_keys(0, 0, b), AugmentConfig()).indices  # [B, T]
         rows.append(base[b][:, None] + idx)
-    rates, t = [], time.perf_counter()
+    rates, cpu_rates, t = [], [], time.perf_counter()
     while time.perf_counter() - t < min_seconds:  # passes over the epoch's batches: the best pass counts
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for r in rows:
             np.take(features, r, axis=0)  # [B, T, D]; the fastest numpy gather (a[r] is ~25 % slower)
         rates.append(sum(map(len, rows)) / (time.perf_counter() - t1))
-    return max(rates)
+        cpu_rates.append(sum(map(len, rows)) / max(time.process_time() - c1, 1e-9))
+    return max(rates), max(cpu_rates)
 
 
 class ZeroBatches(torch.utils.data.Dataset):
@@ -237,11 +258,104 @@ def codec_pipelines(path: Path, store: TokenStore, min_seconds: float) -> dict:
     return out
 
 
+def cold_case(ds: TokenClipDataset, files: Path | list[Path], batch: int, workers: int, first_epoch: int = 0) -> dict:
+    """One epoch of `ds` after dropping its reader's files from the page cache (peers: their maps closed first)."""
+    getattr(ds.features, "reset", lambda: None)()
+    drop_page_cache(files)
+    return run_epochs(ds, batch, workers, 1, 0, first_epoch=first_epoch)
+
+
+def bench_case(path: Path, memory: MemoryBatches, peers: dict, T: int, workers: int, batch: int, min_seconds: float,
+               cache: int) -> dict:
+    """One row: every reader at clip length T with `workers` DataLoader workers (peers in one process only)."""
+    row: dict = {"T": T, "workers": workers}
+    base_videos = entries(memory.store)
+    table = memory.table([v.id for v in base_videos])
+    base = memory.base[table.part] + table.offset  # [N] first row of each video in the one array
+    # with workers, an epoch must be long against their start: every video 4 times (4 clips each)
+    videos = base_videos * (4 if workers else 1)
+    mem = TokenClipDataset(videos, memory, T, train=True, batch=batch)
+    peer_sets = {} if workers else {name: TokenClipDataset(videos, reader, T, train=True, batch=batch)
+                                    for name, reader in peers.items()}
+    # cold cases in interleaved rounds too (one with workers), each reader fresh, the best round of each counts
+    cold: dict[str, list] = {}
+    for _ in range(1 if workers else 3):
+        drop_page_cache(path)
+        rnd = TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch, read_ahead=32)
+        cold.setdefault("random_cold", []).append(run_epochs(rnd, batch, workers, 1, 0))
+        rnd.stop_read_ahead()
+        for name, ds in peer_sets.items():  # the same clips as `random_cold` (epoch 0)
+            cold.setdefault(f"{name}_cold", []).append(cold_case(ds, ds.features.files(), batch, workers))
+        drop_page_cache(path)
+        cold.setdefault("file_read_cold", []).append(file_read_bandwidth(path)["cold_mb_per_s"])  # just before
+        drop_page_cache(path)
+        seq = TokenClipDataset(videos, StoreBatches(path, "cls"), T, train=True, batch=batch, read="sequential",
+                               streams=4, shuffle_buffer=512)
+        cold.setdefault("sequential_cold", []).append(run_epochs(seq, batch, workers, 1, 0))
+        if workers == 0:  # the epochs after the first: the same process, the page cache dropped again
+            cold.setdefault("sequential_cold_next", []).append(cold_case(seq, path, batch, workers, first_epoch=1))
+    row["file_read_cold_mb_per_s"] = max(cold.pop("file_read_cold"))
+    row |= {name: max(runs, key=lambda x: x["clips_per_s"]) for name, runs in cold.items()}
+    # warm cases in interleaved rounds with the raw gather, the best round of each counts (shared machine)
+    warm = {"memory": (mem, 0), "random_warm": (rnd, 1), "sequential_warm": (seq, 1)}
+    warm |= {f"{name}_warm": (ds, 1) for name, ds in peer_sets.items()}
+    for ds in peer_sets.values():  # every page of their files in the page cache, as the store's after its epochs
+        read_files(ds.features.files())
+    rounds: dict[str, list] = {"raw": []} | {name: [] for name in warm}
+    for r in range(1 if workers else 3):
+        rounds["raw"].append(raw_gather(memory.features.numpy(), base, table, T, batch, min_seconds))
+        once = dict(epochs=1 if workers else None, min_seconds=min_seconds)
+        for name, (ds, first) in warm.items():
+            rounds[name].append(run_epochs(ds, batch, workers, first_epoch=first + 10 * r, **once))
+    rnd.stop_read_ahead()
+    raw = rounds.pop("raw")
+    row["raw_gather_clips_per_s"], row["raw_gather_cpu_clips_per_s"] = max(r[0] for r in raw), max(r[1] for r in raw)
+    if workers:
+        row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, memory.rule.dim, len(videos))
+    for name, runs in rounds.items():
+        row[name] = max(runs, key=lambda x: x["clips_per_s"])
+    row["ratios"] = ratios(row, memory.store, path)
+    return row
+
+
+def ratios(row: dict, store: TokenStore, path: Path) -> dict:
+    """The row's figures against their limits and peers (None where the row has no such case)."""
+    rate = {k: v["clips_per_s"] for k, v in row.items() if isinstance(v, dict) and "clips_per_s" in v}
+    limit, workers = row["raw_gather_clips_per_s"], row["workers"]
+    store_bytes = sum(f.stat().st_size for f in store_files(path))
+    file_read = row["file_read_cold_mb_per_s"] * 1e6
+
+    def per(a: str, b: str) -> float | None:
+        return rate[a] / rate[b] if a in rate and b in rate else None
+
+    return {
+        "memory_vs_raw_gather": rate["memory"] / limit,
+        # per second of this process's CPU time (one process): what the machine's other load does not change
+        "memory_vs_raw_gather_cpu": row["memory"]["cpu_clips_per_s"] / row["raw_gather_cpu_clips_per_s"]
+        if workers == 0 else None,
+        "random_warm_vs_raw_gather": rate["random_warm"] / limit,
+        # with workers, against what torch's DataLoader moves between processes here at all
+        "memory_vs_worker_transfer": rate["memory"] / row["worker_transfer_clips_per_s"] if workers else None,
+        # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files (one
+        # process, whose epoch time covers every batch; with workers the epoch holds every video 4 times)
+        "sequential_cold_vs_file_read": store_bytes / row["sequential_cold"]["seconds"] / file_read
+        if workers == 0 else None,
+        "sequential_cold_next_vs_file_read": store_bytes / row["sequential_cold_next"]["seconds"] / file_read
+        if workers == 0 else None,
+        "random_cold_vs_npy_cold": per("random_cold", "npy_cold"),
+        "random_warm_vs_npy_warm": per("random_warm", "npy_warm"),
+        "random_warm_vs_npy_warm_cpu": row["random_warm"]["cpu_clips_per_s"] / row["npy_warm"]["cpu_clips_per_s"]
+        if "npy_warm" in row else None,
+        "random_cold_vs_hdf5_cold": per("random_cold", "hdf5_cold"),
+        "sequential_cold_vs_npy_cold": per("sequential_cold", "npy_cold"),
+    }
+
+
 def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], batch: int, min_seconds: float,
                 reference: bool) -> dict:
     store = TokenStore.open(path)
-    videos = base_videos = entries(store)
-    result: dict = {"dim": dim, "videos": len(videos), "frames_per_video": videos[0].num_frames,
+    base_videos = entries(store)
+    result: dict = {"dim": dim, "videos": len(base_videos), "frames_per_video": base_videos[0].num_frames,
                     "store_bytes": sum(f.stat().st_size for f in store_files(path)),
                     "layout": store.layout.to_dict(), "file_read": file_read_bandwidth(path)}
     t = time.perf_counter()
@@ -249,57 +363,17 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
     result["memory_load_s"] = time.perf_counter() - t
     cache = 2 * result["store_bytes"]
     result["codec"] = codec_pipelines(path, store, min_seconds / 2)
+    peers = {}
+    if 0 in workers_list:
+        files = peer_readers.export(memory, path.with_suffix(".peers"))
+        frames = {v.id: v.num_frames for v in base_videos}
+        peers = {"npy": peer_readers.NpyBatches(files["npy"], frames, memory.rule.dim, memory.rule.dtype),
+                 "hdf5": peer_readers.Hdf5Batches(files["hdf5"], frames, memory.rule.dim, memory.rule.dtype)}
+        result["peer_bytes"] = {name: sum(f.stat().st_size for f in reader.files()) for name, reader in peers.items()}
     cases = []
     for T in Ts:
-        table = memory.table([v.id for v in videos])
-        base = memory.base[table.part] + table.offset  # [N] first row of each video in the one array
         for workers in workers_list:
-            row: dict = {"T": T, "workers": workers}
-            # with workers, an epoch must be long against their start: every video 4 times (4 clips each)
-            videos = base_videos * (4 if workers else 1)
-            mem = TokenClipDataset(videos, memory, T, train=True, batch=batch)
-            drop_page_cache(path)
-            rnd = TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch, read_ahead=32)
-            row["random_cold"] = run_epochs(rnd, batch, workers, 1, 0)
-            drop_page_cache(path)
-            row["file_read_cold_mb_per_s"] = file_read_bandwidth(path)["cold_mb_per_s"]  # just before, as cold
-            drop_page_cache(path)
-            seq = TokenClipDataset(videos, StoreBatches(path, "cls"), T, train=True, batch=batch, read="sequential",
-                                   streams=4, shuffle_buffer=512)
-            row["sequential_cold"] = run_epochs(seq, batch, workers, 1, 0)
-            if workers == 0:  # the epochs after the first: the same process, the page cache dropped again
-                drop_page_cache(path)
-                row["sequential_cold_next"] = run_epochs(seq, batch, workers, 1, 0, first_epoch=1)
-            # warm cases in interleaved rounds with the raw gather, the best round of each counts (shared machine)
-            rounds: dict[str, list] = {"raw": [], "memory": [], "random_warm": [], "sequential_warm": []}
-            for r in range(1 if workers else 3):
-                rounds["raw"].append(raw_gather(memory.features.numpy(), base, table, T, batch, min_seconds))
-                once = dict(epochs=1 if workers else None, min_seconds=min_seconds)
-                rounds["memory"].append(run_epochs(mem, batch, workers, first_epoch=r, **once))
-                rounds["random_warm"].append(run_epochs(rnd, batch, workers, first_epoch=1 + 10 * r, **once))
-                rounds["sequential_warm"].append(run_epochs(seq, batch, workers, first_epoch=1 + 10 * r, **once))
-            rnd.stop_read_ahead()
-            limit = row["raw_gather_clips_per_s"] = max(rounds.pop("raw"))
-            if workers:
-                row["worker_transfer_clips_per_s"] = worker_transfer(workers, batch, T, dim, len(videos))
-            for name, runs in rounds.items():
-                row[name] = max(runs, key=lambda x: x["clips_per_s"])
-            took = row["sequential_cold"]["seconds"] + row["sequential_cold"]["start_s"]
-            nxt = row.get("sequential_cold_next")
-            took_next = nxt["seconds"] + nxt["start_s"] if nxt else None
-            row["ratios"] = {
-                "memory_vs_raw_gather": row["memory"]["clips_per_s"] / limit,
-                "random_warm_vs_raw_gather": row["random_warm"]["clips_per_s"] / limit,
-                # with workers, against what torch's DataLoader moves between processes here at all
-                "memory_vs_worker_transfer": row["memory"]["clips_per_s"] / row["worker_transfer_clips_per_s"]
-                if workers else None,
-                # bytes the sequential epoch read (the whole store) per second of the epoch, vs reading the files
-                # (one process: with workers the epoch holds every video 4 times)
-                "sequential_cold_vs_file_read": result["store_bytes"] / took / (row["file_read_cold_mb_per_s"] * 1e6)
-                if workers == 0 else None,
-                "sequential_cold_next_vs_file_read": result["store_bytes"] / took_next
-                / (row["file_read_cold_mb_per_s"] * 1e6) if workers == 0 else None,
-            }
+            row = bench_case(path, memory, peers, T, workers, batch, min_seconds, cache)
             cases.append(row)
             print(json.dumps({k: (v["clips_per_s"] if isinstance(v, dict) and "clips_per_s" in v else v)
                               for k, v in row.items() if k != "ratios"} | row["ratios"]), flush=True)
@@ -317,6 +391,10 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
     return result
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small: 48 videos of 200 frames, D=768, T=32, no workers")
@@ -326,10 +404,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--dims", type=ints, default=[768, 1408], help="token widths, comma-separated (default 768,1408)")
+    ap.add_argument("--clip-lengths", type=ints, default=[32, 128], help="clip lengths T (default 32,128)")
+    ap.add_argument("--workers", type=ints, default=[0, 1, 4],
+                    help="DataLoader workers per case (default 0,1,4); the .npy and HDF5 peers run with 0 only")
     args = ap.parse_args()
     if args.quick:
         args.videos, args.frames, args.min_seconds, args.batch = 48, 200, 0.5, 16
-    dims, Ts, workers = ([768], [32], [0]) if args.quick else ([768, 1408], [32, 128], [0, 1, 4])
+        args.dims, args.clip_lengths, args.workers = [768], [32], [0]
+    dims, Ts, workers = args.dims, args.clip_lengths, args.workers
+    if 0 in workers and importlib.util.find_spec("h5py") is None:
+        raise SystemExit(f"error: {peer_readers.H5PY_HINT}")
     torch.set_num_threads(1)  # as in a loader process; the gathers are single-threaded numpy
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:

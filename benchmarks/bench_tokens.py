@@ -105,8 +105,8 @@ def main() -> None:
     rows = {}
     with torch_threads(cfg.threads):
         if not labels.exists():
-            timed(s, "data", make_data, root / "data", cfg.classes, cfg.videos_per_class, cfg.video_frames,
-                  cfg.video_size, cfg.seed, cfg.val_fraction)
+            timed(s, "data", make_data, root / "data", classes=cfg.classes, videos_per_class=cfg.videos_per_class,
+                  frames=cfg.video_frames, size=cfg.video_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
         if args.reuse:
             prior = json.loads(Path(args.reuse).read_text())
             s.update({k: prior["seconds"][k] for k in ("image", "stage1")})

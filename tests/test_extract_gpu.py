@@ -54,7 +54,7 @@ def test_one_worker_per_gpu_with_distinct_devices_and_cores(monkeypatch):
     assert devices.SLOT_ENV in env[0]
 
     # 16 cores, 4 GPUs: 4 disjoint slices of 4; decode threads = cores but one; torch 1 thread
-    slots = devices.plan_workers(list(range(16)), ["0", "1", "2", "3"], None, parts=10)
+    slots = devices.assign_workers(list(range(16)), ["0", "1", "2", "3"], None, parts=10)
     assert [s.cpus for s in slots] == [tuple(range(4 * i, 4 * i + 4)) for i in range(4)]
     assert {(s.decode_threads, s.torch_threads) for s in slots} == {(3, 1)}
 
@@ -95,13 +95,13 @@ def test_no_gpu_and_scheduler_rules(monkeypatch):
 
 def test_fewer_parts_than_workers_strands_no_core():
     """A part has one writer: with one part, one worker is started and gets every core (not half of them)."""
-    lone = devices.plan_workers(list(range(8)), ["0", "1"], None, parts=1)
+    lone = devices.assign_workers(list(range(8)), ["0", "1"], None, parts=1)
     assert len(lone) == 1 and lone[0].cpus == tuple(range(8)) and lone[0].decode_threads == 7
-    cpu = devices.plan_workers([0, 1], None, 2, parts=1)
+    cpu = devices.assign_workers([0, 1], None, 2, parts=1)
     assert len(cpu) == 1 and cpu[0].cpus == (0, 1) and cpu[0].torch_threads == 2
-    two = devices.plan_workers([0, 1], None, 2, parts=3)
+    two = devices.assign_workers([0, 1], None, 2, parts=3)
     assert [s.cpus for s in two] == [(0,), (1,)] and [s.torch_threads for s in two] == [1, 1]
-    many = devices.plan_workers([0], None, 3, parts=3)  # more workers than cores: they share, none is empty
+    many = devices.assign_workers([0], None, 3, parts=3)  # more workers than cores: they share, none is empty
     assert [s.cpus for s in many] == [(0,), (0,), (0,)]
 
 

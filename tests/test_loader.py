@@ -38,7 +38,7 @@ from vivitcache.train_temporal import clip_frames
 from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
 from vivitcache.train_temporal.config import AugmentConfig
 from vivitcache.train_temporal.dataset import ReadAhead, TokenClipDataset, VideoEntry, collate_batch, resolve_read
-from vivitcache.train_temporal.sequential import plan_epoch
+from vivitcache.train_temporal.sequential import order_epoch
 from vivitcache.training.checkpoint import load_model_state
 from vivitcache.training.loop import to_device
 from vivitcache.training.sampler import ResumableSampler
@@ -199,15 +199,16 @@ def _flip(f: Path, at: int) -> None:
     f.write_bytes(bytes(data))
 
 
-def test_whole_parts_decode_through_zarrs_after_a_checksum_pass_of_their_own(tmp_path, monkeypatch):
+def test_whole_parts_are_read_straight_or_through_zarrs_after_a_checksum_pass_of_their_own(tmp_path, monkeypatch):
     path = make_store(tmp_path / "z.zarr", videos=10)
     assert codec_pipeline() == "zarrs.ZarrsCodecPipeline"  # installed with vivitcache
-    fast = StoreBatches(path, "cls")
-    parts = [fast.part(0), fast.part(1)]
+    parts = [StoreBatches(path, "cls").part(i) for i in (0, 1)]  # our writer's layout: straight from the shards
+    fast = TokenStore.open(path)  # `part_tokens`: other layouts, through zarrs
+    assert all(np.array_equal(parts[i], fast.part_tokens(fast.part_ids()[i])[:, 0]) for i in (0, 1))
     monkeypatch.setenv("VIVITCACHE_ZARRS", "0")
-    plain = StoreBatches(path, "cls")
-    assert np.array_equal(parts[0], plain.part(0)) and np.array_equal(parts[1], plain.part(1))
-    pipeline = lambda r, fast: type(r.store._array(r.store.part_ids()[0], "tokens", fast)._async_array  # noqa: E731
+    plain = TokenStore.open(path)
+    assert all(np.array_equal(parts[i], plain.part_tokens(plain.part_ids()[i])[:, 0]) for i in (0, 1))
+    pipeline = lambda s, fast: type(s._array(s.part_ids()[0], "tokens", fast)._async_array  # noqa: E731
                                     .codec_pipeline).__name__
     assert (pipeline(fast, True), pipeline(plain, False)) == ("ZarrsCodecPipeline", "BatchedCodecPipeline")
     monkeypatch.delenv("VIVITCACHE_ZARRS")
@@ -221,6 +222,8 @@ def test_whole_parts_decode_through_zarrs_after_a_checksum_pass_of_their_own(tmp
     number = TokenStore.open(path).part_ids().index(part)
     with pytest.raises(StoreDamageError, match=f"part {part}: .*{shards[-1].name}.*inner chunk.*--repair"):
         StoreBatches(path, "cls").part(number)  # sequential and in-memory reads
+    with pytest.raises(StoreDamageError, match=f"part {part}: .*{shards[-1].name}.*inner chunk.*--repair"):
+        TokenStore.open(path).part_tokens(part)  # whole parts through zarrs: checked first
     last_video = max((v for v in store.ids() if store.location(v)[0] == part), key=lambda v: store.location(v)[1])
     with pytest.raises(StoreDamageError, match="checksum"):
         TokenStore.open(path).video(last_video)  # slices: zarr's own pipeline checks each chunk
@@ -299,7 +302,7 @@ def test_sequential_covers_every_video_once_across_2_ranks_and_2_workers(store):
             assert {number for _, number in w._sequential.schedule} == mine
             assert len(w._sequential.schedule) == w._sequential.parts_read
     assert sorted(seen) == list(range(n))  # 40 videos = 2 ranks × 5 batches of 4: every one exactly once
-    uneven = plan_epoch(np.arange(11) // 3, np.arange(11) % 3, 0, 0, world=2, streams=2, batch=2, buffer=3,
+    uneven = order_epoch(np.arange(11) // 3, np.arange(11) % 3, 0, 0, world=2, streams=2, batch=2, buffer=3,
                         drop_last=False)
     assert sorted(uneven.rank_order(0) + uneven.rank_order(1)) == list(range(11))
     # a real DataLoader with 2 spawned workers gives the batches of the order, in order
@@ -323,7 +326,7 @@ def test_sequential_resumes_mid_epoch_with_the_same_batches(store):
     rest = list(sampler)
     assert rest == order[12:]
     assert all(torch.equal(x, y) for x, y in zip(_batches(resumed, rest, 4), expected[3:]))
-    first_load = (int(resumed.plan(2, 1).piece_of[rest[0]]), int(resumed.table.part[rest[0]]))
+    first_load = (int(resumed.order_of(2, 1).piece_of[rest[0]]), int(resumed.table.part[rest[0]]))
     assert resumed._sequential.schedule[0] == first_load  # it reads ahead from where it resumed, not from the start
 
 

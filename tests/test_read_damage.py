@@ -19,7 +19,7 @@ from test_failure_modes import invoke, tiny_store
 from vivitcache.store import StoreDamageError, TokenStore
 from vivitcache.train_temporal.batches import StoreBatches, VideoTable
 from vivitcache.train_temporal.dataset import ReadAhead
-from vivitcache.train_temporal.sequential import SequentialClips, plan_epoch
+from vivitcache.train_temporal.sequential import SequentialClips, order_epoch
 
 TRAIN = ["train", "--frames", "8", "--epochs", "1", "--device", "cpu"]
 
@@ -126,15 +126,15 @@ def test_an_error_in_a_sequential_prefetch_reaches_the_consumer():
     the error of such a prefetch is the error of the batch that needs the part, even if decoding it would pass."""
     part = np.repeat(np.arange(6), 2)  # [12] two videos in each of 6 parts
     offset = np.tile([0, 4], 6)  # [12]
-    plan = plan_epoch(part, offset, seed=0, epoch=0, world=1, streams=1, batch=2, buffer=2)
-    order = plan.rank_order(0)
+    epoch_order = order_epoch(part, offset, seed=0, epoch=0, world=1, streams=1, batch=2, buffer=2)
+    order = epoch_order.rank_order(0)
     damaged_part = int(part[order[-1]])  # the last part read: its files are prefetched, not read inline
 
     def prefetch(number):
         if number == damaged_part:
             raise StoreDamageError(f"part {number}: crc32c mismatch")
 
-    clips = SequentialClips(plan, part, lambda n: np.zeros((8, 3), np.float32),
+    clips = SequentialClips(epoch_order, part, lambda n: np.zeros((8, 3), np.float32),
                             lambda rows, feats: np.zeros((len(rows), 2, 3), np.float32), prefetch=prefetch)
     with pytest.raises(StoreDamageError, match=f"part {damaged_part}: crc32c mismatch"):
         for i in range(0, len(order), 2):

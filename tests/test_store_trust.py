@@ -288,7 +288,7 @@ def test_extract_names_the_claims_it_skips_and_claim_timeout_takes_them_over(tmp
     assert result.exit_code == 0 and "done 4" in result.output, result.output
     assert verify_store(store) == []
     bad = runner.invoke(app, extract_args(cfg, store) + ["--claim-timeout", "0"], terminal_width=400)
-    assert bad.exit_code == 2 and "claim_timeout_s must be > 0" in bad.output
+    assert bad.exit_code == 2 and "--claim-timeout 0.0: must be a positive number" in bad.output
 
 
 # ---- item 9 (store side): `vivitcache index` on a read-only store, a class subset ---------------------------------

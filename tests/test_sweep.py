@@ -120,7 +120,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_sweep(store, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (killed / "sweep.json").exists()
-    resumed = run("fast", killed, "--resume")  # no grid: the sweep's plan is read back
+    resumed = run("fast", killed, "--resume")  # no grid: the sweep's manifest is read back
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((d / "sweep.json").read_text()) for d in (tmp_path / "straight", killed))
     strip = lambda r: [{k: v for k, v in c.items() if k not in ("run_folder", "command")} for c in r["configs"]]  # noqa: E731

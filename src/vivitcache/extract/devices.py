@@ -2,7 +2,7 @@
 
 ```
 this process: affinity = cores C, GPUs visible = G (or --gpus)      one Dask worker per slot (spawned processes)
-plan_workers ──► WorkerSlot(gpu=G[i], cpus=C[i·|C|/n : (i+1)·|C|/n])  ──► env CUDA_VISIBLE_DEVICES=G[i]
+assign_workers ──► WorkerSlot(gpu=G[i], cpus=C[i·|C|/n : (i+1)·|C|/n])  ──► env CUDA_VISIBLE_DEVICES=G[i]
                  n = min(workers or |G|, parts)                          + VIVITCACHE_SLOT (cores, threads)
 ```
 - **Pinning by `CUDA_VISIBLE_DEVICES`, set per worker process by us**, not dask-cuda's `LocalCUDACluster`: a
@@ -102,7 +102,7 @@ def default_decode_threads(cores: int, on_gpu: bool) -> int:
     return max(1, cores - 1) if on_gpu else 2
 
 
-def plan_workers(
+def assign_workers(
     cpus: list[int], gpus: list[str] | None, workers: int | None, parts: int,
     decode_threads: int | None = None, torch_threads: int | None = None,
 ) -> list[WorkerSlot]:
@@ -199,8 +199,8 @@ class Placement:
         return f"cuda:{self.first_index}" if in_process else "cuda"
 
     def slots(self, parts: int, decode_threads: int | None, torch_threads: int | None) -> list[WorkerSlot]:
-        """The worker processes a LocalCluster starts for `parts` parts (`plan_workers`)."""
-        return plan_workers(self.cpus, self.gpus, self.workers, parts, decode_threads, torch_threads)
+        """The worker processes a LocalCluster starts for `parts` parts (`assign_workers`)."""
+        return assign_workers(self.cpus, self.gpus, self.workers, parts, decode_threads, torch_threads)
 
 
 def resolve_placement(cfg) -> Placement:

@@ -376,11 +376,11 @@ class TokenBatcher:
 
     def _run(self, n: int) -> None:
         """Take the first n waiting frames (and the ends between them), encode them, send tokens and ends in order."""
-        plan, pieces, taken = [], [], 0
+        ops_in_order, pieces, taken = [], [], 0
         while taken < n:
             event = self.events[0]
             if event[0] != "frames":
-                plan.append(tuple(self.events.popleft()))
+                ops_in_order.append(tuple(self.events.popleft()))
                 continue
             _, record, x, times = event
             take = min(len(x), n - taken)
@@ -389,11 +389,11 @@ class TokenBatcher:
             else:
                 event[2], event[3] = x[take:], times[take:]
             pieces.append(x[:take])
-            plan.append(("tokens", record, taken, taken + take, times[:take]))
+            ops_in_order.append(("tokens", record, taken, taken + take, times[:take]))
             taken += take
         self.pending -= n
         tokens, ready = self.encode(pieces)  # [n, K, D], arriving once ready() returns
-        ops = [(op[0], op[1], tokens[op[2]:op[3]], op[4]) if op[0] == "tokens" else op for op in plan]
+        ops = [(op[0], op[1], tokens[op[2]:op[3]], op[4]) if op[0] == "tokens" else op for op in ops_in_order]
         self.sink.submit(ops, ready)
 
 

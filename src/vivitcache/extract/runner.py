@@ -32,7 +32,7 @@ from vivitcache.extract.config import ExtractConfig
 from vivitcache.extract.pipeline import DeviceEncoder, PartSettings, Report, extract_videos
 from vivitcache.extract.throughput import compile_spatial, probe_batch_size
 from vivitcache.extract.source import SpatialSpec, resolve_source
-from vivitcache.extract.work import disk_errors, plan_work, storage_layout
+from vivitcache.extract.work import disk_errors, find_work, storage_layout
 from vivitcache.progress import make_progress
 from vivitcache.provenance import provenance
 from vivitcache.store import StoreWriter, TokenStore
@@ -243,7 +243,9 @@ def _run_on_dask(jobs: list[PartJob], cfg: ExtractConfig, progress: ExtractProgr
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:  # one pinned worker per slot (GPU and cores): extract.devices
-        cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.WARNING)
+        # workers log only what is fatal: a part's error reaches us through its future, and a Ctrl-C that reaches the
+        # workers too (the terminal signals the whole group) would otherwise print their heartbeat tracebacks
+        cluster = devices.start_local_cluster(slots, dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
         client.wait_for_workers(len(slots))
     futures: dict = {}
@@ -350,7 +352,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     )
     with disk_errors(store.path):
         store.cleanup_stale_staging()
-        work = plan_work(store, dataset.records, cfg)  # the store's part plan, changed labels, damaged parts
+        work = find_work(store, dataset.records, cfg)  # the store's part plan, changed labels, damaged parts
     parts = work.parts
 
     in_process = cfg.workers == 0 and not cfg.scheduler

@@ -72,7 +72,7 @@ def _entry(record: VideoRecord) -> dict:
     return {"id": record.id, "path": record.path, "label": record.label, "split": record.split}
 
 
-def plan_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
+def find_work(store: StoreWriter, records: list[VideoRecord], cfg) -> Work:
     """Find (and with `cfg.repair` move aside) damaged parts, record changed labels, extend the plan, list the work.
 
     Writes nothing to a store that has nothing to do (a finished store may be read-only).

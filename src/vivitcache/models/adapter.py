@@ -13,7 +13,7 @@ from __future__ import annotations
 from timm.layers import Mlp
 from torch import nn
 
-ADAPTER_KINDS = ("mlp", "linear", "none", "attn")
+from vivitcache.config import ADAPTER_KINDS
 
 
 class ResidualAdapter(nn.Module):

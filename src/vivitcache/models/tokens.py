@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vivitcache.config import ALL_TOKENS
 from vivitcache.errors import UserError
 
 from vivitcache.store.layout import FRAME_TOKENS, TOKEN_KINDS
@@ -58,8 +59,7 @@ def check_token_kind(spatial: nn.Module, kind: str) -> None:
         )
 
 
-ALL_TOKENS = "tokens"
-"""The frame token of the attentive adapter: every stored token of a frame, flattened [K·D]."""
+# ALL_TOKENS ("tokens"), the frame token of the attentive adapter: every stored token of a frame, flattened [K·D]
 
 
 def canonical_layers(spatial: nn.Module, layers) -> tuple[int, ...]:

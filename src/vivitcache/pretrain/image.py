@@ -17,10 +17,11 @@ Hand-written because no library offers this target; the ViT is timm's, the optim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,40 +32,49 @@ from torch import nn
 from vivitcache.data.annotations import load_annotations
 from vivitcache.data.decode import probe_video, read_frames
 from vivitcache.data.transforms import Preprocess
+from vivitcache.config import DATA_HELP, SEED_HELP, ModelConfig
 from vivitcache.errors import ConfigError
 from vivitcache.models.spatial import create_spatial
+from vivitcache.options import check_fields, opt
 from vivitcache.progress import make_progress
 from vivitcache.provenance import now_iso, provenance
 from vivitcache.training.schedule import warmup_cosine
 from vivitcache.training.runtime import seed_everything
 
 
+def _model_opt(name: str) -> dict:
+    """The option of the `ModelConfig` field of the same meaning (help, range)."""
+    return {f.name: f for f in dataclasses.fields(ModelConfig)}[name].metadata
+
+
 @dataclass
 class ImagePretrainConfig:
     """Localisation pretraining of the spatial ViT on single frames (the demo's stand-in for ImageNet weights)."""
 
-    data: str = ""
+    data: str = field(default="", metadata=opt(DATA_HELP, required=True))
     """Annotations of the videos (their train split is used; labels are not)."""
-    out: str = "runs/image.safetensors"
+    out: str = field(default="runs/image.safetensors", metadata=opt(
+        "Output weights (.safetensors) for pretrain --weights.", path=True))
     """Output weights (safetensors) for `pretrain --weights`; a `.json` beside it records what made them."""
-    model: str = "vit-ti"
+    model: str = field(default="vit-ti", metadata=_model_opt("spatial"))
     """Spatial ViT alias or timm name."""
-    img_size: int | None = None
+    img_size: int | None = field(default=None, metadata=_model_opt("img_size"))
     """Input size override."""
-    patch_size: int | None = None
+    patch_size: int | None = field(default=None, metadata=_model_opt("patch_size"))
     """Patch size override."""
-    spatial_depth: int | None = None
+    spatial_depth: int | None = field(default=None, metadata=_model_opt("spatial_depth"))
     """Spatial blocks override."""
-    steps: int = 600
-    """Optimiser steps."""
-    batch_size: int = 64
-    """Frames per step."""
-    lr: float = 1e-3
+    steps: int = field(default=600, metadata=opt("Optimiser steps.", ge=1))
+    batch_size: int = field(default=64, metadata=opt("Frames per step.", ge=1))
+    lr: float = field(default=1e-3, metadata=opt("Peak learning rate (AdamW, warmup + cosine).", gt=0))
     """Peak AdamW learning rate (warmup 10 %, then cosine)."""
-    frames_per_video: int = 32
+    frames_per_video: int = field(default=32, metadata=opt("Frames decoded per training video.", ge=2))
     """Frames decoded per training video (evenly spaced); the median background uses them all."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=opt(SEED_HELP))
     """Seed of init, frame draws and shuffling."""
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def localisation_targets(frames: np.ndarray) -> np.ndarray:
@@ -85,8 +95,6 @@ def localisation_targets(frames: np.ndarray) -> np.ndarray:
 
 def run_image_pretrain(cfg: ImagePretrainConfig) -> dict:
     """Train, write `cfg.out` (safetensors) and its `.json` record; returns the record."""
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.frames_per_video < 2:
-        raise ConfigError("image-pretrain: steps, batch size must be >= 1 and frames per video >= 2")
     started = time.perf_counter()
     seed_everything(cfg.seed)
     spatial = create_spatial(cfg.model, cfg.img_size, cfg.patch_size, cfg.spatial_depth)

@@ -81,6 +81,10 @@ class StoreError(UserError):
     """A token store is missing, damaged, of another schema, or used wrongly (one line: path and cause)."""
 
 
+REPAIR_HINT = "run `vivitcache verify STORE`, then `vivitcache extract ... --repair` to re-extract damaged parts"
+"""What every damage error ends with."""
+
+
 class StoreDamageError(StoreError):
     """Committed data is damaged (a missing or changed file, a checksum error): the message names the part and the
     file. The CLI exits 1 for it (damage, not bad input); `vivitcache extract --repair` re-extracts such parts."""

@@ -7,9 +7,11 @@ written lives under `staging/` and appears atomically when its writer commits.
 A reader never hands out tokens it has not checked the way `verify --quick` does: the first time a process touches a
 part, its commit record is read and compared with the index, and every file the record lists is checked for
 presence and size (a deleted shard would otherwise read as zeros, a truncated one may too). Reads go through zarr,
-which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Whole parts
-(`part_tokens`) are decoded by zarrs instead, which is much faster but does not check crc32c on partly filled
-shards, so their shard files are first read and checked here (`read_shards`, `check_shard`).
+which checks each chunk's crc32c; a failure becomes a `StoreDamageError` naming the part and the file. Batches of
+scattered chunks (stage 2's random reads) are read by `chunks.ShardChunks` (`shard_chunks`), which checks them the
+same way without zarr's per-chunk pipeline. Whole parts (`part_tokens`) are decoded by zarrs instead, which is much
+faster but does not check crc32c on partly filled shards, so their shard files are first read and checked here
+(`read_shards`, `check_shard`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from vivitcache.store.chunks import EMPTY, ShardChunks, shard_index
 from vivitcache.store.dtypes import decode_tokens
 from vivitcache.store.index import VIDEO_FIELDS, open_index, read_commit, read_commit_digest
 from vivitcache.store.layout import (
     FRAME_TIMES,
     META,
     PARTS,
+    REPAIR_HINT,
     ROOT_KEY,
     SCHEMA,
     TOKENS,
@@ -41,8 +45,6 @@ from vivitcache.store.layout import (
 )
 
 __all__ = ["StoreDamageError", "StoreError", "TokenStore", "VIDEO_FIELDS", "read_root"]
-
-REPAIR_HINT = "run `vivitcache verify STORE`, then `vivitcache extract ... --repair` to re-extract damaged parts"
 
 
 def read_root(path: Path) -> dict:
@@ -85,6 +87,7 @@ class TokenStore:
         self._arrays: dict[tuple[str, str, bool], CheckedArray] = {}  # (part, array, through zarrs)
         self._checked: set[str] = set()
         self._shards_checked: set[str] = set()  # parts whose shard checksums `read_shards` checked
+        self._chunk_readers: dict[str, ShardChunks | None] = {}
 
     @classmethod
     def open(cls, path, strict: bool = True) -> TokenStore:
@@ -207,6 +210,15 @@ class TokenStore:
         """The tokens array [F_part, K, D] of one part (stored dtype: float16, or uint16 bf16 bits), checked."""
         return self._array(part_id, TOKENS)
 
+    def shard_chunks(self, part_id: str) -> ShardChunks | None:
+        """The direct reader of the part's inner token chunks (`chunks.py`: checked as zarr checks them, without its
+        per-chunk pipeline), or None when its tokens array is not laid out as our writer makes it (read it through
+        `tokens_array` then). The part's files are checked first, as for every read."""
+        if part_id not in self._chunk_readers:
+            arr = self.tokens_array(part_id)
+            self._chunk_readers[part_id] = ShardChunks.of(part_id, arr.folder, arr)
+        return self._chunk_readers[part_id]
+
     def read_shards(self, part_id: str) -> int:
         """Read the part's token shard files front to back, each in one pass, and check every crc32c in them
         (`check_shard`); afterwards `part_tokens` decodes them from the page cache. Returns the bytes read.
@@ -289,15 +301,15 @@ _OPEN_LOCK = threading.Lock()  # zarr's config is process-wide: one opener at a 
 def codec_pipeline() -> str | None:
     """The codec pipeline `TokenStore.part_tokens` decodes whole parts with: zarrs' (Rust, the same format) when
     installed and not turned off with VIVITCACHE_ZARRS=0; on our shards it decodes many times faster than zarr's
-    default pipeline (measured in BENCHMARKS.md, "Stage-2 loader"). Every other read (slices, chunks) stays on zarr's own pipeline,
-    which checks each chunk's crc32c: zarrs does not on reads smaller than a shard (`check_shard`)."""
+    default pipeline (measured in BENCHMARKS.md, "Stage-2 loader"). Slices stay on zarr's own pipeline and chunk
+    batches go to `chunks.ShardChunks`, both checking each chunk's crc32c: zarrs does not on reads smaller than a
+    shard (`check_shard`)."""
     if os.environ.get("VIVITCACHE_ZARRS", "1") == "0" or importlib.util.find_spec("zarrs") is None:
         return None
     return "zarrs.ZarrsCodecPipeline"
 
 
 _THREAD = threading.local()
-_EMPTY = 2**64 - 1  # an inner chunk never written (offset and nbytes)
 
 
 def _read_whole(f: Path) -> np.ndarray:
@@ -325,16 +337,9 @@ def check_shard(data: np.ndarray, inner_chunks: int, chunk_crc: bool) -> None:
     flipped bytes as tokens (tests/test_loader.py shows it). The layout is the zarr v3 sharding codec's, index at the
     end: `inner_chunks` pairs of little-endian uint64 (offset, nbytes; 2**64 - 1 for a chunk never written), then the
     index's crc32c; each inner chunk ends with the crc32c of the bytes before it."""
-    size = inner_chunks * 16
-    if len(data) < size + 4:
-        raise ValueError(f"{len(data)} bytes: shorter than its shard index")
-    index = data[-size - 4 : -4]
-    if google_crc32c.value(index) != int.from_bytes(data[-4:].tobytes(), "little"):
-        raise ValueError("crc32c checksum mismatch in the shard index")
-    pairs = np.frombuffer(index.tobytes(), dtype="<u8").reshape(-1, 2)  # [inner_chunks, (offset, nbytes)]
-    for offset, nbytes in pairs[pairs[:, 0] != _EMPTY].tolist():
-        if nbytes < 4 * chunk_crc or offset + nbytes > len(data) - size - 4:
-            raise ValueError(f"inner chunk at byte {offset} runs past the data")
+    tail = data[-inner_chunks * 16 - 4 :] if len(data) >= inner_chunks * 16 + 4 else data[:0]
+    pairs = shard_index(tail, inner_chunks, len(data), chunk_crc)  # [inner_chunks, (offset, nbytes)]
+    for offset, nbytes in pairs[pairs[:, 0] != EMPTY].tolist():
         chunk = data[offset : offset + nbytes]
         if chunk_crc and google_crc32c.value(chunk[:-4]) != int.from_bytes(chunk[-4:].tobytes(), "little"):
             raise ValueError(f"crc32c checksum mismatch in the inner chunk at byte {offset}")

@@ -8,6 +8,6 @@
 
 from vivitcache.sweep.config import SweepConfig
 from vivitcache.sweep.grid import ConfigArgs, OptionKinds, expand
-from vivitcache.sweep.run import load_plan, run_sweep
+from vivitcache.sweep.run import load_manifest, run_sweep
 
-__all__ = ["ConfigArgs", "OptionKinds", "SweepConfig", "expand", "load_plan", "run_sweep"]
+__all__ = ["ConfigArgs", "OptionKinds", "SweepConfig", "expand", "load_manifest", "run_sweep"]

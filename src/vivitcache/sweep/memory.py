@@ -16,7 +16,7 @@ import torch
 from vivitcache.errors import ConfigError
 
 HEADROOM = 0.9
-"""Fraction of the free memory a sweep may plan to use."""
+"""Fraction of the free memory a sweep may use."""
 
 
 def state_bytes(model: torch.nn.Module) -> int:

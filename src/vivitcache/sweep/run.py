@@ -38,7 +38,7 @@ from vivitcache.models.tokens import frame_feature_dim
 from vivitcache.device import resolve_device
 from vivitcache.training.runtime import is_main_process, seed_everything, world_size
 
-PLAN = "sweep_plan.json"
+MANIFEST = "sweep_configs.json"
 """The sweep's configs as `train` arguments, written first: `--resume` reads them back."""
 
 MEMBER_FIELDS = ("init", "init_parts", "no_adapter", "freeze_temporal", "model", "frame_token")
@@ -71,27 +71,27 @@ def data_key(cfg: TrainConfig, frame_token: str) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def _plan(sweep: SweepConfig, configs: list[ConfigArgs]) -> dict:
+def _manifest(sweep: SweepConfig, configs: list[ConfigArgs]) -> dict:
     return {"configs": [{"name": c.name, "args": list(c.args), "varying": [list(v) for v in c.varying]}
                         for c in configs], "prune": sweep.prune}
 
 
-def load_plan(out: str | Path) -> tuple[list[ConfigArgs], str]:
+def load_manifest(out: str | Path) -> tuple[list[ConfigArgs], str]:
     """The configs and pruning of the sweep in `out` (for `--resume` without the grid)."""
-    path = Path(out) / PLAN
+    path = Path(out) / MANIFEST
     if not path.is_file():
-        raise ConfigError(f"--resume: {out} holds no sweep ({PLAN} missing); give the grid to start one")
-    plan = json.loads(path.read_text())
+        raise ConfigError(f"--resume: {out} holds no sweep ({MANIFEST} missing); give the grid to start one")
+    manifest = json.loads(path.read_text())
     return [ConfigArgs(c["name"], tuple(c["args"]), tuple(tuple(v) for v in c["varying"]))
-            for c in plan["configs"]], plan["prune"]
+            for c in manifest["configs"]], manifest["prune"]
 
 
-def _start_plan(sweep: SweepConfig, configs: list[ConfigArgs]) -> None:
-    """Write the plan, or check it is the one `--resume` continues; a used folder needs --resume or --overwrite."""
-    path = Path(sweep.out) / PLAN
-    plan = _plan(sweep, configs)
+def _start_manifest(sweep: SweepConfig, configs: list[ConfigArgs]) -> None:
+    """Write the manifest (the configs as `train` arguments, and the pruning), or check it is the one `--resume` continues; a used folder needs --resume or --overwrite."""
+    path = Path(sweep.out) / MANIFEST
+    manifest = _manifest(sweep, configs)
     if path.is_file() and sweep.resume:
-        if json.loads(path.read_text()) != plan:
+        if json.loads(path.read_text()) != manifest:
             raise ConfigError(f"--resume: {sweep.out} holds another sweep (other configs or --prune); resume it "
                               "with no train options, or start this one in a new --out")
         return
@@ -99,7 +99,7 @@ def _start_plan(sweep: SweepConfig, configs: list[ConfigArgs]) -> None:
         raise ConfigError(f"{sweep.out} holds a sweep: --resume continues it, --overwrite replaces it")
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, plan)
+        write_json(path, manifest)
 
 
 def _build(configs: list[tuple[ConfigArgs, TrainConfig]]) -> list[Built]:
@@ -135,7 +135,7 @@ def _train_group(group: list[Built], sweep: SweepConfig, title: str) -> list[dic
 def run_sweep(sweep: SweepConfig, configs: list[tuple[ConfigArgs, TrainConfig]]) -> dict:
     """Train every config (its `TrainConfig` has its run folder, resume and overwrite set) and write the sweep's
     leaderboard; returns sweep.json's content."""
-    _start_plan(sweep, [a for a, _ in configs])
+    _start_manifest(sweep, [a for a, _ in configs])
     built = _build(configs)
     groups: dict[str, list[Built]] = {}
     for b in built:

@@ -8,13 +8,16 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
 
 - `MemoryBatches`: every part's features in one shared-memory array [F_all, Din]; a batch is one gather.
 - `StoreBatches`: streamed from the store. Random access (`gather`) goes through a cache of decoded chunks kept
-  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (reads of
-  missing ones coalesced across the batch's clips, one zarr read per run of consecutive chunks), and the batch is
-  then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read every shard of a part
-  in one request each.
+  in one preallocated slab [slots, chunk_frames, Din]: the chunks a batch needs are looked up once each (the
+  missing ones read together, one request per run of chunks back to back in a shard file), and the batch is then
+  one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read each run of up to 256
+  back-to-back chunks of a part in one request.
 
-Whole parts are decoded through `zarrs`' codec pipeline when it is installed (`TokenStore.part_tokens`, after its
-own checksum pass); chunk reads go through zarr's pipeline, which checks each chunk's crc32c.
+Whole parts of the layout `extract` writes are read straight from their shard files (`read_part`, through
+`TokenStore.shard_chunks`: every chunk's crc32c checked, no decode); other layouts are decoded through `zarrs`'
+codec pipeline when it is installed (`TokenStore.part_tokens`, after its own checksum pass). Chunk reads go
+straight to the shard files too (`store.chunks.ShardChunks`), or through zarr's pipeline for a layout our writer
+does not make.
 
 Both are `BatchReader`s, the one interface `TokenClipDataset` reads through (no other dispatch). The per-clip
 reference readers they must equal live with the tests (`tests/clip_readers.py`).
@@ -23,7 +26,7 @@ reference readers they must equal live with the tests (`tests/clip_readers.py`).
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -89,16 +92,30 @@ class BatchReader(Protocol):
 
 def check_indices(table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> None:
     """StoreError if a frame index is outside its video (the clip rules never make one; a caller could)."""
-    n = table.frames[rows][:, None]  # [B, 1]
-    bad = (indices < 0) | (indices >= n)  # [B, n]
-    if bad.any():
-        b = int(np.flatnonzero(bad.any(1))[0])
-        raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b, 0])})")
+    if not indices.size:
+        return
+    n = table.frames[rows]  # [B]
+    # 3 reductions: on every batch, about half the time of an elementwise [B, n] mask
+    if indices.min() < 0 or (indices.max(axis=1) >= n).any():
+        b = int(np.flatnonzero((indices.min(axis=1) < 0) | (indices.max(axis=1) >= n))[0])
+        raise StoreError(f"video {table.ids[rows[b]]!r}: frame index out of range [0, {int(n[b])})")
 
 
 def read_part(store: TokenStore, rule: FeatureRule, part_id: str) -> np.ndarray:
-    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. Each shard file is read in one request."""
-    return rule(store.decode(store.part_tokens(part_id)))  # [F_part, Din]
+    """Frame features of a whole part: [F_part, Din] in `rule.dtype`. A part with our writer's layout is read
+    straight from its shard files (`TokenStore.shard_chunks`: one request per run of back-to-back inner chunks, into
+    the array returned, every chunk's crc32c checked); any other, each shard file in one request, then decoded."""
+    chunks = store.shard_chunks(part_id)
+    if chunks is None:
+        return rule(store.decode(store.part_tokens(part_id)))  # [F_part, Din]
+    frames, cf = store.tokens_array(part_id).shape[0], chunks.chunk_shape[0]
+    n = -(-frames // cf)  # inner chunks holding the part's frames
+    out = np.empty((n,) + chunks.chunk_shape, dtype=chunks.dtype)  # [n, cf, K, D]
+    runs, never_written = chunks.runs(np.arange(n), np.arange(n))
+    chunks.fill_value(out, never_written)
+    for run in runs:
+        chunks.read(run, out)
+    return rule(store.decode(out.reshape((n * cf,) + chunks.chunk_shape[1:])[:frames]))  # [F_part, Din]
 
 
 class MemoryBatches:
@@ -122,6 +139,7 @@ class MemoryBatches:
         # shared memory: spawned DataLoader workers map it instead of copying it
         dtype = torch.from_numpy(np.zeros(0, self.rule.dtype)).dtype
         self.features = torch.empty((sum(sizes), self.rule.dim), dtype=dtype).share_memory_()  # [F, Din]
+        self._starts: tuple[VideoTable, np.ndarray] | None = None  # the latest table, its videos' first rows
         for p, start, n in zip(wanted, self.base[[numbers[p] for p in wanted]], sizes):
             self.features.numpy()[start : start + n] = read_part(self.store, self.rule, p)
 
@@ -135,7 +153,9 @@ class MemoryBatches:
     def gather(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Features of frames `indices` [B, n] of videos `rows` [B]: [B, n, Din] in `rule.dtype`."""
         check_indices(table, rows, indices)
-        frames = (self.base[table.part[rows]] + table.offset[rows])[:, None] + indices  # [B, n] rows of the array
+        if self._starts is None or self._starts[0] is not table:  # the dataset's one table: worked out once
+            self._starts = (table, self.base[table.part] + table.offset)  # [N] first row of each video in the array
+        frames = self._starts[1][rows][:, None] + indices  # [B, n] rows of the array
         return np.take(self.features.numpy(), frames, axis=0)  # [B, n, Din]; np.take: ~25 % faster than a[frames]
 
     def warm(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> int:
@@ -164,8 +184,11 @@ class StoreBatches(StoreReader):
 
     streamed = True
     READ_THREADS = 8
-    """zarr reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
+    """Reads in flight at once for the missing chunks of one batch (file reads release the GIL): cold reads are
     bound by the storage's latency, not by a core."""
+    SCRATCH_BYTES = 64 * 2**20
+    """Stored chunks held at once before the rule makes features of them (stores whose features are not the stored
+    bytes: bf16, a computed mean, some of several tokens)."""
 
     def _open(self) -> None:
         self._store = TokenStore.open(self.store_path)
@@ -184,6 +207,7 @@ class StoreBatches(StoreReader):
         self._lock = threading.Lock()  # the read-ahead thread fills the cache while the loader gathers
         self._part_ids = self._store.part_ids()
         self._pool: ThreadPoolExecutor | None = None  # concurrent chunk reads of one batch
+        self._scratch: np.ndarray | None = None  # [n, cf, K, D] stored chunks before the rule (no pass-through)
         self.hits = self.misses = 0
 
     @property
@@ -200,8 +224,9 @@ class StoreBatches(StoreReader):
 
     def prefetch(self, number: int) -> None:
         """Read a part's shard files with plain sequential reads and check their checksums (`part` then decodes them
-        from the page cache)."""
-        self._store.read_shards(self._part_ids[number])
+        from the page cache); nothing for a part `part` reads straight from its files (one read does both)."""
+        if self._store.shard_chunks(self._part_ids[number]) is None:
+            self._store.read_shards(self._part_ids[number])
 
     # ---- random access ------------------------------------------------------------------------------------------
     def _keys(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +274,59 @@ class StoreBatches(StoreReader):
         return slots, len(missing)
 
     def _read(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Decode chunks `keys` (sorted) into `slots`: one zarr read per run of consecutive chunks of a part."""
+        """Decode chunks `keys` (sorted) into `slots`: straight from the shard files where a part has our writer's
+        layout (`TokenStore.shard_chunks`), else through zarr."""
+        parts = keys >> 32  # [U]
+        readers = {p: self._store.shard_chunks(self._part_ids[p]) for p in np.unique(parts).tolist()}
+        direct = np.array([readers[p] is not None for p in parts.tolist()], dtype=bool)  # [U]
+        if direct.any():
+            self._read_direct(keys[direct], slots[direct], readers)
+        if not direct.all():
+            self._read_zarr(keys[~direct], slots[~direct])
+
+    def _map(self, fn, items: list) -> list:
+        """`fn` over `items` on the read threads (inline for one). Every call has ended when this returns or raises
+        (the first error, in item order): a read still running must not write into a slot handed out again."""
+        if len(items) <= 1:
+            return list(map(fn, items))
+        self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-read")
+        futures = [self._pool.submit(fn, item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
+
+    def _read_direct(self, keys: np.ndarray, slots: np.ndarray, readers: dict) -> None:
+        """Chunks `keys` into `slots` through `ShardChunks`. Features that are the stored bytes (`rule.passthrough`)
+        are read straight into the slab; others into a scratch array of at most `SCRATCH_BYTES` at a time (or one
+        chunk), then decoded and put through the rule."""
+        cf, layout = self.chunk_frames, self._store.layout
+        k, d = layout.tokens_per_frame, layout.dim
+        if self.rule.passthrough:
+            self._read_runs(keys, readers, self._slab.reshape(self.slots, cf, k, d), slots)  # a view of the slab
+            return
+        step = max(1, self.SCRATCH_BYTES // (cf * layout.frame_bytes))  # chunks per round
+        for lo in range(0, len(keys), step):
+            n = min(step, len(keys) - lo)
+            if self._scratch is None or len(self._scratch) < n:
+                self._scratch = np.empty((n, cf, k, d), dtype=layout.numpy_dtype)  # [n, cf, K, D]
+            self._read_runs(keys[lo : lo + n], readers, self._scratch, np.arange(n))
+            feats = self.rule(self._store.decode(self._scratch[:n].reshape(-1, k, d)))  # [n·cf, Din]
+            self._slab[slots[lo : lo + n]] = feats.reshape(n, cf, -1)
+
+    def _read_runs(self, keys: np.ndarray, readers: dict, out: np.ndarray, targets: np.ndarray) -> None:
+        """Chunks `keys` into rows `targets` of `out` [N, cf, K, D]: the reads all in flight at once on the read
+        threads, one request per run of chunks back to back in a file, each chunk's crc32c checked."""
+        parts, chunks = np.divmod(keys, 1 << 32)  # [U], [U]
+        jobs = []
+        for p, reader in readers.items():
+            mine = parts == p
+            if reader is not None and mine.any():
+                runs, empty = reader.runs(chunks[mine], targets[mine])
+                reader.fill_value(out, empty)
+                jobs += [(reader, run) for run in runs]
+        self._map(lambda job: job[0].read(job[1], out), jobs)
+
+    def _read_zarr(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Decode chunks `keys` (sorted) into `slots` through zarr: one read per run of consecutive chunks of a part."""
         cf = self.chunk_frames
         runs = np.split(np.arange(len(keys)), np.flatnonzero(np.diff(keys) != 1) + 1)
 
@@ -259,12 +336,7 @@ class StoreBatches(StoreReader):
             start, stop = first * cf, min((first + len(run)) * cf, arr.shape[0])
             return self.rule(self._store.decode(arr[start:stop]))  # [stop - start, Din]
 
-        if len(runs) > 1:
-            self._pool = self._pool or ThreadPoolExecutor(self.READ_THREADS, thread_name_prefix="vivitcache-read")
-            read_runs = self._pool.map(read, runs)
-        else:
-            read_runs = map(read, runs)
-        for run, feats in zip(runs, read_runs):
+        for run, feats in zip(runs, self._map(read, runs)):
             for k, j in enumerate(run):
                 block = feats[k * cf : (k + 1) * cf]  # [<= cf, Din]; a short last chunk leaves its slot's tail unused
                 self._slab[slots[j], : len(block)] = block
@@ -275,14 +347,16 @@ class StoreBatches(StoreReader):
         keys, frames = self._keys(table, rows, indices)
         unique, inverse = np.unique(keys, return_inverse=True)  # [U], [B, n]
         inverse = inverse.reshape(keys.shape)
-        out = np.empty(keys.shape + (self.rule.dim,), dtype=self.rule.dtype)  # [B, n, Din]
         within = frames % self.chunk_frames  # [B, n]
         with self._lock:
-            for lo in range(0, len(unique), self.slots):  # one round unless the batch needs more chunks than slots
+            if len(unique) <= self.slots:  # one round, one gather: the only [B, n, Din] array made (allocating a
+                slots, _ = self._fill(unique)  # second, unused, made the heap fault fresh pages in every batch)
+                flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
+                return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]
+            out = np.empty(keys.shape + (self.rule.dim,), dtype=self.rule.dtype)  # [B, n, Din]
+            for lo in range(0, len(unique), self.slots):  # the batch needs more chunks than there are slots
                 slots, _ = self._fill(unique[lo : lo + self.slots])  # [<= slots]
                 flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
-                if lo == 0 and len(unique) <= self.slots:
-                    return np.take(flat, slots[inverse] * self.chunk_frames + within, axis=0)  # [B, n, Din]: one gather
                 mask = (inverse >= lo) & (inverse < lo + self.slots)
                 out[mask] = np.take(flat, slots[inverse[mask] - lo] * self.chunk_frames + within[mask], axis=0)
         return out

@@ -10,7 +10,7 @@ A training clip depends only on (seed, epoch, index), so DataLoader workers, DDP
 the same clip for the same sample, whichever reader reads it.
 
 Sample order (`resolve_read` picks one for `--read auto`): `read="random"` leaves it to `fit`'s `ResumableSampler` (a seeded permutation); `read="sequential"`
-gives the sampler the order of `sequential.plan_epoch` (parts in a seeded order, shuffle buffers across parts),
+gives the sampler the order of `sequential.order_epoch` (parts in a seeded order, shuffle buffers across parts),
 and a streamed reader then reads each part whole (`sequential.SequentialClips`). In memory, both orders read the
 same array.
 
@@ -32,9 +32,14 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from vivitcache.train_temporal.batches import BatchReader
-from vivitcache.train_temporal.clip_frames import clip_keys, eval_indices, train_clips
+from vivitcache.train_temporal.clip_frames import TrainClips, clip_keys, eval_indices, train_clips
+from vivitcache.train_temporal.clip_window import ClipWindow
 from vivitcache.train_temporal.config import READ_MODES, AugmentConfig
-from vivitcache.train_temporal.sequential import EpochPlan, SequentialClips, plan_epoch
+from vivitcache.train_temporal.sequential import (
+    EpochOrder,
+    SequentialClips,
+    order_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,9 @@ class TokenClipDataset(Dataset):
     """Clips of T frame features per video: random segments (train) or fixed views (eval)."""
 
     collate_fn = staticmethod(collate_batch)
+    WINDOW_FRAMES = 8192
+    """Frame indices drawn at once along `follow`'s order (`ClipWindow`): a few batches, where the clip rule's cost
+    per clip has levelled off (BENCHMARKS.md, "Stage-2 loader")."""
 
     def __init__(
         self,
@@ -163,19 +171,21 @@ class TokenClipDataset(Dataset):
         self.read_ahead = read_ahead
         self.read = read if train else "random"  # evaluation reads its fixed views in index order
         self.batch, self.streams, self.shuffle_buffer = batch, streams, shuffle_buffer
-        self.world = world  # DDP ranks of the sequential plan: the sampler's, once it asks for `epoch_order`
+        self.world = world  # DDP ranks of the sequential order: the sampler's, once it asks for `epoch_order`
         self.num_frames = np.array([v.num_frames for v in self.videos], dtype=np.int64)  # [N]
-        self.labels = torch.tensor([v.label for v in self.videos], dtype=torch.int64)  # [N]
+        self.labels = np.array([v.label for v in self.videos], dtype=np.int64)  # [N] (numpy: indexing a torch
+        # tensor costs ~8 us a batch, numpy ~2)
         self.table = features.table([v.id for v in self.videos])
         self.epoch = 0
         self._ahead: ReadAhead | None = None
         self._walk: list[int] | None = None  # the order this rank's samples will be asked in (`follow`)
-        self._plan: tuple[tuple[int, int], EpochPlan] | None = None
+        self._window: ClipWindow | None = None  # this epoch's clips drawn ahead along `_walk` (training)
+        self._order: tuple[tuple[int, int], EpochOrder] | None = None
         self._sequential: SequentialClips | None = None
         self._slab: np.ndarray | None = None  # the sequential reader's slab, kept for the next epoch (no page faults)
 
     def __getstate__(self):
-        return {**self.__dict__, "_ahead": None, "_sequential": None, "_slab": None}
+        return {**self.__dict__, "_ahead": None, "_sequential": None, "_slab": None, "_window": None}
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -187,17 +197,22 @@ class TokenClipDataset(Dataset):
             self._sequential.close()
             self._slab = self._sequential.slab
         self._sequential = None
-        self._walk = None  # the new epoch's order comes with the next `follow`
+        self._walk = self._window = None  # the new epoch's order comes with the next `follow`
         self.stop_read_ahead()
 
     # ---- which frames -------------------------------------------------------------------------------------------
-    def clip_indices(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Frame indices of samples `rows` [B]: train ([B, T], zeroed mask [B, T] or None), eval ([B, V, T], None)."""
+    def clip_indices(self, rows: np.ndarray, ahead: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame indices of samples `rows` [B]: train ([B, T], zeroed mask [B, T] or None), eval ([B, V, T], None).
+        `ahead` (the consumer's thread only): from the clips drawn ahead along `follow`'s order when it has them."""
         if self.train:
-            clips = train_clips(self.num_frames[rows], self.frames, clip_keys(self.seed, self.epoch, rows),
-                                self.augment)
+            clips = self._window.lookup(rows) if ahead and self._window is not None else None
+            clips = clips if clips is not None else self._draw(rows)
             return clips.indices, clips.zeroed
         return eval_indices(self.num_frames[rows], self.frames, self.views), None
+
+    def _draw(self, rows: np.ndarray) -> TrainClips:
+        """The training clips of samples `rows` [B] this epoch (the clip rule)."""
+        return train_clips(self.num_frames[rows], self.frames, clip_keys(self.seed, self.epoch, rows), self.augment)
 
     def indices(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Frame indices of one sample: train ([T], zeroed mask [T] or None), eval ([V, T], None)."""
@@ -206,7 +221,7 @@ class TokenClipDataset(Dataset):
 
     def _gather(self, rows: np.ndarray, gather) -> np.ndarray:
         """Features of samples `rows` [B] through `gather(rows, indices [B, n])`: [B, T, Din] or [B, V, T, Din]."""
-        idx, zeroed = self.clip_indices(rows)
+        idx, zeroed = self.clip_indices(rows, ahead=True)
         x = gather(rows, idx.reshape(len(rows), -1))  # [B, T or V·T, Din]
         if zeroed is not None:
             x[zeroed] = 0
@@ -221,33 +236,33 @@ class TokenClipDataset(Dataset):
             x = self._sequential_clips().take(rows)
         else:
             x = self._gather(rows, lambda r, i: self.features.gather(self.table, r, i))
-        return torch.from_numpy(x), self.labels[torch.from_numpy(rows)]
+        return torch.from_numpy(x), torch.from_numpy(self.labels[rows])
 
     def _sequential_clips(self) -> SequentialClips:
         if self._sequential is None:
             table = self.table
             make = lambda rows, feats: self._gather(  # noqa: E731
                 rows, lambda r, i: np.take(feats, table.offset[r][:, None] + i, axis=0))
-            plan = self.plan(self.epoch, self.world or 1)
+            order = self.order_of(self.epoch, self.world or 1)
             worker = get_worker_info()
             workers = (worker.num_workers, worker.id) if worker is not None else (1, 0)
             # the most clips waiting at once: the shuffle buffers, one part per piece and a batch
             capacity = min(len(self.videos), self.shuffle_buffer + self.streams * int(np.bincount(table.part).max())
                            + self.batch)
-            self._sequential = SequentialClips(plan, table.part, self.features.part, make,
+            self._sequential = SequentialClips(order, table.part, self.features.part, make,
                                                prefetch=self.features.prefetch,
                                                workers=workers,
                                                slab=self._slab, capacity=capacity)
             self._slab = None
         return self._sequential
 
-    def plan(self, epoch: int, world: int) -> EpochPlan:
+    def order_of(self, epoch: int, world: int) -> EpochOrder:
         """The sequential order of epoch `epoch` over `world` ranks (cached for the latest epoch)."""
         key = (epoch, world)
-        if self._plan is None or self._plan[0] != key:
-            self._plan = (key, plan_epoch(self.table.part, self.table.offset, self.seed, epoch, world, self.streams,
+        if self._order is None or self._order[0] != key:
+            self._order = (key, order_epoch(self.table.part, self.table.offset, self.seed, epoch, world, self.streams,
                                           self.batch, self.shuffle_buffer, drop_last=self.train))
-        return self._plan[1]
+        return self._order[1]
 
     def epoch_order(self, epoch: int, rank: int, world: int) -> list[int] | None:
         """The samples of rank `rank` in epoch `epoch` in the order `fit`'s sampler must visit them; None: the
@@ -255,7 +270,7 @@ class TokenClipDataset(Dataset):
         if self.read != "sequential":
             return None
         self.world = world
-        return self.plan(epoch, world).rank_order(rank)
+        return self.order_of(epoch, world).rank_order(rank)
 
     # ---- one sample ---------------------------------------------------------------------------------------------
     def __getitem__(self, index: int):
@@ -270,6 +285,9 @@ class TokenClipDataset(Dataset):
         read-ahead thread walks it (the dataset never rebuilds the loop's sampler)."""
         self.stop_read_ahead()
         self._walk = list(order)
+        if self.train and get_worker_info() is None:  # workers get batches apart: each draws its own
+            size = max(self.batch, self.WINDOW_FRAMES // max(1, self.frames))
+            self._window = ClipWindow(self._walk, size, self._draw, len(self.videos))
 
     def _warm(self, indices: list[int]) -> int:
         """Warm the reader's cache for these samples; returns how much it read."""

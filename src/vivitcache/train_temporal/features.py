@@ -31,6 +31,21 @@ class FeatureRule:
         self.dtype = np.float16 if store.layout.dtype == "fp16" and not arithmetic else np.float32
         probe = torch.zeros(1, store.layout.tokens_per_frame, 1)
         frame_features(probe, self.stored_kind, frame_token, self.num_prefix_tokens, self.class_token)  # fail early
+        self.passthrough = self._passes_through(store)
+
+    def _passes_through(self, store: TokenStore) -> bool:
+        """Whether a frame's features are its stored bytes as they are ([K, D] → [K·D], the same dtype): a reader
+        may then read stored chunks straight into its feature buffers. Decided on a probe of distinct finite
+        values, not on the kind names."""
+        k, d = store.layout.tokens_per_frame, store.layout.dim
+        if np.dtype(store.layout.numpy_dtype) != np.dtype(self.dtype) or self.dim != k * d:
+            return False
+        position = np.arange(2 * k * d)  # [2·K·D]; two probes of finite float16 bit patterns name each position
+        for bits in ((position % 0x7C00).astype(np.uint16), (position // 0x7C00).astype(np.uint16)):
+            probe = bits.view(np.float16).reshape(2, k, d)  # [2, K, D]
+            if not np.array_equal(self(probe).view(np.uint16), bits.reshape(2, k * d)):
+                return False
+        return True
 
     def __call__(self, decoded: np.ndarray) -> np.ndarray:
         """Decoded tokens [n, K, D] → frame features [n, Din] in `self.dtype` (models.tokens.frame_features)."""

@@ -18,7 +18,7 @@ from vivitcache.splits import hashed_val_ids
 from vivitcache.runs import RunRecord, Stage2Made
 from vivitcache.store import FingerprintMismatchError, StoreError, TokenStore
 from vivitcache.store.fingerprint import fingerprint_diff
-from vivitcache.train_temporal.config import TrainConfig
+from vivitcache.train_temporal.config import EvalConfig, TrainConfig
 from vivitcache.train_temporal.dataset import TokenClipDataset, VideoEntry, resolve_read, videos_sha256
 from vivitcache.train_temporal.batches import MemoryBatches, StoreBatches
 from vivitcache.train_temporal.build import build_stage2_model, build_token_model, check_stores_agree
@@ -261,11 +261,11 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], png: Path, title
 def run_eval(
     store: str | Path,
     checkpoint: str | Path,
-    views: int = 1,
+    views: int = EvalConfig.eval_views,
     out: str | Path | None = None,
-    batch_size: int = 16,
-    split: str = "auto",
-    device: str = "auto",
+    batch_size: int = EvalConfig.batch_size,
+    split: str = EvalConfig.split,
+    device: str = EvalConfig.device,
     workers: int = 0,
     in_memory: bool = False,
     frames: int | None = None,

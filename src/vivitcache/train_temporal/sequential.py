@@ -1,6 +1,6 @@
 """`--read sequential`: an epoch that reads every part of the store once, whole, for cluster filesystems.
 
-The epoch's order (`plan_epoch`, pure index math on (seed, epoch)):
+The epoch's order (`order_epoch`, pure index math on (seed, epoch)):
 
 1. the parts in a seeded random order; the training videos of each part in file order: one stream of videos;
 2. cut into `world` equal contiguous ranges, one per DDP rank (training drops the last `N % world` videos of the
@@ -13,8 +13,8 @@ The epoch's order (`plan_epoch`, pure index math on (seed, epoch)):
    read the same part, except the (at most one) part at each cut, which both neighbours read.
 
 Reading (`SequentialClips`, one per process and epoch): a part is read whole the first time one of its videos is
-asked for (its shard files first read front to back into the page cache, then decoded by zarrs; background threads
-do both for the parts coming next), and the clips of all of its videos still to come in the same piece are
+asked for (straight from its shard files, every chunk's checksum checked: `batches.read_part`; background threads
+read the parts coming next), and the clips of all of its videos still to come in the same piece are
 gathered from it at once (one vectorised gather per part) into a slab of clip slots; a batch is one gather from
 the slab. Clips depend only on (seed, epoch, index), so a resumed epoch (the sampler skips the samples already
 seen) re-reads the parts it needs and gives exactly the same batches.
@@ -36,7 +36,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class EpochPlan:
+class EpochOrder:
     """The order of one sequential epoch over a dataset of N videos."""
 
     pieces: list[np.ndarray]
@@ -77,8 +77,8 @@ def _shuffle(rows: np.ndarray, parts: np.ndarray, buffer: int, rng: np.random.Ge
     return out
 
 
-def plan_epoch(part: np.ndarray, offset: np.ndarray, seed: int, epoch: int, world: int, streams: int, batch: int,
-               buffer: int, drop_last: bool = True) -> EpochPlan:
+def order_epoch(part: np.ndarray, offset: np.ndarray, seed: int, epoch: int, world: int, streams: int, batch: int,
+               buffer: int, drop_last: bool = True) -> EpochOrder:
     """The order of a sequential epoch for videos at (`part`, `offset`) ([N] each): see the module docstring."""
     n = len(part)
     rng = np.random.default_rng([seed, epoch, 0x5E9])
@@ -104,7 +104,7 @@ def plan_epoch(part: np.ndarray, offset: np.ndarray, seed: int, epoch: int, worl
     for i, p in enumerate(pieces):
         piece_of[p] = i
         position[p] = np.arange(len(p))
-    return EpochPlan(pieces, piece_of, position, streams, batch)
+    return EpochOrder(pieces, piece_of, position, streams, batch)
 
 
 class SequentialClips:
@@ -112,9 +112,9 @@ class SequentialClips:
 
     `read_part(number)` gives a part's frame features [F_part, Din]; `make_clips(rows, feats)` gathers the training
     clips of dataset rows `rows` from it: [n, T, Din]; `prefetch(number)` (optional) brings a part's files into the
-    page cache with plain sequential reads (and checks their checksums).
+    page cache with plain sequential reads (and checks their checksums), for readers that decode them from there.
 
-    Read-ahead, on `READ_THREADS` background threads (file reads and zarrs' decoding release the GIL): at the first
+    Read-ahead, on `READ_THREADS` background threads (file reads and decoding release the GIL): at the first
     batch the process works out the parts it will read, in order (`schedule`: its rank's samples, the batches its
     DataLoader worker gets), and from then on keeps the next `DECODE_AHEAD` parts read and decoded and the
     `PREFETCH_AHEAD` after them in the page cache. So the file reads of coming parts, the decoding of the next ones
@@ -133,11 +133,11 @@ class SequentialClips:
     PREFETCH_AHEAD = 2
     """Parts after those whose files are read into the page cache ahead."""
 
-    def __init__(self, plan: EpochPlan, part: np.ndarray, read_part: Callable[[int], np.ndarray],
+    def __init__(self, order: EpochOrder, part: np.ndarray, read_part: Callable[[int], np.ndarray],
                  make_clips: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  prefetch: Callable[[int], None] | None = None, workers: tuple[int, int] = (1, 0),
                  slab: np.ndarray | None = None, capacity: int = 0):
-        self.plan, self.part = plan, part
+        self.epoch_order, self.part = order, part
         self.read_part, self.make_clips, self.prefetch = read_part, make_clips, prefetch
         self.workers = workers  # (DataLoader workers, this one's id); (1, 0) in the main process
         self.slot_of = np.full(len(part), -1, dtype=np.int64)  # [N] slot of each clip waiting in the slab
@@ -155,17 +155,18 @@ class SequentialClips:
         self._pool: ThreadPoolExecutor | None = None
         self.parts_read = 0
 
-    def _plan_reads(self, first: int) -> None:
+    def _schedule_reads(self, first: int) -> None:
         """`schedule`: the loads of this process, (piece, part) in first-needed order over its samples from `first`
         (the first one asked for: a resumed epoch starts mid-way) on; a batch comes from one piece, and a part is
         loaded once per piece that needs it. The DataLoader hands batch j to worker j % workers."""
-        order = np.asarray(self.plan.rank_order(int(self.plan.piece_of[first]) // self.plan.streams), dtype=np.int64)
+        epoch = self.epoch_order
+        order = np.asarray(epoch.rank_order(int(epoch.piece_of[first]) // epoch.streams), dtype=np.int64)
         workers, me = self.workers
         if workers > 1:
-            batch = np.arange(len(order)) // self.plan.batch
+            batch = np.arange(len(order)) // epoch.batch
             order = order[batch % workers == me]
         order = order[int(np.argmax(order == first)) :]
-        self.schedule = list(dict.fromkeys(zip(self.plan.piece_of[order].tolist(), self.part[order].tolist())))
+        self.schedule = list(dict.fromkeys(zip(epoch.piece_of[order].tolist(), self.part[order].tolist())))
         self._at = {load: k for k, load in enumerate(self.schedule)}
         self._read_ahead(-1)
 
@@ -182,7 +183,7 @@ class SequentialClips:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Training clips of dataset rows `rows` [B] (in this epoch's order for this process): [B, T, Din]."""
         if self.schedule is None and len(rows):
-            self._plan_reads(int(rows[0]))
+            self._schedule_reads(int(rows[0]))
         missing = rows[self.slot_of[rows] < 0]
         for number in dict.fromkeys(self.part[missing].tolist()):  # parts in first-needed order
             self._load(number, missing[self.part[missing] == number])
@@ -211,13 +212,13 @@ class SequentialClips:
     def _load(self, number: int, wanted: np.ndarray) -> None:
         """Read part `number` and slot the clips of its videos still to come in the pieces of `wanted`."""
         members = self._members[number]
-        piece, position = self.plan.piece_of, self.plan.position
+        piece, position = self.epoch_order.piece_of, self.epoch_order.position
         pending = np.zeros(len(members), dtype=bool)
         for s in np.unique(piece[wanted]):
             first = position[wanted][piece[wanted] == s].min()
             pending |= (piece[members] == s) & (position[members] >= first)
         rows = members[pending & (self.slot_of[members] < 0)]
-        k = self._at.get((int(piece[wanted[0]]), number))  # None: not scheduled (a caller off the plan)
+        k = self._at.get((int(piece[wanted[0]]), number))  # None: not scheduled (a caller off the order)
         ahead = self._ahead.pop(k, None)
         if k is not None:
             self._read_ahead(k)
