@@ -136,9 +136,8 @@ def synth(cfg: SynthConfig, out: Annotated[Path, typer.Argument(help="Folder to 
     from vivitcache.data.real_motion import make_real_motion_dataset
     from vivitcache.data.synth import make_synth_dataset
 
-    settings = dataclasses.asdict(cfg)
-    kind, source = settings.pop("kind"), settings.pop("source")
-    path = make_real_motion_dataset(out, **settings, source=source) if kind == "real" else make_synth_dataset(out, **settings)
+    make = make_real_motion_dataset if cfg.kind == "real" else make_synth_dataset
+    path = make(out, **dataclasses.asdict(cfg))
     console.print(f"wrote {cfg.classes * cfg.videos_per_class} videos and {path / 'labels.csv'}")
 
 

@@ -17,7 +17,14 @@ import os
 from collections.abc import Iterator
 from typing import Protocol
 
-from vivitcache.data.decode import Frame, VideoDecodeError, _resized_size, frame_times, iter_frames, sample_times
+from vivitcache.data.decode import (
+    Frame,
+    VideoDecodeError,
+    _resized_size,
+    frame_times,
+    iter_frames,
+    sample_times,
+)
 from vivitcache.errors import ConfigError
 
 DECODERS = ("pyav", "torchcodec")

