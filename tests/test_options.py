@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from vivitcache import cli
 from vivitcache.errors import ConfigError
 from vivitcache.extract.config import ExtractConfig, ExtractConfigError
-from vivitcache.options import KEY, Options, check_fields, opt
+from vivitcache.options import Options, check_fields, opt
 from vivitcache.train_temporal.config import TrainConfig
 
 runner = CliRunner()
