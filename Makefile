@@ -11,7 +11,7 @@ TORCH   := torch==2.14.1 torchvision==0.29.1 torchcodec==0.17.0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH) -e ".[dev,torchcodec]"
+	$(BIN)/pip install -q $(TORCH) -e ".[dev,torchcodec,bench]"
 	@# torchcodec's tests need FFmpeg's shared libraries: installed here when we may (root + apt), else they skip.
 	-@ldconfig -p | grep -q libavcodec || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg >/dev/null; } || \
