@@ -125,25 +125,15 @@ def needed(store: TokenStore, ds: TokenClipDataset, batches: list[list[int]]) ->
         keys = (part[:, None] << 32) + f  # [B, T]
         frames.update(np.unique(keys).tolist())
         chunks.update(np.unique((part[:, None] << 32) + f // lay.chunk_frames).tolist())
-    per_shard = lay.shard_frames // lay.chunk_frames
     ranges: dict[str, list] = {}
     for key in sorted(chunks):
         p, c = divmod(key, 1 << 32)
-        f = store.path / "parts" / parts[p] / "tokens" / "c" / str(c // per_shard) / "0" / "0"
-        ranges.setdefault(str(f), []).append(c % per_shard)
-    for f, inner in ranges.items():
-        index = shard_index(Path(f), per_shard)  # [per_shard, 2]
-        ranges[f] = [tuple(index[i]) for i in inner]
+        reader = store.shard_chunks(parts[p])  # the part's shard files and their checked indexes
+        shard, inner = divmod(c, reader.per_shard)
+        ranges.setdefault(str(reader.file(shard)), []).append(tuple(reader.index(shard)[inner]))
     chunk_bytes = int(sum(n for rs in ranges.values() for _, n in rs))
     return {"frames": len(frames), "frame_bytes": len(frames) * lay.frame_bytes, "chunks": len(chunks),
             "chunk_bytes": chunk_bytes, "shard_files": len(ranges), "ranges": ranges}
-
-
-def shard_index(f: Path, inner: int) -> np.ndarray:
-    """(offset, nbytes) of each inner chunk of one shard file: [inner, 2] uint64 (the index at the file's end)."""
-    with open(f, "rb") as fh:
-        fh.seek(-(inner * 16 + 4), os.SEEK_END)
-        return np.frombuffer(fh.read(inner * 16), dtype="<u8").reshape(inner, 2)
 
 
 # ---------------------------------------------------------------------------------------------------- replays
