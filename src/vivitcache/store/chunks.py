@@ -9,8 +9,10 @@ storage. zarrs would be fast, but it skips the inner chunks' crc32c on reads sma
 makes (zarr v3 sharding codec, index at the end with `bytes` + `crc32c`; inner chunks `bytes` (little-endian),
 optionally `zstd`, then `crc32c`), checking what zarr checks:
 
-- each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept; every
-  later read checks that the file still has the size it had then;
+- each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept with
+  the file's identity then (inode, size, mtime, ctime); every later read compares the identity of the file it opened
+  with it, and when the file changed (a flip, a rewrite by `repair` or a writer, chunks moved), it reads the index
+  again from the file it opened and reads the run's chunks where that index puts them;
 - a run of inner chunks that lie back to back in the file is one `preadv` (uncompressed: straight into the caller's
   array, the 4-byte checksums into a side buffer, no copy); every chunk's crc32c is checked before it counts;
 - damage (a missing or short file, a checksum mismatch, an entry past the data) is a `StoreDamageError` naming the
@@ -23,6 +25,7 @@ stays on zarr's pipeline.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,14 @@ EMPTY = 2**64 - 1
 """Offset and size of an inner chunk never written (zarr reads it as the fill value)."""
 MAX_RUN = 256
 """Chunks of one `preadv` at most (two buffers each, under the kernel's 1024)."""
+SETTLED_NS = 2 * 10**9
+"""A file changed less than this before its index was read may change again without its identity changing (its
+timestamps are as coarse as the filesystem's clock: a tick, up to 2 s on some): its index is read again each time."""
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is written or replaced: inode, size, mtime, ctime (ctime cannot be set back)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def shard_index(tail, inner: int, file_bytes: int, chunk_crc: bool = True,
@@ -82,6 +93,10 @@ class Run:
     """Inner chunks that lie back to back in one shard file: read with one request."""
 
     shard: int
+    planned: tuple | None
+    """The identity of the file whose index placed these chunks (None: an index to read again before trusting)."""
+    chunks: np.ndarray
+    """[m] the chunks' numbers within the shard."""
     offset: int
     """Byte offset of the first chunk in the file."""
     sizes: np.ndarray
@@ -101,8 +116,9 @@ class ShardChunks:
         self.dtype = np.dtype(metadata.data_type.to_native_dtype()).newbyteorder("<")
         self.fill = metadata.fill_value
         self.payload = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # bytes of one decoded chunk
-        self._index: dict[int, np.ndarray] = {}  # shard → [per_shard, 2] (offset, nbytes), checked
-        self._size: dict[int, int] = {}  # shard → its file's size when its index was read
+        # shard → (its file's identity when read, or None; [per_shard, 2] (offset, nbytes), checked): one tuple, so
+        # the read threads never see an index with another file's identity
+        self._index: dict[int, tuple[tuple | None, np.ndarray]] = {}
 
     @classmethod
     def of(cls, part_id: str, folder: Path, array) -> ShardChunks | None:
@@ -137,22 +153,31 @@ class ShardChunks:
 
     def index(self, shard: int) -> np.ndarray:
         """(offset, nbytes) of every inner chunk of shard `shard`: [per_shard, 2] uint64, read once and checked."""
+        return self._held(shard)[1]
+
+    def _held(self, shard: int) -> tuple[tuple | None, np.ndarray]:
+        """The shard's index held and the identity of the file it was read from; read first if none is held."""
         found = self._index.get(shard)
         if found is not None:
             return found
-        size = self.per_shard * 16
         fd = self._open(shard)
         try:
-            end = os.fstat(fd).st_size
-            tail = os.pread(fd, size + 4, end - size - 4) if end >= size + 4 else b""
+            return self._load(fd, shard, os.fstat(fd))
         finally:
             os.close(fd)
+
+    def _load(self, fd: int, shard: int, st: os.stat_result) -> tuple[tuple | None, np.ndarray]:
+        """Read and check the index of the shard file open as `fd` (fstat `st`, taken before), and hold it."""
+        size, end = self.per_shard * 16, st.st_size
+        tail = os.pread(fd, size + 4, end - size - 4) if end >= size + 4 else b""
         try:
             pairs = shard_index(tail, self.per_shard, end, chunk_bytes=None if self.zstd else self.payload + 4)
         except ValueError as e:
             raise self.damage(shard, str(e)) from None
-        self._index[shard], self._size[shard] = pairs, end
-        return pairs
+        settled = time.time_ns() - st.st_ctime_ns >= SETTLED_NS
+        held = (identity(st) if settled else None, pairs)
+        self._index[shard] = held  # one assignment of a whole value: safe on the read threads
+        return held
 
     def runs(self, chunks: np.ndarray, targets: np.ndarray) -> tuple[list[Run], np.ndarray]:
         """The reads of inner chunks `chunks` ([n] sorted chunk numbers of the array) into rows `targets` [n]:
@@ -161,39 +186,62 @@ class ShardChunks:
         out, empty = [], []
         for s in np.unique(shards).tolist():
             mine = shards == s
-            pairs = self.index(s)[within[mine]]  # [m, 2]
-            t = targets[mine]  # [m]
-            written = pairs[:, 0] != EMPTY
-            empty.append(t[~written])
-            pairs, t = pairs[written].astype(np.int64), t[written]
-            cut = np.flatnonzero(pairs[1:, 0] != pairs[:-1, 0] + pairs[:-1, 1]) + 1  # not back to back
-            cut = np.union1d(cut, np.arange(MAX_RUN, len(pairs), MAX_RUN)).astype(np.int64)
-            for p, tt in zip(np.split(pairs, cut), np.split(t, cut)):
-                out.append(Run(s, int(p[0, 0]), p[:, 1], tt))
+            runs, never = self._plan(s, self._held(s), within[mine], targets[mine])
+            out += runs
+            empty.append(never)
         return out, np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _plan(shard: int, held: tuple, within: np.ndarray, targets: np.ndarray) -> tuple[list[Run], np.ndarray]:
+        """Chunks `within` [m] (sorted numbers within the shard) into rows `targets` [m], placed by index `held`:
+        (its runs of chunks back to back, the targets of chunks never written)."""
+        planned, index = held
+        pairs = index[within]  # [m, 2]
+        written = pairs[:, 0] != EMPTY
+        pairs, within, t = pairs[written].astype(np.int64), within[written], targets[written]
+        cut = np.flatnonzero(pairs[1:, 0] != pairs[:-1, 0] + pairs[:-1, 1]) + 1  # not back to back
+        cut = np.union1d(cut, np.arange(MAX_RUN, len(pairs), MAX_RUN)).astype(np.int64)
+        runs = [Run(shard, planned, c, int(p[0, 0]), p[:, 1], tt)
+                for p, c, tt in zip(np.split(pairs, cut), np.split(within, cut), np.split(t, cut))]
+        return runs, targets[~written]
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def read(self, run: Run, out: np.ndarray) -> None:
         """Read one run into rows `run.targets` of `out` ([N, cf, K, D] in the stored dtype, C-contiguous), every
         chunk's crc32c checked; StoreDamageError naming the part and the file."""
-        fd, want = self._open(run.shard), int(run.sizes.sum())
+        fd = self._open(run.shard)
         try:
-            size = os.fstat(fd).st_size
-            if size != self._size[run.shard]:  # the index held no longer describes the file
-                raise self.damage(run.shard, f"{size} bytes, {self._size[run.shard]} when its shard index was read "
-                                             "(truncated or replaced since)")
-            if self.zstd:
-                data = bytearray(want)
-                buffers = [memoryview(data)]
-            else:
-                crcs = bytearray(4 * len(run.sizes))
-                views = memoryview(crcs)
-                buffers = []
-                for j, t in enumerate(run.targets.tolist()):
-                    buffers += [memoryview(out[t]).cast("B"), views[4 * j : 4 * j + 4]]
-            got = read_into(fd, buffers, run.offset)
+            st = os.fstat(fd)
+            now = identity(st)
+            if run.planned == now:
+                self._read_run(fd, run, out)
+                return
+            # The file is not the one whose index placed the run (written or replaced since, or too fresh to
+            # tell): its chunks may have moved, and a valid chunk at a stale offset would pass its crc32c. So the
+            # run's chunks are placed again by the index of the file open now (the one held if it is that file's).
+            held = self._index.get(run.shard)
+            if held is None or held[0] != now:
+                held = self._load(fd, run.shard, st)
+            runs, never = self._plan(run.shard, held, run.chunks, run.targets)
+            self.fill_value(out, never)
+            for r in runs:
+                self._read_run(fd, r, out)
         finally:
             os.close(fd)
+
+    def _read_run(self, fd: int, run: Run, out: np.ndarray) -> None:
+        """`read` of a run placed by the index of the file open as `fd`."""
+        want = int(run.sizes.sum())
+        if self.zstd:
+            data = bytearray(want)
+            buffers = [memoryview(data)]
+        else:
+            crcs = bytearray(4 * len(run.sizes))
+            views = memoryview(crcs)
+            buffers = []
+            for j, t in enumerate(run.targets.tolist()):
+                buffers += [memoryview(out[t]).cast("B"), views[4 * j : 4 * j + 4]]
+        got = read_into(fd, buffers, run.offset)
         if got != want:
             raise self.damage(run.shard, f"ends {want - got} bytes before the inner chunks at byte {run.offset} do")
         if self.zstd:
