@@ -164,17 +164,21 @@ def test_a_rewritten_shard_is_read_by_its_new_index(store, monkeypatch, how, cas
 
 def test_a_changed_run_is_placed_again_from_the_file_it_opened(store, monkeypatch):
     """Runs planned by the old index, read after the file was replaced: each read finds its file changed, reads the
-    new index and reads the chunks where it puts them (the fill value for one now never written)."""
+    new index and reads the chunks where it puts them (the fill value for one now never written, even alone)."""
     monkeypatch.setattr(chunks, "SETTLED_NS", 0)  # trust the first index: only the identity can tell
     part, shard = first_shard(store)
     direct = TokenStore.open(store).shard_chunks(part)
     runs, empty = direct.runs(np.arange(INNER), np.arange(INNER))  # planned by the index as read now
     assert len(runs) == 1 and len(empty) == 0
-    source, order = cases(np.random.default_rng(3))["emptied"]
-    write(shard, rewritten(shard.read_bytes(), source, order[::-1]), "replaced")
+    alone, _ = direct.runs(np.arange(1, 2), np.arange(1, 2))  # chunk 1 alone, never written in the new file
+    source, order = [0, None, 2, 3], [3, 2, 1, 0]
+    write(shard, rewritten(shard.read_bytes(), source, order), "replaced")
     out = np.full((INNER, *direct.chunk_shape), 7, dtype=direct.dtype)  # [inner, cf, K, D]
     direct.read(runs[0], out)
     assert np.array_equal(out.reshape(SF, 1, -1), zarr_part(store, part)[:SF])
+    out[:] = 7
+    direct.read(alone[0], out)
+    assert (out[1] == direct.fill).all() and (out[[0, 2, 3]] == 7).all()
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -205,3 +209,14 @@ def test_a_file_too_fresh_to_trust_has_its_index_read_every_time(store, monkeypa
     for _ in range(2):
         read_part(s, rule, part)
     assert len(loads) > 2 * shards and set(loads) == set(range(shards))
+
+
+def test_a_read_of_chunks_never_written_alone_gives_the_fill_value(store, monkeypatch):
+    """Every chunk a batch needs from a shard never written (zarr leaves out chunks all of the fill value): no run to
+    read, only the fill value, as zarr reads it (a planner once made an empty run of them and failed)."""
+    part, shard = first_shard(store)
+    write(shard, rewritten(shard.read_bytes(), [0, None, 2, 3], list(range(INNER))), "in place")
+    reader = StoreBatches(store, "cls")
+    frames = np.arange(CF, 2 * CF)  # chunk 1 only
+    got = gather_part_frames(reader, part, frames)  # [cf, D]
+    assert np.array_equal(got, zarr_part(store, part)[frames, 0]) and (got == 0).all()

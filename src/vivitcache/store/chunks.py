@@ -202,7 +202,7 @@ class ShardChunks:
         cut = np.flatnonzero(pairs[1:, 0] != pairs[:-1, 0] + pairs[:-1, 1]) + 1  # not back to back
         cut = np.union1d(cut, np.arange(MAX_RUN, len(pairs), MAX_RUN)).astype(np.int64)
         runs = [Run(shard, planned, c, int(p[0, 0]), p[:, 1], tt)
-                for p, c, tt in zip(np.split(pairs, cut), np.split(within, cut), np.split(t, cut))]
+                for p, c, tt in zip(np.split(pairs, cut), np.split(within, cut), np.split(t, cut)) if len(p)]
         return runs, targets[~written]
 
     # ---- reading ------------------------------------------------------------------------------------------------
