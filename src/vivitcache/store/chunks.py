@@ -222,6 +222,11 @@ class ShardChunks:
             held = self._index.get(run.shard)
             if held is None or held[0] != now:
                 held = self._load(fd, run.shard, st)
+            placed = held[1][run.chunks].astype(np.int64)  # [m, 2] where the file open now has them
+            if placed[0, 0] == run.offset and (np.diff(placed[:, 0]) == placed[:-1, 1]).all() \
+                    and np.array_equal(placed[:, 1], run.sizes):  # where they were planned (a fresh file read again)
+                self._read_run(fd, run, out)
+                return
             runs, never = self._plan(run.shard, held, run.chunks, run.targets)
             self.fill_value(out, never)
             for r in runs:
