@@ -212,27 +212,29 @@ class ShardChunks:
         fd = self._open(run.shard)
         try:
             st = os.fstat(fd)
-            now = identity(st)
-            if run.planned == now:
-                self._read_run(fd, run, out)
-                return
-            # The file is not the one whose index placed the run (written or replaced since, or too fresh to
-            # tell): its chunks may have moved, and a valid chunk at a stale offset would pass its crc32c. So the
-            # run's chunks are placed again by the index of the file open now (the one held if it is that file's).
-            held = self._index.get(run.shard)
-            if held is None or held[0] != now:
-                held = self._load(fd, run.shard, st)
-            placed = held[1][run.chunks].astype(np.int64)  # [m, 2] where the file open now has them
-            if placed[0, 0] == run.offset and (np.diff(placed[:, 0]) == placed[:-1, 1]).all() \
-                    and np.array_equal(placed[:, 1], run.sizes):  # where they were planned (a fresh file read again)
-                self._read_run(fd, run, out)
-                return
-            runs, never = self._plan(run.shard, held, run.chunks, run.targets)
-            self.fill_value(out, never)
+            runs = [run]
+            if run.planned != identity(st):
+                # The file is not the one whose index placed the run (written or replaced since, or too fresh to
+                # tell): its chunks may have moved, and a valid chunk at a stale offset would pass its crc32c. So
+                # the run's chunks are placed again by the index of the file open now.
+                runs, never = self._placed_again(run, fd, st)
+                self.fill_value(out, never)
             for r in runs:
                 self._read_run(fd, r, out)
         finally:
             os.close(fd)
+
+    def _placed_again(self, run: Run, fd: int, st: os.stat_result) -> tuple[list[Run], np.ndarray]:
+        """The run's chunks placed by the index of the shard file open as `fd` (fstat `st`): the one held if it is
+        that file's, else read from it: (runs, targets of chunks never written)."""
+        held = self._index.get(run.shard)
+        if held is None or held[0] != identity(st):
+            held = self._load(fd, run.shard, st)
+        placed = held[1][run.chunks].astype(np.int64)  # [m, 2]
+        if placed[0, 0] == run.offset and (np.diff(placed[:, 0]) == placed[:-1, 1]).all() \
+                and np.array_equal(placed[:, 1], run.sizes):  # where they were (a fresh file, read again)
+            return [run], np.zeros(0, dtype=np.int64)
+        return self._plan(run.shard, held, run.chunks, run.targets)
 
     def _read_run(self, fd: int, run: Run, out: np.ndarray) -> None:
         """`read` of a run placed by the index of the file open as `fd`."""
