@@ -12,7 +12,8 @@ optionally `zstd`, then `crc32c`), checking what zarr checks:
 - each shard's index is read once per process (its crc32c checked, every entry bounded by the data) and kept with
   the file's identity then (inode, size, mtime, ctime); every later read compares the identity of the file it opened
   with it, and when the file changed (a flip, a rewrite by `repair` or a writer, chunks moved), it reads the index
-  again from the file it opened and reads the run's chunks where that index puts them;
+  again from the file it opened and reads the run's chunks where that index puts them (a file changed less than
+  `SETTLED_NS` before its index was read has it read again every time: its timestamps cannot tell yet);
 - a run of inner chunks that lie back to back in the file is one `preadv` (uncompressed: straight into the caller's
   array, the 4-byte checksums into a side buffer, no copy); every chunk's crc32c is checked before it counts;
 - damage (a missing or short file, a checksum mismatch, an entry past the data) is a `StoreDamageError` naming the
