@@ -233,6 +233,22 @@ class StoreBatches(StoreReader):
         frames = table.offset[rows][:, None] + indices  # [B, n] frame numbers in each video's part
         return (table.part[rows][:, None] << 32) + frames // self.chunk_frames, frames  # chunk keys [B, n]
 
+    def _all_held(self, keys: np.ndarray) -> np.ndarray | None:
+        """The slots of chunk keys `keys` [B, n] (any order, repeats) if the cache holds every one, marked used now;
+        None otherwise (nothing changed). Lock held. The warm path: a lookup of every key in the sorted index instead
+        of `np.unique` first (whose sort cost a T=32 batch about half as much as its gather)."""
+        held = self._keys_held
+        if not len(held):
+            return None
+        at = np.minimum(np.searchsorted(held, keys), len(held) - 1)  # [B, n]
+        if not np.array_equal(held[at], keys):
+            return None
+        slots = self._slot_held[at]  # [B, n]
+        self._uses += 1
+        self._last_use[slots] = self._uses
+        self.hits += int(np.count_nonzero(self._last_use == self._uses))  # the batch's distinct chunks
+        return slots
+
     def _fill(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
         """Slots holding chunk keys `keys` ([U] sorted, unique, at most `slots`): read the missing ones, evicting the
         least recently used chunks not needed by this call. Returns the number of chunks read too. Lock held.
@@ -345,9 +361,14 @@ class StoreBatches(StoreReader):
         """Features of frames `indices` [B, n] of videos `rows` [B]: [B, n, Din] in `rule.dtype`."""
         check_indices(table, rows, indices)
         keys, frames = self._keys(table, rows, indices)
+        within = frames % self.chunk_frames  # [B, n]
+        with self._lock:
+            slots = self._all_held(keys)  # [B, n], or None: some chunks must be read
+            if slots is not None:  # warm: one lookup, one gather
+                flat = self._slab.reshape(-1, self.rule.dim)  # [slots * chunk_frames, Din], a view
+                return np.take(flat, slots * self.chunk_frames + within, axis=0)  # [B, n, Din]
         unique, inverse = np.unique(keys, return_inverse=True)  # [U], [B, n]
         inverse = inverse.reshape(keys.shape)
-        within = frames % self.chunk_frames  # [B, n]
         with self._lock:
             if len(unique) <= self.slots:  # one round, one gather: the only [B, n, Din] array made (allocating a
                 slots, _ = self._fill(unique)  # second, unused, made the heap fault fresh pages in every batch)
@@ -365,6 +386,9 @@ class StoreBatches(StoreReader):
         """Read the chunks of these clips into the cache (the read-ahead thread calls this); returns how many had to
         be read."""
         keys, _ = self._keys(table, rows, indices)
+        with self._lock:
+            if self._all_held(keys) is not None:
+                return 0
         unique = np.unique(keys)[: self.slots]
         with self._lock:
             return self._fill(unique)[1]
