@@ -365,7 +365,7 @@ def bench_store(path: Path, dim: int, Ts: list[int], workers_list: list[int], ba
     result["codec"] = codec_pipelines(path, store, min_seconds / 2)
     peers = {}
     if 0 in workers_list:
-        files = peer_readers.export(memory, path.with_suffix(".peers"))
+        files = peer_readers.export(store, path.with_suffix(".peers"))
         frames = {v.id: v.num_frames for v in base_videos}
         peers = {"npy": peer_readers.NpyBatches(files["npy"], frames, memory.rule.dim, memory.rule.dtype),
                  "hdf5": peer_readers.Hdf5Batches(files["hdf5"], frames, memory.rule.dim, memory.rule.dtype)}

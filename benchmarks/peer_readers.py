@@ -1,4 +1,4 @@
-"""The formats users pick instead of a token store for cached features, as batch readers for `bench_loader.py`.
+"""The formats users pick instead of a token store for cached features, as batch readers for the benchmarks.
 
 - `NpyBatches`: one `.npy` file per video ([F, Din], video_features' layout), read through `np.load(mmap_mode='r')`
   maps opened on a video's first clip of a pass and kept for the pass (`reset` closes them all; a fresh map per clip
@@ -6,9 +6,12 @@
 - `Hdf5Batches`: one HDF5 file with one contiguous dataset [F, Din] per video (h5py's default layout), read with
   h5py's fancy indexing (`dataset[frames]`, frames increasing and unique, as h5py requires).
 
-Both speak the batch-reader protocol (`batches.BatchReader`), so `TokenClipDataset` reads them through fit's own
-DataLoader with the project's clip rule: the same clips, the same batches, only the storage differs. Their files
-are written from a `MemoryBatches`' features (the same tokens, the same dtype).
+Both speak the batch-reader protocol (`batches.BatchReader`), so `TokenClipDataset` reads them with the project's
+clip rule: the same clips, the same batches, only the storage differs. `bench_loader.py` reads both through fit's
+own DataLoader; `profile_cold_read.py` reads the `.npy` peer for its reference rate. Their files are written by
+`export` from the store's features part by part (`batches.read_part`: the same tokens, the same dtype as
+`MemoryBatches`, one part in memory at a time). Only the HDF5 peer needs h5py (imported when used, `H5PY_HINT`
+when missing).
 """
 
 from __future__ import annotations
@@ -17,30 +20,52 @@ from pathlib import Path
 
 import numpy as np
 
-from vivitcache.train_temporal.batches import MemoryBatches, VideoTable, check_indices
+from vivitcache.store import TokenStore
+from vivitcache.train_temporal.batches import VideoTable, check_indices, read_part
+from vivitcache.train_temporal.features import FeatureRule
 
 H5PY_HINT = "the HDF5 peer needs h5py: .venv/bin/pip install -e '.[bench]' (or pip install h5py)"
 
 
-def export(memory: MemoryBatches, folder: Path) -> dict[str, Path]:
-    """Write every video of `memory` as one .npy per video (`folder/npy/<id>.npy`) and one HDF5 file
-    (`folder/features.h5`); reused when already there. Returns the two paths."""
-    import h5py
+def h5py_module():
+    """h5py, imported only by the HDF5 peer (the .npy peer runs without it); ImportError with `H5PY_HINT`."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise ImportError(H5PY_HINT) from e
+    return h5py
 
-    npy, h5 = folder / "npy", folder / "features.h5"
-    ids = memory.store.ids()
-    table = memory.table(ids)
-    if not h5.is_file():
-        npy.mkdir(parents=True, exist_ok=True)
-        feats = memory.features.numpy()  # [F, Din]
-        tmp = h5.with_suffix(".tmp")
-        with h5py.File(tmp, "w") as f:
-            for vid, start, n in zip(ids, memory.base[table.part] + table.offset, table.frames):
-                video = feats[start : start + n]  # [n, Din]
-                np.save(npy / f"{vid}.npy", video)
-                f.create_dataset(vid, data=video)
-        tmp.rename(h5)
-    return {"npy": npy, "hdf5": h5}
+
+def export(store: TokenStore, folder: Path, frame_token: str = "cls", hdf5: bool = True) -> dict[str, Path]:
+    """Write every video's features (`frame_token`'s rule) as one .npy per video (`folder/npy/<id>.npy`) and, with
+    `hdf5`, one HDF5 file (`folder/features.h5`), a part at a time; each is reused when already there (written under
+    a temporary name, renamed when complete). Returns the paths ("npy", and "hdf5" with `hdf5`)."""
+    paths = {"npy": folder / "npy"} | ({"hdf5": folder / "features.h5"} if hdf5 else {})
+    todo = {k: p for k, p in paths.items() if not p.exists()}
+    if todo:
+        tmp = {k: p.with_name(p.name + ".tmp") for k, p in todo.items()}
+        if "npy" in tmp:
+            tmp["npy"].mkdir(parents=True, exist_ok=True)
+        h5 = h5py_module().File(tmp["hdf5"], "w") if "hdf5" in tmp else None
+        rule, videos = FeatureRule(store, frame_token), {}
+        for vid in store.ids():
+            part, start, n = store.location(vid)
+            videos.setdefault(part, []).append((vid, start, n))
+        try:
+            for part, where in sorted(videos.items()):
+                feats = read_part(store, rule, part)  # [F_part, Din]
+                for vid, start, n in where:
+                    video = feats[start : start + n]  # [n, Din]
+                    if "npy" in tmp:
+                        np.save(tmp["npy"] / f"{vid}.npy", video)
+                    if h5 is not None:
+                        h5.create_dataset(vid, data=video)
+        finally:
+            if h5 is not None:
+                h5.close()
+        for k, p in todo.items():
+            tmp[k].rename(p)
+    return paths
 
 
 def peer_table(video_ids: list[str], frames: dict[str, int]) -> VideoTable:
@@ -120,10 +145,8 @@ class Hdf5Batches(_PeerBatches):
             self._file = None
 
     def gather(self, table: VideoTable, rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        import h5py
-
         check_indices(table, rows, indices)
-        self._file = self._file or h5py.File(self.path, "r")
+        self._file = self._file or h5py_module().File(self.path, "r")
         out = np.empty(indices.shape + (self.dim,), dtype=self.dtype)  # [B, n, Din]
         for b, (row, idx) in enumerate(zip(rows.tolist(), indices)):
             ds = self._sets.get(row)

@@ -3,7 +3,8 @@
     python benchmarks/profile_cold_read.py --work /tmp/cold24 --out benchmarks/results/profile_cold_read.json
 
 The store is `bench_loader.py`'s (fp16 `cls` tokens, 64-frame chunks, ~32 MiB shards; `--videos` x `--frames`,
-D = `--dim`), plus the same tokens as one `.npy` per video (video_features' layout) for the reference rate. For each
+D = `--dim`), plus the same tokens as one `.npy` per video (video_features' layout; `peer_readers.export`, the files
+`bench_loader.py` writes, `<store>.peers/npy`) for the reference rate. For each
 clip length T, the clips of one epoch (the project's clip rule, seed 0, epoch 0, the sampler's order, batches of
 `--batch`) are read through `TokenClipDataset` over a fresh `StoreBatches` (chunk cache of twice the store), after
 dropping the files from the page cache (`posix_fadvise(DONTNEED)`; `resident_after_drop`: what `fincore` still
@@ -11,8 +12,9 @@ finds):
 
 - `cold` / `warm`: clips/s of the first epoch (every chunk read from storage) and of the same epoch again;
   `cold_read_ahead`: the first epoch with the read-ahead thread walking the order (what `fit` does); `npy_cold` /
-  `npy_warm`: the same clips read from `np.load(mmap_mode="r")` memmaps (cold: each opened on its video's first
-  clip; warm: the same epoch again through the maps kept open). These run in
+  `npy_warm`: the same clips through the same `TokenClipDataset` over `bench_loader.py`'s `.npy` peer
+  (`peer_readers.NpyBatches`: `np.load(mmap_mode="r")` maps opened on a video's first clip and kept; cold: its
+  maps closed, its files dropped, fresh maps; warm: the same epoch again through the maps kept open). These run in
   `--rounds` interleaved rounds (the machine is shared: each case sees the same load) and the best round counts.
 
 `breakdown`, from cold epochs run before the rounds (the first one is the process's first reader of that T: for the
@@ -52,10 +54,12 @@ from vivitcache.provenance import provenance
 from vivitcache.store import TokenStore
 from vivitcache.train_temporal.batches import StoreBatches
 from vivitcache.train_temporal.dataset import TokenClipDataset
+from vivitcache.train_temporal.features import FeatureRule
 from vivitcache.training.sampler import ResumableSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import drop_page_cache, entries, make_store, store_files  # noqa: E402 — the same store
+from peer_readers import NpyBatches, export  # noqa: E402 — bench_loader's .npy peer, for the reference rate
 
 EMPTY = 2**64 - 1
 
@@ -242,39 +246,12 @@ def group(file: str, name: str) -> str:
     return "other Python"
 
 
-# ---------------------------------------------------------------------------------------------------- .npy reference
-def make_npy(store: TokenStore, folder: Path) -> Path:
-    """The store's tokens as one .npy [frames, D] per video (reused when there)."""
-    if not (folder / "done").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        for v in store.ids():
-            np.save(folder / f"{v}.npy", store.video(v)[:, 0])  # [n, D] fp16
-        (folder / "done").touch()
-    return folder
-
-
-def npy_epoch(folder: Path, ds: TokenClipDataset, batches: list[list[int]], maps: dict) -> dict:
-    """Every batch from .npy memmaps, as a .npy-per-video loader reads: a video's map is opened on its first clip
-    (`np.load(mmap_mode="r")`) and kept in `maps` (cold: pass a new dict, after dropping the page cache; warm: the
-    dict of the cold pass)."""
-    ids = ds.table.ids
-    start = counters()
-    for rows in batches:
-        r = np.asarray(rows, dtype=np.int64)
-        idx, _ = ds.clip_indices(r)  # [B, T]
-        for i in r.tolist():
-            if i not in maps:
-                maps[i] = np.load(folder / f"{ids[i]}.npy", mmap_mode="r")  # [n, D]
-        np.stack([np.take(maps[i], k, axis=0) for i, k in zip(r.tolist(), idx)])  # [B, T, D]
-    spent = since(start)
-    return {"clips_per_s": sum(map(len, batches)) / spent["wall_s"], **spent}
-
-
 # ---------------------------------------------------------------------------------------------------- one T
-def rates(path: Path, npy: Path, make, batches: list[list[int]], rounds: int) -> dict:
+def rates(path: Path, npy: TokenClipDataset, make, batches: list[list[int]], rounds: int) -> dict:
     """`rounds` interleaved rounds of: ours cold (a fresh reader after dropping the page cache), ours warm (the same
-    epoch again), ours cold with the read-ahead thread, .npy cold, .npy warm. The machine is shared: every case
-    sees the same load, and the best round of each counts (all rounds are kept)."""
+    epoch again), ours cold with the read-ahead thread, .npy cold (`npy`'s maps closed, its files dropped), .npy
+    warm. The machine is shared: every case sees the same load, and the best round of each counts (all rounds are
+    kept)."""
     runs: dict[str, list] = {k: [] for k in ("cold", "warm", "cold_read_ahead", "npy_cold", "npy_warm")}
     for _ in range(rounds):
         drop(path)
@@ -286,11 +263,10 @@ def rates(path: Path, npy: Path, make, batches: list[list[int]], rounds: int) ->
         ahead.follow([i for rows in batches for i in rows])
         runs["cold_read_ahead"].append(epoch(ahead, batches))
         ahead.stop_read_ahead()
-        drop_page_cache(npy)  # with no map open: pages an open map holds are not dropped
-        maps: dict = {}
-        runs["npy_cold"].append(npy_epoch(npy, ds, batches, maps))
-        runs["npy_warm"].append(npy_epoch(npy, ds, batches, maps))
-        maps.clear()  # closed before the next drop
+        npy.features.reset()  # its maps closed first: pages an open map holds are not dropped
+        drop_page_cache(npy.features.files())
+        runs["npy_cold"].append(epoch(npy, batches))  # maps opened on each video's first clip, kept
+        runs["npy_warm"].append(epoch(npy, batches))  # through the maps kept open
     out = {k: max(v, key=lambda r: r["clips_per_s"]) | {"rounds_clips_per_s": [r["clips_per_s"] for r in v]}
            for k, v in runs.items()}
     out["ratios"] = {"cold_vs_npy_cold": out["cold"]["clips_per_s"] / out["npy_cold"]["clips_per_s"],
@@ -330,10 +306,12 @@ def profile_T(path: Path, npy: Path, T: int, batch: int, rounds: int) -> dict:
         return TokenClipDataset(videos, StoreBatches(path, "cls", cache), T, train=True, batch=batch,
                                 read_ahead=read_ahead)
 
+    rule = FeatureRule(store, "cls")
+    peer = NpyBatches(npy, {v.id: v.num_frames for v in videos}, rule.dim, rule.dtype)
     batches = epoch_batches(make(), batch)
     out = {"T": T, "batch": batch, "clips": sum(map(len, batches))}
     out["breakdown"] = diagnose(path, store, make, batches)
-    out.update(rates(path, npy, make, batches, rounds))
+    out.update(rates(path, TokenClipDataset(videos, peer, T, train=True, batch=batch), make, batches, rounds))
     return out
 
 
@@ -361,7 +339,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # as in a loader process
     path = make_store(args.work / f"d{args.dim}_{args.videos}x{args.frames}.zarr", args.videos, args.frames, args.dim)
-    npy = make_npy(TokenStore.open(path), args.work / f"npy_d{args.dim}_{args.videos}x{args.frames}")
+    npy = export(TokenStore.open(path), path.with_suffix(".peers"), hdf5=False)["npy"]
     results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "load_before": os.getloadavg(),
                "provenance": provenance(), "store_bytes": sum(f.stat().st_size for f in store_files(path)),
                "layout": TokenStore.open(path).layout.to_dict(), "cases": []}

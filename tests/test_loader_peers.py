@@ -96,7 +96,7 @@ def test_the_in_memory_gather_refuses_a_frame_outside_its_video(store):
 def test_the_benchmark_peers_read_the_same_clips_as_ours(store, tmp_path):
     pytest.importorskip("h5py", reason=peer_readers.H5PY_HINT)
     memory = MemoryBatches(store, "cls")
-    files = peer_readers.export(memory, tmp_path / "peers")
+    files = peer_readers.export(memory.store, tmp_path / "peers")
     videos = entries(store)
     frames = {v.id: v.num_frames for v in videos}
     peers = [peer_readers.NpyBatches(files["npy"], frames, memory.rule.dim, memory.rule.dtype),
