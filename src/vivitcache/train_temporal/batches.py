@@ -10,8 +10,8 @@ conversion runs at ~1.3 GB/s here, slower than the gather itself).
 - `StoreBatches`: streamed from the store. Random access (`gather`) goes through a cache of decoded chunks kept
   in one preallocated slab [slots, chunk_frames, Din]: every frame's chunk is looked up in the cache's sorted
   index, and when some are missing, the batch's distinct chunks are (the missing ones read together, one request
-  per run of chunks back to back in a shard file); the batch is then one gather from the slab. Whole-part reads (`part`, for `--read sequential`) read each run of up to 256
-  back-to-back chunks of a part in one request.
+  per run of chunks back to back in a shard file); the batch is then one gather from the slab. Whole-part reads
+  (`part`, for `--read sequential`) read each run of up to 256 back-to-back chunks of a part in one request.
 
 Whole parts of the layout `extract` writes are read straight from their shard files (`read_part`, through
 `TokenStore.shard_chunks`: every chunk's crc32c checked, no decode); other layouts are decoded through `zarrs`'
